@@ -1,0 +1,34 @@
+"""Installs srpy: C{pip install .} (engines and clients), C{pip install .[test]} (the test suite)."""
+
+import re
+
+from setuptools import find_packages, setup
+
+with open("srpy/__init__.py", encoding="utf-8") as handle:
+    VERSION = re.search(r'__version__ = "([^"]+)"', handle.read()).group(1)
+with open("README.md", encoding="utf-8") as handle:
+    README = handle.read()
+
+setup(
+    name="srpy",
+    version=VERSION,
+    description="Simple Remote Python: persistent Python engines on every core, over Pyro5",
+    long_description=README,
+    long_description_content_type="text/markdown",
+    license="BSD-3-Clause",
+    license_files=["LICENSES/BSD-3-Clause.txt"],
+    packages=find_packages(include=["srpy", "srpy.*"]),
+    py_modules=["srpyapp"],
+    python_requires=">=3.8",
+    install_requires=["Pyro5>=5.15,<6", "serpent>=1.41", "psutil>=5.8"],
+    extras_require={
+        "test": ["pytest>=7", "pytest-timeout>=2.1", "trustme>=1.0"],
+        "doc": ["pydoctor>=23.9"],
+    },
+    entry_points={"console_scripts": ["srpyapp = srpy.launcher:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "License :: OSI Approved :: BSD License",
+        "Topic :: System :: Distributed Computing",
+    ],
+)

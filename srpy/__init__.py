@@ -1,0 +1,29 @@
+"""
+srpy - Simple Remote Python: run Python on every core of every machine you have.
+
+Every engine is a process holding one persistent Python namespace, served over Pyro5. This module
+is the public face of the package; everything a user needs is named here.
+
+ - L{PythonEngine}: a client for one engine (SRPy's API).
+ - L{newSubEngine}, L{stopSubEngine}: start and stop a local engine process from Python.
+ - L{detectNCPUs}: the number of usable cores.
+ - L{lite}: a dependency-free client that also runs on Jython 2.7.
+ - L{errors}: every exception srpy raises.
+"""
+
+__version__ = "0.3.0"
+version = __version__
+copyright = "Copyright (c) 2009, 2026 the srpy developers. BSD-3-Clause."
+
+from . import errors  # noqa: E402
+from .client import PythonEngine, Namespace, RemoteObject  # noqa: E402
+from .errors import (SRPyError, SRPyServerNotFound, AuthenticationError, CommunicationError,  # noqa: E402
+                     ConnectionLost, CallTimeout, SerializationError, RemoteError, RemoteSystemExit)
+from .launcher import newSubEngine, stopSubEngine, detectNCPUs  # noqa: E402
+
+__all__ = [
+    "PythonEngine", "Namespace", "RemoteObject", "newSubEngine", "stopSubEngine", "detectNCPUs",
+    "errors", "SRPyError", "SRPyServerNotFound", "AuthenticationError", "CommunicationError",
+    "ConnectionLost", "CallTimeout", "SerializationError", "RemoteError", "RemoteSystemExit",
+    "version", "copyright", "__version__",
+]

@@ -1,0 +1,426 @@
+"""
+The engine: one persistent Python namespace, served over Pyro5.
+
+One process holds one L{Engine}. Calls that run user code or touch the namespace take the engine's
+lock, so they run one at a time and L{Engine.is_busy} is true exactly while one runs. Control calls
+(C{ping}, C{whoami}, C{is_busy}, C{wait}, C{benchmark}) do not take it, and Pyro5's thread server
+answers them while user code runs.
+
+User code never takes the engine down: an exception, a syntax error, C{sys.exit()} or
+C{KeyboardInterrupt} goes back to the caller (same builtin type, with the engine-side traceback),
+and what user code prints goes to the engine's log, not to any client.
+"""
+
+import builtins
+import functools
+import importlib
+import logging
+import os
+import platform
+import struct
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import psutil
+from Pyro5.api import expose
+from Pyro5.callcontext import current_context
+
+from . import benchmark, codec, lite, __version__
+
+log = logging.getLogger("srpy.engine")
+call_log = logging.getLogger("srpy.engine.calls")
+output_log = logging.getLogger("srpy.engine.output")
+
+#: the Pyro5 object id engines are registered under
+OBJECT_ID = "srpy.engine"
+#: bytes values at least this large travel as raw Pyro5 annotations, outside the serializer
+BLOB_MIN = 64 * 1024
+#: annotation that carries a call's result as raw bytes
+RESULT_BLOB = lite.RESULT_BLOB
+#: prefix of the marker that stands, in a call's variables, for bytes sent raw after the call
+BLOB_MARK = "\x00srpy-blob:"
+#: annotation listing the sizes of the raw byte strings that follow a call message
+TRAILING = lite.TRAILING
+_USER_FILE = "<srpy>"
+
+
+def _read_trailing() -> List[bytes]:
+    """Read the raw byte strings that trail this call's message (straight into bytes, no copy)."""
+    sizes = current_context.annotations.get(TRAILING)
+    if not sizes:
+        return []
+    count = len(sizes) // 8
+    return [current_context.client.recv(n) for n in struct.unpack("!%dQ" % count, bytes(sizes))]
+
+
+class _StandIn(Exception):
+    """Carries a BaseException that is not an Exception (SystemExit, KeyboardInterrupt) over Pyro5."""
+
+
+@functools.lru_cache(maxsize=None)
+def _stand_in_type(name: str) -> type:
+    kind = type(name, (_StandIn,), {"__module__": "builtins"})
+    kind.__qualname__ = name
+    return kind
+
+
+def _user_traceback(exc: BaseException) -> str:
+    """The traceback of C{exc} from the first frame of user code on (the engine's own frames cut)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename != _USER_FILE:
+        tb = tb.tb_next
+    if tb is None:
+        return "".join(traceback.format_exception_only(type(exc), exc))
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+def _engine_call(locked: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Wrap an exposed method: the lock (if C{locked}), call logging, blobs, and user exceptions."""
+
+    def decorate(method: Callable[..., Any]) -> Callable[..., Any]:
+        name = method.__name__
+
+        @functools.wraps(method)
+        def wrapper(self: "Engine", *args: Any, **kwargs: Any) -> Any:
+            current_context.response_annotations = {}
+            self._trailing.blobs = _read_trailing()  # first: nothing may fail with them unread
+            if self.debug:
+                call_log.info("call %s%r", name, _short(args))
+            start = time.perf_counter()
+            try:
+                if locked:
+                    with self._lock:
+                        self._current = name
+                        try:
+                            result = method(self, *args, **kwargs)
+                        finally:
+                            self._current = None
+                            self.calls += 1
+                else:
+                    result = method(self, *args, **kwargs)
+            except Exception as exc:
+                exc.srpy_traceback = _user_traceback(exc)
+                raise
+            except BaseException as exc:  # SystemExit, KeyboardInterrupt from user code: keep serving
+                stand_in = _stand_in_type(type(exc).__name__)(*exc.args)
+                stand_in.srpy_traceback = _user_traceback(exc)
+                raise stand_in from None
+            finally:
+                if self.timing:
+                    call_log.info("%s took %.6f s", name, time.perf_counter() - start)
+            return _result_as_blob(result)
+
+        return expose(wrapper)
+
+    return decorate
+
+
+def _result_as_blob(result: Any) -> Any:
+    """
+    Large bytes results go ahead of the reply, as a Pyro5 result message holding only the
+    annotation C{SBLB}, written with no copy; the reply itself then carries None. Only callers
+    using srpy's serializer get this (json callers cannot carry bytes anyway).
+    """
+    if type(result) is bytes and len(result) >= BLOB_MIN and current_context.serializer_id == codec.SERIALIZER_ID:
+        header = lite.HEADER.pack(b"PYRO", lite.PROTOCOL_VERSION, lite.MSG_RESULT, codec.SERIALIZER_ID, 0,
+                                  current_context.seq, 0, 8 + len(result), b"\0" * 16, 0, lite.MAGIC)
+        conn = current_context.client
+        conn.send(header + struct.pack("!4sI", RESULT_BLOB.encode("ascii"), len(result)))
+        conn.send(result)
+        return None
+    return result
+
+
+def _short(args: Sequence[Any]) -> Any:
+    text = repr(tuple(args))
+    return text if len(text) < 200 else text[:197] + "..."
+
+
+class _OutputToLog:
+    """A stand-in for sys.stdout/sys.stderr that sends whole lines to the engine's log."""
+
+    def __init__(self, level: int) -> None:
+        self.level = level
+        self._partial = threading.local()
+
+    def write(self, text: str) -> int:
+        buffered = getattr(self._partial, "text", "") + str(text)
+        *lines, rest = buffered.split("\n")
+        for line in lines:
+            output_log.log(self.level, "%s", line)
+        self._partial.text = rest
+        return len(text)
+
+    def flush(self) -> None:
+        rest = getattr(self._partial, "text", "")
+        if rest:
+            self._partial.text = ""
+            output_log.log(self.level, "%s", rest)
+
+    def isatty(self) -> bool:
+        return False
+
+
+def capture_output() -> None:
+    """Send everything user code prints to the engine's log (call once, in the engine process)."""
+    if not isinstance(sys.stdout, _OutputToLog):
+        sys.stdout = _OutputToLog(logging.INFO)  # type: ignore[assignment]
+        sys.stderr = _OutputToLog(logging.WARNING)  # type: ignore[assignment]
+
+
+class Engine:
+    """
+    The object an engine process serves. Its exposed methods are the wire interface that
+    L{srpy.client.PythonEngine} and L{srpy.lite.Engine} call.
+
+    @ivar ns: the persistent namespace.
+    @ivar sandbox: the private directory (first on C{sys.path}) that receives shipped files.
+    """
+
+    def __init__(self, name: str = "", group: str = "", debug: bool = False, timing: bool = False) -> None:
+        self.name = name or "engine-%d@%s" % (os.getpid(), socket.gethostname())
+        self.group = group
+        self.debug = debug
+        self.timing = timing
+        self.uri = ""
+        self.calls = 0
+        self.ns: Dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._current: Optional[str] = None
+        self._codes: Dict[Any, Any] = {}
+        self._trailing = threading.local()
+        self.sandbox = tempfile.mkdtemp(prefix="srpy-sandbox-")
+        sys.path.insert(0, self.sandbox)
+        self._reset_namespace()
+
+    def close(self) -> None:
+        """Remove the sandbox directory (called when the engine process stops)."""
+        if self.sandbox in sys.path:
+            sys.path.remove(self.sandbox)
+        shutil.rmtree(self.sandbox, ignore_errors=True)
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _reset_namespace(self) -> None:
+        self.ns.clear()
+        self.ns.update({"__name__": "__srpy__", "__builtins__": builtins})
+
+    def _compile(self, source: str, mode: str) -> Any:
+        key = (source, mode)
+        code = self._codes.get(key)
+        if code is None:
+            if len(self._codes) > 1024:
+                self._codes.clear()
+            code = self._codes[key] = compile(source, _USER_FILE, mode)
+        return code
+
+    def _with_blobs(self, variables: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+        """Type-check a call's variables and put back the bytes that came as annotations."""
+        if variables is None:
+            return {}
+        if not isinstance(variables, dict):
+            raise TypeError("variables must be a dict of name: value, not %s" % type(variables).__name__)
+        for key, value in variables.items():
+            if not isinstance(key, str) or not key.isidentifier():
+                raise TypeError("variable names must be identifiers, not %r" % (key,))
+            if type(value) is str and value.startswith(BLOB_MARK):
+                variables[key] = self._trailing.blobs[int(value[len(BLOB_MARK):])]
+        return variables
+
+    def _resolve(self, path: str) -> Any:
+        head, *rest = path.split(".")
+        if head not in self.ns:
+            raise NameError("name %r is not defined on this engine" % head)
+        value = self.ns[head]
+        for part in rest:
+            value = getattr(value, part)
+        return value
+
+    # -- the namespace (locked) ------------------------------------------------------------------
+
+    @_engine_call(locked=True)
+    def set(self, variables: Dict[str, Any]) -> None:
+        """Create or overwrite variables."""
+        self.ns.update(self._with_blobs(variables))
+
+    @_engine_call(locked=True)
+    def get(self, names: Any = None) -> Any:
+        """None: the names; a name: its value (KeyError if missing); a list of names: {name: value}."""
+        if names is None:
+            return sorted(k for k in self.ns if not (k.startswith("__") and k.endswith("__")))
+        if isinstance(names, str):
+            if names not in self.ns:
+                raise KeyError(names)
+            return self.ns[names]
+        if isinstance(names, (list, tuple)):
+            missing = [n for n in names if n not in self.ns]
+            if missing:
+                raise KeyError(missing[0] if len(missing) == 1 else missing)
+            return {n: self.ns[n] for n in names}
+        raise TypeError("get() takes None, a name or a list of names, not %s" % type(names).__name__)
+
+    @_engine_call(locked=True)
+    def delete(self, names: List[str]) -> None:
+        """Remove the named variables (missing ones are ignored)."""
+        for name in names:
+            self.ns.pop(name, None)
+
+    @_engine_call(locked=True)
+    def clear(self) -> None:
+        """Empty the namespace."""
+        self._reset_namespace()
+
+    @_engine_call(locked=True)
+    def eval(self, expr: str, variables: Optional[Dict[str, Any]] = None) -> Any:
+        """Set C{variables}, then evaluate C{expr} in the namespace."""
+        _check_source(expr)
+        self.ns.update(self._with_blobs(variables))
+        return eval(self._compile(expr, "eval"), self.ns)
+
+    @_engine_call(locked=True)
+    def exe(self, code: str, variables: Optional[Dict[str, Any]] = None) -> None:
+        """Set C{variables}, then execute C{code} in the namespace."""
+        _check_source(code)
+        self.ns.update(self._with_blobs(variables))
+        exec(self._compile(code, "exec"), self.ns)
+
+    @_engine_call(locked=True)
+    def vexe(self, code: str, get: Sequence[str] = (), variables: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        """Run C{code} in a fresh namespace made of C{variables}; return the names in C{get}."""
+        _check_source(code)
+        scratch = {"__name__": "__srpy_vexe__", "__builtins__": builtins}
+        scratch.update(self._with_blobs(variables))
+        exec(self._compile(code, "exec"), scratch)
+        return {name: scratch[name] for name in get}
+
+    @_engine_call(locked=True)
+    def call(self, path: str, args: Sequence[Any] = (), kwargs: Optional[Dict[str, Any]] = None) -> Any:
+        """Call the namespace's callable C{path} (dotted names allowed)."""
+        return self._resolve(path)(*args, **(kwargs or {}))
+
+    @_engine_call(locked=True)
+    def inspect(self, path: str) -> Dict[str, Any]:
+        """
+        Describe C{path}: C{{'kind': 'value', 'value': v}} when it can travel, else
+        C{{'kind': 'object', 'type', 'callable', 'doc', 'name'}} (for L{srpy.client.Namespace}).
+        """
+        value = self._resolve(path)
+        try:
+            codec.dumps(value)
+            return {"kind": "value", "value": value}
+        except (TypeError, ValueError):
+            return {"kind": "object", "type": type(value).__name__, "callable": callable(value),
+                    "doc": getattr(value, "__doc__", None) or "", "name": getattr(value, "__name__", path)}
+
+    @_engine_call(locked=True)
+    def install(self, files: Dict[str, str]) -> List[str]:
+        """
+        Write shipped source files (relative path: text) into the sandbox. Modules they replace are
+        dropped from C{sys.modules}, so the next C{imp} loads the new code.
+        """
+        written = []
+        for relpath, text in files.items():
+            target = self._sandbox_path(relpath)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with open(target, "w", encoding="utf-8") as handle:
+                handle.write(text)
+            written.append(relpath)
+            module = relpath[:-3].replace("/", ".") if relpath.endswith(".py") else None
+            if module and module.endswith(".__init__"):
+                module = module[: -len(".__init__")]
+            if module:
+                for loaded in [m for m in sys.modules if m == module or m.startswith(module + ".")]:
+                    del sys.modules[loaded]
+        importlib.invalidate_caches()
+        return written
+
+    def _sandbox_path(self, relpath: str) -> str:
+        if not isinstance(relpath, str) or not relpath or os.path.isabs(relpath) or "\\" in relpath:
+            raise ValueError("shipped file paths must be relative paths, not %r" % (relpath,))
+        target = os.path.normpath(os.path.join(self.sandbox, relpath))
+        if not target.startswith(self.sandbox + os.sep):
+            raise ValueError("shipped file path %r leaves the sandbox" % (relpath,))
+        return target
+
+    @_engine_call(locked=True)
+    def imp(self, modules: Sequence[str]) -> None:
+        """Import each module and bind it as C{import name} would."""
+        for name in modules:
+            importlib.import_module(name)
+            top = name.partition(".")[0]
+            self.ns[top] = sys.modules[top]
+
+    # -- control calls (not locked) ---------------------------------------------------------------
+
+    @_engine_call(locked=False)
+    def ping(self) -> str:
+        """'pong'."""
+        return "pong"
+
+    @_engine_call(locked=False)
+    def is_busy(self) -> bool:
+        """True while a locked call runs."""
+        return self._lock.locked()
+
+    @_engine_call(locked=False)
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        """Block until no locked call runs (True) or C{timeout} seconds pass (False). No polling."""
+        if self._lock.acquire(timeout=-1 if timeout is None else max(0.0, float(timeout))):
+            self._lock.release()
+            return True
+        return False
+
+    @_engine_call(locked=False)
+    def benchmark(self, limit: Optional[int] = None) -> Dict[str, Any]:
+        """Time the fixed processor workload (not locked: a busy engine shows up as slower)."""
+        busy = self._lock.locked()
+        seconds, _ = benchmark.timed_workload(int(limit or benchmark.DEFAULT_LIMIT))
+        return {"proc": seconds, "busy": busy}
+
+    @_engine_call(locked=False)
+    def whoami(self) -> Dict[str, Any]:
+        """SRPy's description keys, plus srpy's (name, group, cores, load, memory, ...)."""
+        memory = psutil.virtual_memory()
+        load = os.getloadavg() if hasattr(os, "getloadavg") else (psutil.cpu_percent(),)
+        return {
+            "OS System": platform.system(),
+            "Hostname": socket.gethostname(),
+            "OS Release": platform.release(),
+            "OS Version": platform.version(),
+            "Machine Architecture": platform.machine(),
+            "Processor Architecture": platform.processor() or platform.machine(),
+            "Python Version": platform.python_version(),
+            "Python Compiler": platform.python_compiler(),
+            "PythonEngine ID": self.name,
+            "Name": self.name,
+            "Group": self.group,
+            "URI": self.uri,
+            "PID": os.getpid(),
+            "Cores": psutil.cpu_count() or 1,
+            "Load": list(load),
+            "Memory Total": memory.total,
+            "Memory Available": memory.available,
+            "Busy": self._lock.locked(),
+            "Current Call": self._current or "",
+            "Calls": self.calls,
+            "srpy Version": __version__,
+            "Python Executable": sys.executable,
+        }
+
+    @_engine_call(locked=False)
+    def set_group(self, group: str) -> None:
+        """Change the engine's group label."""
+        if not isinstance(group, str):
+            raise TypeError("a group is a str, not %s" % type(group).__name__)
+        self.group = group
+
+
+def _check_source(source: Any) -> None:
+    if not isinstance(source, str):
+        raise TypeError("code must be given as a str, not %s" % type(source).__name__)

@@ -1,0 +1,88 @@
+"""
+The exceptions srpy raises.
+
+Every error srpy raises itself derives from L{SRPyError}, so C{except SRPyError} catches them all.
+Exceptions raised by user code on an engine come back as the same builtin type where one exists,
+with the engine's traceback text in their C{remote_traceback} attribute; others come back as
+L{RemoteError}, which names the remote type.
+"""
+
+from typing import Optional
+
+
+class SRPyError(Exception):
+    """Base class of every error raised by srpy itself."""
+
+
+class SRPyServerNotFound(SRPyError):
+    """
+    Nothing answered at an engine's URI within the connect timeout.
+
+    @ivar uri: the URI that was tried.
+    """
+
+    def __init__(self, uri: str, reason: str = "") -> None:
+        self.uri = str(uri)
+        self.reason = reason
+        text = "no srpy engine answers at %s" % self.uri
+        super().__init__(text + (": " + reason if reason else ""))
+
+
+class CommunicationError(SRPyError):
+    """The connection to an engine failed or was lost during a call."""
+
+
+class ConnectionLost(CommunicationError):
+    """The engine closed the connection (or died) while a call was under way."""
+
+
+class ProtocolError(CommunicationError):
+    """The peer sent something that is not a valid Pyro5 message for srpy."""
+
+
+class CallTimeout(CommunicationError, TimeoutError):
+    """A call did not complete within its timeout."""
+
+
+class AuthenticationError(SRPyError):
+    """The secret handshake failed: no secret, a wrong secret, or an engine that could not prove itself."""
+
+
+class SerializationError(SRPyError, TypeError):
+    """A value cannot travel over the wire; the message names its type and what to do instead."""
+
+
+class RemoteError(SRPyError):
+    """
+    An exception of a type that has no local equivalent, raised by code on an engine.
+
+    @ivar remote_type: the dotted name of the remote exception's type.
+    @ivar remote_traceback: the traceback text from the engine.
+    """
+
+    def __init__(self, remote_type: str, message: str, remote_traceback: Optional[str] = None) -> None:
+        self.remote_type = remote_type
+        self.remote_traceback = remote_traceback
+        super().__init__("%s: %s" % (remote_type, message))
+
+
+class RemoteSystemExit(SystemExit):
+    """
+    Code on an engine called C{sys.exit()}. The engine keeps serving; the caller gets this
+    C{SystemExit} subclass, whose message says where it came from (so an uncaught one is not silent).
+
+    @ivar remote_code: the exit code the remote code asked for.
+    """
+
+    def __init__(self, remote_code: object = None, remote_traceback: Optional[str] = None) -> None:
+        self.remote_code = remote_code
+        self.remote_traceback = remote_traceback
+        super().__init__("code on the engine called sys.exit(%r)" % (remote_code,))
+
+
+class EngineDead(SRPyError):
+    """An engine stopped answering; its unfinished work could not be completed on it."""
+
+
+class NoEnginesError(SRPyError):
+    """Work was asked of a box that has no live engine left."""

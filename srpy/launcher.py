@@ -1,0 +1,466 @@
+"""
+Hosting engines: C{python srpyapp.py} (or C{srpyapp}) and L{newSubEngine}.
+
+Basic mode (C{-b}, the default) serves one engine in the launcher's own process. Multi mode (C{-m},
+or C{-n N}) starts one engine process per core (or N) and supervises them.
+
+How a child engine starts and stops, with no files polled and no orphans:
+ - the launcher starts C{python -m srpy --child ...} with pipes for stdin and stdout;
+ - the child binds its port, then writes one line C{SRPY-READY <uri> <sandbox>} (or
+   C{SRPY-FAILED <reason>}) on stdout; the launcher waits for that line with a timeout;
+ - the child treats end-of-file on its stdin as "stop": when the launcher exits, however it
+   exits (even SIGKILL), the pipe closes and every child stops by itself.
+"""
+
+import argparse
+import atexit
+import logging
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import psutil
+from Pyro5 import config as pyro_config
+
+from . import __version__, codec, copyright
+from .engine import OBJECT_ID, Engine, capture_output
+from .errors import SRPyError
+from .security import SecureDaemon, check_listen_policy
+
+log = logging.getLogger("srpy.launcher")
+
+READY = "SRPY-READY"
+FAILED = "SRPY-FAILED"
+#: seconds a stopping child gets before it is terminated, then killed
+STOP_GRACE = 3.0
+
+
+def detectNCPUs() -> int:
+    """The number of cores this process may use."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return psutil.cpu_count() or 1
+
+
+# -- options ---------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    """The launcher's command line."""
+    parser = argparse.ArgumentParser(
+        prog="srpyapp", description="Host srpy engines: Python namespaces that clients run code in.")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("-b", "--basic", action="store_true", help="one engine in this process (default)")
+    mode.add_argument("-m", "--multi", action="store_true", help="one engine process per core")
+    parser.add_argument("-n", "--engines", type=_positive_int, metavar="N",
+                        help="number of engine processes (implies --multi)")
+    parser.add_argument("-u", "--uri-file", metavar="FILE",
+                        help="write the URIs to FILE once every engine answers (removed on exit)")
+    parser.add_argument("-p", "--pyro-config", metavar="FILE", help="a Pyro5 configuration file (NAME = value lines)")
+    parser.add_argument("-d", "--debug", action="store_true", help="log every call")
+    parser.add_argument("-t", "--time", action="store_true", help="log every call's duration")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=0,
+                        help="port of the first engine (the next ones count up); default: any free port")
+    parser.add_argument("--name", default="", help="engine name (multi mode appends -1, -2, ...)")
+    parser.add_argument("--group", default="", help="group label of the engines")
+    parser.add_argument("--secret", default=None,
+                        help="shared secret clients must prove they know (default: $SRPY_SECRET)")
+    parser.add_argument("--insecure", action="store_true",
+                        help="allow listening on a non-loopback address without a secret")
+    parser.add_argument("--ready-timeout", type=float, default=30.0, help=argparse.SUPPRESS)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--version", action="version", version="srpy %s" % __version__)
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def apply_pyro_config(path: str) -> None:
+    """Apply a Pyro5 configuration file: C{NAME = value} lines, C{#} comments."""
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            name, sep, value = line.partition("=")
+            name = name.strip().upper()
+            if name.startswith("PYRO_"):
+                name = name[5:]
+            if not sep or not hasattr(pyro_config, name):
+                raise SRPyError("%s line %d: not a Pyro5 setting: %r" % (path, number, line))
+            setattr(pyro_config, name, _convert(getattr(pyro_config, name), value.strip()))
+
+
+def _convert(current: Any, text: str) -> Any:
+    if isinstance(current, bool):
+        return text.lower() in ("1", "true", "yes", "on")
+    if isinstance(current, (int, float)):
+        return type(current)(text)
+    if isinstance(current, (list, set)):
+        return type(current)(v.strip() for v in text.split(","))
+    return text
+
+
+# -- one engine in this process -------------------------------------------------------------------
+
+class EngineServer:
+    """One engine served by a Pyro5 daemon in this process, until L{stop}."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, name: str = "", group: str = "",
+                 secret: Optional[str] = None, insecure: bool = False, debug: bool = False,
+                 timing: bool = False) -> None:
+        check_listen_policy(host, secret, insecure)
+        codec.register()
+        pyro_config.SERVERTYPE = "thread"
+        self.daemon = SecureDaemon(host=host, port=port, secret=secret)
+        self.engine = Engine(name=name, group=group, debug=debug, timing=timing)
+        self.uri = str(self.daemon.register(self.engine, OBJECT_ID))
+        self.engine.uri = self.uri
+        self._stop = threading.Event()
+
+    def serve(self) -> None:
+        """Serve until L{stop} is called; then release the port and remove the sandbox."""
+        try:
+            self.daemon.requestLoop(lambda: not self._stop.is_set())
+        finally:
+            self.daemon.close()
+            self.engine.close()
+
+    def stop(self) -> None:
+        """Make L{serve} return (safe from any thread and from signal handlers)."""
+        self._stop.set()
+        self.daemon.shutdown()
+
+
+def _start_server(options: argparse.Namespace, name: str, port: int) -> EngineServer:
+    try:
+        return EngineServer(host=options.host, port=port, name=name, group=options.group,
+                            secret=options.secret, insecure=options.insecure,
+                            debug=options.debug, timing=options.time)
+    except OSError as exc:
+        raise SRPyError("cannot listen on %s:%s: %s" % (options.host, port, exc.strerror or exc)) from None
+
+
+def run_child(options: argparse.Namespace) -> int:
+    """An engine process started by a launcher: report readiness on stdout, stop at stdin's end."""
+    out = sys.stdout
+    try:
+        server = _start_server(options, options.name, options.port)
+    except Exception as exc:  # whatever stops the engine from starting, the launcher must hear it
+        out.write("%s %s\n" % (FAILED, exc))
+        out.flush()
+        return 1
+    out.write("%s %s %s\n" % (READY, server.uri, server.engine.sandbox))
+    out.flush()
+    os.dup2(sys.stderr.fileno(), 1)  # nothing else may ever block on the launcher's pipe
+    capture_output()
+    threading.Thread(target=_stop_at_eof, args=(server,), name="srpy-parent-watch", daemon=True).start()
+    _on_signals(server.stop)
+    server.serve()
+    return 0
+
+
+def _stop_at_eof(server: EngineServer) -> None:
+    try:
+        while sys.stdin.buffer.read(4096):
+            pass
+    except (OSError, ValueError):
+        pass
+    server.stop()
+
+
+def _on_signals(stop: Any) -> None:
+    def handler(signum: int, frame: Any) -> None:
+        threading.Thread(target=stop, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+# -- engine processes ------------------------------------------------------------------------------
+
+class EngineProcess:
+    """A child engine process and what it reported when it became ready."""
+
+    def __init__(self, process: "subprocess.Popen[bytes]", uri: str, sandbox: str) -> None:
+        self.process = process
+        self.uri = uri
+        self.sandbox = sandbox
+        self.pid = process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, grace: float = STOP_GRACE) -> Optional[int]:
+        """Ask the engine to stop (close its stdin); terminate, then kill, if it does not."""
+        return stop_process(self.process, grace)
+
+
+def stop_process(process: "subprocess.Popen[bytes]", grace: float = STOP_GRACE) -> Optional[int]:
+    """Stop a child engine: end of its stdin, then SIGTERM, then SIGKILL. Returns its exit code."""
+    for attempt in (_close_stdin, process.terminate, process.kill):
+        if process.poll() is not None:
+            break
+        try:
+            attempt(process) if attempt is _close_stdin else attempt()
+        except OSError:
+            pass
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            continue
+    if process.stdout:
+        process.stdout.close()
+    return process.wait()
+
+
+def _close_stdin(process: "subprocess.Popen[bytes]") -> None:
+    if process.stdin and not process.stdin.closed:
+        process.stdin.close()
+
+
+def child_command(options: argparse.Namespace, name: str, port: int, python: Optional[str] = None) -> List[str]:
+    """The command line of one child engine process."""
+    command = [python or sys.executable, "-m", "srpy", "--child", "--host", options.host,
+               "--port", str(port), "--name", name, "--group", options.group]
+    if options.debug:
+        command.append("--debug")
+    if options.time:
+        command.append("--time")
+    if options.insecure:
+        command.append("--insecure")
+    if options.pyro_config:
+        command += ["--pyro-config", options.pyro_config]
+    return command
+
+
+def spawn_engines(commands: Sequence[List[str]], secret: Optional[str], timeout: float) -> List[EngineProcess]:
+    """
+    Start the engine processes and wait for each one's ready line (all in parallel). If any fails
+    or times out, stop those that started and raise L{SRPyError} with its reason.
+    """
+    env = dict(os.environ)
+    if secret:
+        env["SRPY_SECRET"] = secret  # the secret goes by environment, never on a command line
+    else:
+        env.pop("SRPY_SECRET", None)
+    processes = [subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+                 for cmd in commands]
+    try:
+        return _await_ready(processes, timeout)
+    except BaseException:
+        for process in processes:
+            stop_process(process, 1.0)
+        raise
+
+
+def _await_ready(processes: List["subprocess.Popen[bytes]"], timeout: float) -> List[EngineProcess]:
+    deadline = time.monotonic() + timeout
+    lines: Dict[int, bytes] = {}
+    with selectors.DefaultSelector() as selector:
+        for index, process in enumerate(processes):
+            selector.register(process.stdout, selectors.EVENT_READ, index)  # type: ignore[arg-type]
+        pending = set(range(len(processes)))
+        while pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise SRPyError("engine process did not become ready within %.0f s" % timeout)
+            for key, _ in selector.select(remaining):
+                index = key.data
+                chunk = os.read(key.fd, 4096)
+                lines[index] = lines.get(index, b"") + chunk
+                if not chunk or b"\n" in lines[index]:
+                    selector.unregister(key.fileobj)
+                    pending.discard(index)
+    ready = []
+    for index, process in enumerate(processes):
+        words = lines.get(index, b"").decode("utf-8", "replace").strip().split(" ", 2)
+        if words[0] != READY or len(words) != 3:
+            reason = " ".join(words[1:]) if words[0] == FAILED else "exited with code %s" % process.wait(5)
+            raise SRPyError("engine process failed to start: %s" % reason)
+        ready.append(EngineProcess(process, words[1], words[2]))
+    return ready
+
+
+_sub_engines: List["subprocess.Popen[bytes]"] = []
+
+
+def newSubEngine(timeout: float = 30, host: str = "127.0.0.1", name: str = "", group: str = "",
+                 secret: Optional[str] = None, python: Optional[str] = None) -> Tuple[str, "subprocess.Popen[bytes]"]:
+    """
+    Start one local engine process; return C{(uri, process)} once it answers. The process stops
+    when L{stopSubEngine} is called, when this program exits, or when this process dies.
+    """
+    options = argparse.Namespace(host=host, group=group, debug=False, time=False, insecure=False, pyro_config=None)
+    secret = secret if secret is not None else os.environ.get("SRPY_SECRET")
+    started = spawn_engines([child_command(options, name, 0, python)], secret, timeout)[0]
+    _sub_engines.append(started.process)
+    return started.uri, started.process
+
+
+def stopSubEngine(process: "subprocess.Popen[bytes]") -> Optional[int]:
+    """Stop an engine started by L{newSubEngine}; returns its exit code."""
+    if process in _sub_engines:
+        _sub_engines.remove(process)
+    return stop_process(process)
+
+
+@atexit.register
+def _stop_sub_engines() -> None:
+    for process in list(_sub_engines):
+        stopSubEngine(process)
+
+
+# -- the launcher ----------------------------------------------------------------------------------
+
+class Supervisor:
+    """Runs the launcher's engines until asked to stop, reporting any engine that dies."""
+
+    def __init__(self, engines: List[EngineProcess], uri_file: Optional[str]) -> None:
+        self.engines = engines
+        self.uri_file = uri_file
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.wait(0.25):
+            for engine in self.engines:
+                if engine.process.returncode is None and not engine.alive():
+                    log.error("engine %s (pid %d) died with exit code %s", engine.uri, engine.pid,
+                              engine.process.returncode)
+                    _remove_tree(engine.sandbox)
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def shutdown(self) -> None:
+        for engine in self.engines:
+            code = engine.stop()
+            _remove_tree(engine.sandbox)
+            log.debug("engine %s stopped (exit code %s)", engine.uri, code)
+        if self.uri_file:
+            try:
+                os.remove(self.uri_file)
+            except FileNotFoundError:
+                pass
+
+
+def _remove_tree(path: str) -> None:
+    import shutil
+    if path and os.path.basename(path).startswith("srpy-sandbox-"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _write_uri_file(path: str, uris: Sequence[str]) -> None:
+    temporary = path + ".tmp-%d" % os.getpid()
+    with open(temporary, "w", encoding="utf-8") as handle:
+        handle.write("".join(uri + "\n" for uri in uris))
+    os.replace(temporary, path)
+
+
+def _banner(count: int, options: argparse.Namespace) -> str:
+    return ("srpy %s - Simple Remote Python. %s\nHosting %d engine%s on %s%s. Stop with Ctrl-C%s."
+            % (__version__, copyright, count, "" if count == 1 else "s", options.host,
+               " (secret required)" if options.secret else "",
+               " or 'quit'" if sys.stdin.isatty() else ""))
+
+
+def _watch_quit(stop: Any) -> None:
+    if not sys.stdin.isatty():
+        return
+
+    def reader() -> None:
+        for line in sys.stdin:
+            if line.strip().lower() in ("quit", "exit", "q"):
+                break
+        else:
+            return  # end of input does not stop a launcher
+        stop()
+
+    threading.Thread(target=reader, name="srpy-quit", daemon=True).start()
+
+
+def run_multi(options: argparse.Namespace, count: int) -> int:
+    """Start C{count} engine processes, print their URIs, supervise them until stopped."""
+    names = ["%s-%d" % (options.name, i + 1) if options.name else "" for i in range(count)]
+    ports = [options.port + i if options.port else 0 for i in range(count)]
+    commands = [child_command(options, names[i], ports[i]) for i in range(count)]
+    engines = spawn_engines(commands, options.secret, options.ready_timeout)
+    supervisor = Supervisor(engines, options.uri_file)
+    try:
+        print(_banner(count, options))
+        for engine in engines:
+            print(engine.uri)
+        sys.stdout.flush()
+        if options.uri_file:
+            _write_uri_file(options.uri_file, [e.uri for e in engines])
+        _on_signals(supervisor.stop)
+        _watch_quit(supervisor.stop)
+        supervisor.run()
+    finally:
+        supervisor.shutdown()
+    return 0
+
+
+def run_basic(options: argparse.Namespace) -> int:
+    """Serve one engine in this process until stopped."""
+    server = _start_server(options, options.name, options.port)
+    print(_banner(1, options))
+    print(server.uri)
+    sys.stdout.flush()
+    capture_output()
+    try:
+        if options.uri_file:
+            _write_uri_file(options.uri_file, [server.uri])
+        _on_signals(server.stop)
+        _watch_quit(server.stop)
+        server.serve()
+    finally:
+        if options.uri_file and os.path.exists(options.uri_file):
+            os.remove(options.uri_file)
+    return 0
+
+
+def configure_logging(debug: bool) -> None:
+    """Log to stderr, one line per record, with the process id (engines share a console)."""
+    logging.basicConfig(level=logging.DEBUG if debug and os.environ.get("SRPY_LOG_PYRO") else logging.INFO,
+                        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s",
+                        stream=sys.stderr)
+    if not os.environ.get("SRPY_LOG_PYRO"):
+        logging.getLogger("Pyro5").setLevel(logging.WARNING)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of C{srpyapp} / C{python srpyapp.py}; returns the exit code."""
+    parser = build_parser()
+    options = parser.parse_args(argv)
+    if options.secret is None:
+        options.secret = os.environ.get("SRPY_SECRET") or None
+    configure_logging(options.debug)
+    try:
+        if options.pyro_config:
+            apply_pyro_config(options.pyro_config)
+        if options.child:
+            return run_child(options)
+        if options.multi or options.engines:
+            return run_multi(options, options.engines or detectNCPUs())
+        return run_basic(options)
+    except SRPyError as exc:
+        log.error("%s", exc)
+        return 1
+    except OSError as exc:
+        log.error("%s", exc)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
