@@ -1,0 +1,144 @@
+"""
+Shared fixtures: real engine processes started by the real launcher, on loopback.
+
+Every launcher a test starts is stopped when the test ends, and the session fails if any process
+that a test started is still running at the end (no leaks).
+"""
+
+import os
+import re
+import signal as signals
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+import srpy
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SRPYAPP = os.path.join(ROOT, "srpyapp.py")
+URI_LINE = re.compile(r"^PYRO:\S+@\S+:\d+$")
+
+
+class Launcher:
+    """A running `python srpyapp.py ...` and the URIs it printed."""
+
+    def __init__(self, args, env=None, count=None, timeout=60):
+        self.args = list(args)
+        full_env = dict(os.environ)
+        full_env.pop("SRPY_SECRET", None)
+        full_env.update(env or {})
+        self.process = subprocess.Popen([sys.executable, SRPYAPP] + self.args, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=full_env,
+                                        text=True, cwd=ROOT)
+        self.uris = []
+        self.banner = []
+        expected = count if count is not None else 1
+        deadline = time.monotonic() + timeout
+        while len(self.uris) < expected:
+            if time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError("launcher printed %d of %d URIs in %s s" % (len(self.uris), expected, timeout))
+            line = self.process.stdout.readline()
+            if not line:
+                err = self.process.stderr.read()
+                self.process.wait(10)
+                raise AssertionError("launcher exited (%s) before printing its URIs:\n%s" % (self.process.returncode, err))
+            line = line.strip()
+            if URI_LINE.match(line):
+                self.uris.append(line)
+            else:
+                self.banner.append(line)
+
+    def children(self):
+        try:
+            return psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+    def send(self, signum):
+        self.process.send_signal(signum)
+
+    def stop(self, signum=signals.SIGTERM, timeout=30):
+        """Stop the launcher; return (exit code, stderr text)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signum)
+        try:
+            _, err = self.process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            _, err = self.process.communicate()
+        return self.process.returncode, err
+
+
+@pytest.fixture
+def start_launcher():
+    """Factory: start_launcher(args, count=N, env=...) -> Launcher; all are stopped after the test."""
+    started = []
+
+    def start(args=(), count=None, env=None, timeout=60):
+        launcher = Launcher(args, env=env, count=count, timeout=timeout)
+        started.append(launcher)
+        return launcher
+
+    yield start
+    for launcher in started:
+        kids = launcher.children()
+        launcher.stop()
+        psutil.wait_procs(kids, timeout=10)
+        for kid in kids:
+            if kid.is_running():
+                kid.kill()
+
+
+@pytest.fixture(scope="module")
+def engine_uri():
+    """One engine, hosted by the launcher in basic mode, shared by a module's tests."""
+    launcher = Launcher(["-b"])
+    yield launcher.uris[0]
+    code, err = launcher.stop()
+    assert code == 0, err
+
+
+@pytest.fixture
+def engine(engine_uri):
+    """A fresh client to the module's engine, with an empty namespace."""
+    eng = srpy.PythonEngine(engine_uri)
+    eng.clear()
+    yield eng
+    eng.close()
+
+
+def wait_gone(pids, timeout=10):
+    """True once none of the pids is running (zombies count as gone)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        if not alive:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leaked_processes():
+    """Fail the session if any process the tests started outlives them."""
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    yield
+    time.sleep(0.2)
+    left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+    alive = []
+    for proc in left:
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                alive.append("%d %s" % (proc.pid, " ".join(proc.cmdline())))
+        except psutil.NoSuchProcess:
+            pass
+    for proc in left:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    assert not alive, "processes leaked by the tests: %s" % alive
