@@ -5,6 +5,7 @@ Every engine is a process holding one persistent Python namespace, served over P
 is the public face of the package; everything a user needs is named here.
 
  - L{PythonEngine}: a client for one engine (SRPy's API).
+ - L{EngBox}: many engines as one container and one C{concurrent.futures.Executor}.
  - L{newSubEngine}, L{stopSubEngine}: start and stop a local engine process from Python.
  - L{detectNCPUs}: the number of usable cores.
  - L{lite}: a dependency-free client that also runs on Jython 2.7.
@@ -20,8 +21,12 @@ from .client import PythonEngine, Namespace, RemoteObject  # noqa: E402
 from .errors import (SRPyError, SRPyServerNotFound, AuthenticationError, CommunicationError,  # noqa: E402
                      ConnectionLost, CallTimeout, SerializationError, RemoteError, RemoteSystemExit)
 from .launcher import newSubEngine, stopSubEngine, detectNCPUs  # noqa: E402
+from .box import EngBox, MultiRunResult  # noqa: E402
+from .functions import FunctionShippingError  # noqa: E402
+from .errors import EngineDead, NoEnginesError, MissingPackagesError  # noqa: E402
 
 __all__ = [
+    "EngBox", "MultiRunResult", "FunctionShippingError", "EngineDead", "NoEnginesError", "MissingPackagesError",
     "PythonEngine", "Namespace", "RemoteObject", "newSubEngine", "stopSubEngine", "detectNCPUs",
     "errors", "SRPyError", "SRPyServerNotFound", "AuthenticationError", "CommunicationError",
     "ConnectionLost", "CallTimeout", "SerializationError", "RemoteError", "RemoteSystemExit",

@@ -16,6 +16,7 @@ The client side of one engine: L{PythonEngine}, with SRPy's whole surface.
 >>> eng.ns.math.sqrt(3)
 1.7320508075688772
 >>> eng.close(); srpy.stopSubEngine(process)
+0
 """
 
 import statistics
@@ -78,8 +79,8 @@ class PythonEngine(lite.Engine):
 
     # -- transport with bulk bytes ------------------------------------------------------------------
 
-    def _call(self, method: str, *args: Any) -> Any:
-        value, annotations = self._invoke(method, args)
+    def _call(self, method: str, *args: Any, timeout: Optional[float] = None) -> Any:
+        value, annotations = self._invoke(method, args, timeout=timeout)
         if annotations and RESULT_BLOB in annotations:
             return annotations[RESULT_BLOB]
         return value

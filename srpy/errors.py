@@ -86,3 +86,21 @@ class EngineDead(SRPyError):
 
 class NoEnginesError(SRPyError):
     """Work was asked of a box that has no live engine left."""
+
+
+class UnknownFunction(SRPyError, KeyError):
+    """An engine was asked to run a shipped function it has not been sent (it restarted?)."""
+
+
+class MissingPackagesError(SRPyError, ImportError):
+    """
+    Engines lack packages a function needs.
+
+    @ivar missing: C{{engine description: [package, ...]}}.
+    """
+
+    def __init__(self, missing: dict) -> None:
+        self.missing = missing
+        text = "; ".join("%s lacks %s" % (engine, ", ".join(names)) for engine, names in missing.items())
+        super().__init__("packages missing on engines: %s. Install them in the engines' Python, or host "
+                         "engines with one that has them (srpyapp --python PATH)" % text)

@@ -1,0 +1,416 @@
+"""
+L{EngBox}: many engines as one list-like container (SRPy's API) and as one
+C{concurrent.futures.Executor}.
+
+>>> import srpy
+>>> uri, process = srpy.newSubEngine()
+>>> with srpy.EngBox([uri]) as box:
+...     list(box.map(abs, [-1, -2, 3]))
+...     box.submit(pow, 2, 10).result()
+[1, 2, 3]
+1024
+>>> srpy.stopSubEngine(process)
+0
+"""
+
+import concurrent.futures
+import io
+import logging
+import os
+import tarfile
+import threading
+import time
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Union
+
+from . import discovery, functions
+from .client import PythonEngine
+from .errors import NoEnginesError, SRPyServerNotFound
+from .progress import ProgressBar
+from .scheduler import MapJob, Scheduler, Task, missing_packages
+
+log = logging.getLogger("srpy.box")
+
+EngineLike = Union[PythonEngine, str]
+
+
+class EngBox(concurrent.futures.Executor):
+    """
+    A list of L{PythonEngine}s that is also an executor spreading work over them.
+
+    As a container: C{append}, C{startAndAppend*}, C{len}, iteration, C{box[i]} (an engine),
+    C{box[[0, 2]]} and C{box[1:]} (new boxes), C{del box[i]}, C{searchForEngine}, C{getFastest},
+    C{getDead}/C{cleanDead}, C{mrs}/C{mrp}/C{mrpwait}.
+
+    As an executor: C{submit}, C{map}, C{shutdown}, C{with EngBox(...) as box:}; futures are
+    C{concurrent.futures.Future}s, so C{as_completed}, C{wait} and C{cancel} work as documented.
+
+    @ivar task_timeout: seconds any one submitted task may run (None: no limit).
+    """
+
+    def __init__(self, engines: Optional[Iterable[EngineLike]] = None, secret: Optional[str] = None,
+                 task_timeout: Optional[float] = None) -> None:
+        self._engines: List[PythonEngine] = []
+        self._secret = secret
+        self._lock = threading.RLock()
+        self._scheduler: Optional[Scheduler] = None
+        self._shut = False
+        self.task_timeout = task_timeout
+        self.mrs = _MultiRun(self, parallel=False)
+        self.mrp = _MultiRun(self, parallel=True)
+        for engine in engines or ():
+            self.append(engine)
+
+    # -- the container -------------------------------------------------------------------------------
+
+    def append(self, engine: EngineLike) -> PythonEngine:
+        """Add an engine (a L{PythonEngine} or a URI to connect to); returns it."""
+        if not isinstance(engine, PythonEngine):
+            engine = PythonEngine(engine, secret=self._secret)
+        with self._lock:
+            self._engines.append(engine)
+            if self._scheduler is not None:
+                self._scheduler.add_engine(engine)
+        return engine
+
+    def startAndAppend(self, uri: str) -> PythonEngine:
+        """Connect to the engine at C{uri} and add it."""
+        return self.append(PythonEngine(uri, secret=self._secret))
+
+    def startAndAppendFromText(self, text: str) -> List[PythonEngine]:
+        """Connect to every URI in C{text} (one per line; blank lines and C{#} comments skipped)."""
+        uris = [line.strip() for line in text.splitlines()]
+        return [self.startAndAppend(uri) for uri in uris if uri and not uri.startswith("#")]
+
+    def startAndAppendFromFile(self, path: str) -> List[PythonEngine]:
+        """Connect to every URI in the file at C{path} (as written by C{srpyapp -u}) and add them."""
+        with open(path, encoding="utf-8") as handle:
+            return self.startAndAppendFromText(handle.read())
+
+    def getEngines(self) -> List[PythonEngine]:
+        """The engines, as a new list."""
+        with self._lock:
+            return list(self._engines)
+
+    toList = getEngines
+
+    def __len__(self) -> int:
+        return len(self._engines)
+
+    def __iter__(self) -> Iterator[PythonEngine]:
+        return iter(self.getEngines())
+
+    def __getitem__(self, index: Any) -> Any:
+        with self._lock:
+            if isinstance(index, slice):
+                return EngBox(self._engines[index], secret=self._secret)
+            if isinstance(index, (list, tuple)):
+                return EngBox([self._engines[i] for i in index], secret=self._secret)
+            return self._engines[index]
+
+    def __delitem__(self, index: Any) -> None:
+        with self._lock:
+            doomed = self._engines[index] if isinstance(index, slice) else [self._engines[index]]
+            del self._engines[index]
+            for engine in doomed:
+                if self._scheduler is not None:
+                    self._scheduler.remove_engine(engine)
+
+    def remove(self, engine: PythonEngine) -> None:
+        """Take C{engine} out of the box (and out of the scheduling)."""
+        with self._lock:
+            if engine in self._engines:
+                self._engines.remove(engine)
+            if self._scheduler is not None:
+                self._scheduler.remove_engine(engine)
+
+    def __repr__(self) -> str:
+        return "<EngBox of %d engine%s>" % (len(self), "" if len(self) == 1 else "s")
+
+    def searchForEngine(self, name: str = "", group: str = "", ip: str = "", hostname: str = "") -> "EngBox":
+        """A new box of the engines matching every non-empty criterion."""
+        def matches(engine: PythonEngine) -> bool:
+            return ((not name or engine.name == name) and (not group or engine.group == group)
+                    and (not ip or engine.ip == ip) and (not hostname or engine.hostname == hostname))
+        return EngBox([e for e in self if matches(e)], secret=self._secret)
+
+    def getFastest(self, single: bool = True, basis: str = "all", cycles: Optional[int] = None) -> Any:
+        """
+        Benchmark every engine at once; the fastest engine, or (C{single=False}) a new box sorted
+        fastest first. C{basis}: 'net', 'proc' or 'all' (their sum). Engines whose benchmark
+        fails are left out (and logged), never crash the call.
+        """
+        if basis not in ("net", "proc", "all"):
+            raise ValueError("basis must be 'net', 'proc' or 'all', not %r" % (basis,))
+        results = _parallel(self.getEngines(), lambda e: e.benchmark(cycles))
+        scored = []
+        for engine, result in results:
+            if isinstance(result, BaseException):
+                log.warning("benchmark of %s failed: %s", engine.uri, result)
+                continue
+            net, proc, _ = result
+            engine.measured_proc = proc
+            scored.append(({"net": net, "proc": proc, "all": net + proc}[basis], engine))
+        scored.sort(key=lambda pair: pair[0])
+        if single:
+            if not scored:
+                raise NoEnginesError("no engine answered the benchmark")
+            return scored[0][1]
+        return EngBox([engine for _, engine in scored], secret=self._secret)
+
+    def getDead(self, new: bool = False) -> Any:
+        """The indexes of the engines that do not answer, or (C{new=True}) a box of them."""
+        engines = self.getEngines()
+        answers = _parallel(engines, lambda e: e.ping())
+        dead = [i for i, (_, answer) in enumerate(answers) if answer != "pong"]
+        return EngBox([engines[i] for i in dead], secret=self._secret) if new else dead
+
+    def cleanDead(self) -> List[PythonEngine]:
+        """Remove every engine that does not answer; returns the removed engines."""
+        engines = self.getEngines()
+        dead = [engines[i] for i in self.getDead()]
+        for engine in dead:
+            self.remove(engine)
+        return dead
+
+    def mrpwait(self, result: "MultiRunResult", timeout: float = -1) -> Dict[PythonEngine, Any]:
+        """
+        Wait (without polling) until an C{mrp} call has an answer from every engine; return the
+        filled dict. C{timeout} < 0 waits for ever; past a timeout, C{TimeoutError} names the
+        engines still running.
+        """
+        if not result.wait(None if timeout is None or timeout < 0 else timeout):
+            waiting = [e.uri for e in result.engines if e not in result]
+            raise TimeoutError("mrp call not complete after %s s: still waiting for %s" % (timeout, waiting))
+        return result
+
+    # -- discovery ----------------------------------------------------------------------------------
+
+    @classmethod
+    def discover(cls, group: Optional[str] = None, ns_host: Optional[str] = None, ns_port: Optional[int] = None,
+                 secret: Optional[str] = None, timeout: float = 5.0) -> "EngBox":
+        """
+        A box of every live engine registered in the Pyro5 name server (of C{group}, if given).
+        Entries whose engine no longer answers within C{timeout} are skipped and removed.
+        """
+        box = cls(secret=secret)
+        stale = []
+        entries = discovery.find(group, ns_host, ns_port)
+
+        def connect(entry: Any) -> PythonEngine:
+            return PythonEngine(entry[1], secret=secret, connect_timeout=timeout)
+
+        for (name, uri, _), engine in _parallel(entries, connect):
+            if isinstance(engine, SRPyServerNotFound):
+                stale.append(name)
+            elif isinstance(engine, BaseException):
+                log.warning("skipping %s at %s: %s", name, uri, engine)
+            else:
+                box.append(engine)
+        discovery.remove_entries(stale, ns_host, ns_port)
+        return box
+
+    # -- projects and environments ------------------------------------------------------------------
+
+    def require(self, *packages: str) -> None:
+        """
+        Check that every engine can import every package.
+
+        @raise MissingPackagesError: naming which engines lack which packages.
+        """
+        error = missing_packages(self.getEngines(), list(packages))
+        if error is not None:
+            raise error
+
+    def upload(self, path: str) -> Dict[str, List[str]]:
+        """
+        Ship a file or a whole directory tree (packed as one archive) into every engine's sandbox,
+        which is each engine's working directory: tasks open the files by relative path
+        (C{open('data/x.csv')} after C{upload('data')}). Returns {uri: files unpacked}.
+        """
+        if not os.path.exists(path):
+            raise FileNotFoundError(path)
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+            tar.add(path, arcname=os.path.basename(os.path.normpath(path)),
+                    filter=lambda info: None if info.issym() or info.islnk() else info)
+        archive = buffer.getvalue()
+        results = _parallel(self.getEngines(), lambda e: e._call_with_vars("unpack", (), {"archive": archive}))
+        return {engine.uri: _raise_if_error(result) for engine, result in results}
+
+    # -- the executor ------------------------------------------------------------------------------
+
+    def _get_scheduler(self) -> Scheduler:
+        with self._lock:
+            if self._shut:
+                raise RuntimeError("cannot schedule new work after shutdown")
+            if self._scheduler is None:
+                if not self._engines:
+                    raise NoEnginesError("the box has no engine to run work on")
+                self._scheduler = Scheduler(on_dead=self._engine_died)
+                for engine in self._engines:
+                    self._scheduler.add_engine(engine)
+            return self._scheduler
+
+    def _engine_died(self, engine: PythonEngine) -> None:
+        with self._lock:
+            if engine in self._engines:
+                self._engines.remove(engine)
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
+        """Run C{fn(*args, **kwargs)} on some engine; returns its Future at once."""
+        bundle = functions.pack(fn)
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._get_scheduler().put(Task(bundle, "call", [args, kwargs], future, self.task_timeout))
+        return future
+
+    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: Optional[float] = None,
+            chunksize: Optional[int] = None, progress: bool = False) -> Iterator[Any]:
+        """
+        Like the builtin map, over the engines: results in order, computed in chunks whose size
+        srpy picks per engine from what it measures (or C{chunksize}, if given). C{timeout} counts
+        from this call, as in C{concurrent.futures}. C{progress=True} draws a live progress line
+        (rate, ETA) on stderr. An exception raised by C{fn} is raised when its result is reached.
+        """
+        bundle = functions.pack(fn)
+        items = list(zip(*iterables))
+        if chunksize is not None and chunksize < 1:
+            raise ValueError("chunksize must be >= 1")
+        bar = ProgressBar(len(items)) if progress and items else None
+        job = MapJob(bundle, items, chunksize, self.task_timeout, bar)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._get_scheduler().put_map(job)
+        return _results(job, deadline)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop taking work; optionally cancel queued work; optionally wait for running work."""
+        with self._lock:
+            self._shut = True
+            scheduler = self._scheduler
+        if scheduler is not None:
+            scheduler.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+    def stats(self) -> Dict[str, int]:
+        """How many tasks (map items count one each) each engine completed: {uri: count}."""
+        return self._scheduler.stats() if self._scheduler is not None else {}
+
+    def close(self) -> None:
+        """Shut the executor down and close every engine's connections (the engines keep running)."""
+        self.shutdown(wait=True)
+        for engine in self.getEngines():
+            engine.close()
+
+
+def _results(job: MapJob, deadline: Optional[float]) -> Iterator[Any]:
+    """Yield a map's results in order, chunk by chunk, as the chunks complete."""
+    index = 0
+    try:
+        while True:
+            with job.changed:
+                while index >= len(job.chunks):
+                    if job.next >= len(job.items) or job.cancelled:
+                        if job.progress is not None:
+                            job.progress.close()
+                        return
+                    if not job.changed.wait(_remaining(deadline)):
+                        raise TimeoutError("map results not ready within its timeout")
+                future = job.chunks[index]
+            outcome = future.result(_remaining(deadline))
+            index += 1
+            yield from outcome[1]
+            if outcome[0] == "part":
+                raise outcome[2]
+    finally:
+        job.cancel()
+
+
+def _remaining(deadline: Optional[float]) -> Optional[float]:
+    if deadline is None:
+        return None
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("map results not ready within its timeout")
+    return left
+
+
+def _parallel(items: Sequence[Any], action: Callable[[Any], Any]) -> List[Any]:
+    """C{[(item, action(item) or the exception it raised)]}, all run at once in threads."""
+    results: List[Any] = [None] * len(items)
+
+    def run(i: int) -> None:
+        try:
+            results[i] = (items[i], action(items[i]))
+        except Exception as exc:  # each item's failure is its own result
+            results[i] = (items[i], exc)
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(items))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def _raise_if_error(value: Any) -> Any:
+    if isinstance(value, BaseException):
+        raise value
+    return value
+
+
+class MultiRunResult(dict):
+    """The dict an C{mrp} call fills in as engines answer: {engine: result or exception}."""
+
+    def __init__(self, engines: List[PythonEngine]) -> None:
+        super().__init__()
+        self.engines = engines
+        self._done = threading.Event()
+        self._left = len(engines)
+        self._lock = threading.Lock()
+        if not engines:
+            self._done.set()
+
+    def _fill(self, engine: PythonEngine, value: Any) -> None:
+        with self._lock:
+            self[engine] = value
+            self._left -= 1
+            if self._left == 0:
+                self._done.set()
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        """True once every engine has answered (blocks, no polling)."""
+        return self._done.wait(timeout)
+
+
+class _MultiRun:
+    """C{box.mrs.method(...)} / C{box.mrp.method(...)}: call a PythonEngine method on every engine."""
+
+    def __init__(self, box: EngBox, parallel: bool) -> None:
+        self._box = box
+        self._parallel = parallel
+
+    def __getattr__(self, method: str) -> Callable[..., Any]:
+        if method.startswith("_") or not callable(getattr(PythonEngine, method, None)):
+            raise AttributeError("PythonEngine has no method %r" % method)
+
+        def run(*args: Any, **kwargs: Any) -> Dict[PythonEngine, Any]:
+            engines = self._box.getEngines()
+            result = MultiRunResult(engines)
+            if self._parallel:
+                for engine in engines:
+                    threading.Thread(target=_call_into, args=(result, engine, method, args, kwargs),
+                                     daemon=True).start()
+            else:
+                for engine in engines:
+                    _call_into(result, engine, method, args, kwargs)
+            return result
+
+        run.__name__ = method
+        return run
+
+
+def _call_into(result: MultiRunResult, engine: PythonEngine, method: str, args: Any, kwargs: Any) -> None:
+    try:
+        value = getattr(engine, method)(*args, **kwargs)
+    except Exception as exc:  # an engine's exception is its value, by SRPy's contract
+        value = exc
+    result._fill(engine, value)
+
