@@ -14,6 +14,7 @@ and what user code prints goes to the engine's log, not to any client.
 import builtins
 import functools
 import importlib
+import io
 import logging
 import os
 import platform
@@ -21,6 +22,7 @@ import struct
 import shutil
 import socket
 import sys
+import tarfile
 import tempfile
 import threading
 import time
@@ -31,7 +33,7 @@ import psutil
 from Pyro5.api import expose
 from Pyro5.callcontext import current_context
 
-from . import benchmark, codec, lite, __version__
+from . import benchmark, codec, errors, functions, lite, __version__
 
 log = logging.getLogger("srpy.engine")
 call_log = logging.getLogger("srpy.engine.calls")
@@ -134,7 +136,52 @@ def _result_as_blob(result: Any) -> Any:
         conn.send(header + struct.pack("!4sI", RESULT_BLOB.encode("ascii"), len(result)))
         conn.send(result)
         return None
+    if current_context.serializer_id == lite.JSON_SERIALIZER_ID:
+        _check_json(result)
     return result
+
+
+#: types json carries as they are, and types Pyro5's json serializer sends as text or a list
+_JSON_SCALARS = (type(None), bool, int, float, str)
+_JSON_AS_TEXT = {"datetime.datetime", "datetime.date", "decimal.Decimal", "uuid.UUID", "array.array"}
+
+
+def _check_json(result: Any) -> None:
+    """
+    Refuse, with a TypeError naming the type, a result json cannot carry: Pyro5's json serializer
+    would otherwise send an object (a module, say) as a dict of its attributes.
+    """
+    found = _non_json(result)
+    if found is not None:
+        where, value = found
+        exc = TypeError("cannot return a value of type %r (at result%s) to a json client: json carries "
+                        "None, bool, numbers, str, lists and dicts. Return something made of those "
+                        "(str(value), or the attributes you need), or use srpy.PythonEngine"
+                        % (type(value).__name__, where))
+        exc.srpy_traceback = "TypeError: %s\n" % exc
+        raise exc
+
+
+def _non_json(value: Any, depth: int = 0) -> Optional[tuple]:
+    """C{(where, part)} for the first part of C{value} that json cannot carry; None if all can."""
+    if isinstance(value, _JSON_SCALARS) or depth > 64:  # deeper: left to the serializer
+        return None
+    if isinstance(value, dict):
+        for key in value:
+            if not isinstance(key, _JSON_SCALARS):
+                return "[%r] (a key)" % (key,), key
+        items: Any = value.items()
+    elif isinstance(value, (list, tuple, set)):
+        items = enumerate(value)
+    else:
+        kind = type(value)
+        return None if "%s.%s" % (kind.__module__, kind.__qualname__) in _JSON_AS_TEXT else ("", value)
+    for key, item in items:
+        if not isinstance(item, _JSON_SCALARS):
+            found = _non_json(item, depth + 1)
+            if found is not None:
+                return "[%r]%s" % (key, found[0]), found[1]
+    return None
 
 
 def _short(args: Sequence[Any]) -> Any:
@@ -194,6 +241,7 @@ class Engine:
         self._lock = threading.Lock()
         self._current: Optional[str] = None
         self._codes: Dict[Any, Any] = {}
+        self._functions: Dict[str, Any] = {}
         self._trailing = threading.local()
         self.sandbox = tempfile.mkdtemp(prefix="srpy-sandbox-")
         sys.path.insert(0, self.sandbox)
@@ -356,6 +404,76 @@ class Engine:
             top = name.partition(".")[0]
             self.ns[top] = sys.modules[top]
 
+    # -- tasks (the executor's wire interface) ------------------------------------------------------
+
+    @_engine_call(locked=True)
+    def define(self, fn_hash: str, bundle: Dict[str, Any]) -> None:
+        """Build a shipped function (see L{srpy.functions}) and keep it under C{fn_hash}."""
+        if fn_hash not in self._functions:
+            self._functions[fn_hash] = functions.build(bundle, self._install_files)
+
+    @_engine_call(locked=True)
+    def run_batch(self, tasks: List[Any]) -> bytes:
+        """
+        Run C{tasks}, each C{[hash, 'call', [args, kwargs]]} or C{[hash, 'map', [args, args, ...]]},
+        with functions sent earlier by L{define}. Returns the outcomes, already serialized:
+        C{('ok', value)}, C{('err', exception)}, or for a map that failed part-way
+        C{('part', values, exception)}. A value that cannot travel fails only its own task.
+        """
+        outcomes = [self._run_task(task) for task in tasks]
+        try:
+            return codec.dumps(outcomes)
+        except (TypeError, ValueError):
+            return codec.dumps([_travelling(outcome) for outcome in outcomes])
+
+    def _run_task(self, task: Sequence[Any]) -> tuple:
+        fn_hash, kind, payload = task
+        fn = self._functions.get(fn_hash)
+        if fn is None:
+            raise errors.UnknownFunction("this engine has no function %s: send its definition" % fn_hash)
+        if kind == "call":
+            try:
+                return ("ok", fn(*payload[0], **(payload[1] or {})))
+            except Exception as exc:
+                exc.srpy_traceback = _user_traceback(exc)
+                return ("err", exc)
+        results = []
+        try:
+            for args in payload:
+                results.append(fn(*args))
+        except Exception as exc:
+            exc.srpy_traceback = _user_traceback(exc)
+            return ("part", results, exc)
+        return ("ok", results)
+
+    @_engine_call(locked=True)
+    def check_modules(self, names: Sequence[str]) -> List[str]:
+        """The names among C{names} that this engine cannot import."""
+        missing = []
+        for name in names:
+            try:
+                importlib.import_module(name)
+            except ImportError:
+                missing.append(name)
+        return missing
+
+    @_engine_call(locked=True)
+    def unpack(self, archive: bytes) -> List[str]:
+        """Unpack a tar archive (sent by C{EngBox.upload}) into the sandbox; return its members."""
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            members = tar.getmembers()
+            for member in members:
+                self._sandbox_path(member.name)
+                if not (member.isfile() or member.isdir()):
+                    raise ValueError("upload archives hold only files and folders, not %r" % member.name)
+            safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            tar.extractall(self.sandbox, members=members, **safe)
+        importlib.invalidate_caches()
+        return [m.name for m in members if m.isfile()]
+
+    def _install_files(self, files: Dict[str, str]) -> None:
+        Engine.install.__wrapped__(self, files)
+
     # -- control calls (not locked) ---------------------------------------------------------------
 
     @_engine_call(locked=False)
@@ -419,6 +537,15 @@ class Engine:
         if not isinstance(group, str):
             raise TypeError("a group is a str, not %s" % type(group).__name__)
         self.group = group
+
+
+def _travelling(outcome: tuple) -> tuple:
+    """C{outcome}, or an error outcome naming why its value cannot travel."""
+    try:
+        codec.dumps(outcome)
+        return outcome
+    except (TypeError, ValueError) as exc:
+        return ("err", exc if isinstance(exc, errors.SerializationError) else errors.SerializationError(str(exc)))
 
 
 def _check_source(source: Any) -> None:

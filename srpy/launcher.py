@@ -27,10 +27,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import psutil
 from Pyro5 import config as pyro_config
 
-from . import __version__, codec, copyright
+from . import __version__, codec, copyright, discovery
 from .engine import OBJECT_ID, Engine, capture_output
 from .errors import SRPyError
-from .security import SecureDaemon, check_listen_policy
+from .daemon import EngineDaemon
+from .security import check_listen_policy
 
 log = logging.getLogger("srpy.launcher")
 
@@ -72,6 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="shared secret clients must prove they know (default: $SRPY_SECRET)")
     parser.add_argument("--insecure", action="store_true",
                         help="allow listening on a non-loopback address without a secret")
+    parser.add_argument("--ns", action="store_true",
+                        help="register the engines in a Pyro5 name server (found by --ns-host, or broadcast)")
+    parser.add_argument("--start-ns", action="store_true",
+                        help="start a Pyro5 name server in the launcher (implies --ns)")
+    parser.add_argument("--ns-host", default=None, help="name server host (default: this machine, then broadcast)")
+    parser.add_argument("--ns-port", type=int, default=None, help="name server port (default 9090)")
+    parser.add_argument("--python", metavar="PATH", default=None,
+                        help="host the engine processes in this Python (a virtualenv's, say); it must have srpy")
     parser.add_argument("--ready-timeout", type=float, default=30.0, help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--version", action="version", version="srpy %s" % __version__)
@@ -122,17 +131,26 @@ class EngineServer:
         check_listen_policy(host, secret, insecure)
         codec.register()
         pyro_config.SERVERTYPE = "thread"
-        self.daemon = SecureDaemon(host=host, port=port, secret=secret)
+        self.daemon = EngineDaemon(host=host, port=port, secret=secret)
         self.engine = Engine(name=name, group=group, debug=debug, timing=timing)
         self.uri = str(self.daemon.register(self.engine, OBJECT_ID))
         self.engine.uri = self.uri
+        os.chdir(self.engine.sandbox)  # tasks open uploaded files by relative path
         self._stop = threading.Event()
+        self._ns: Optional[Tuple[str, Optional[str], Optional[int]]] = None
+
+    def register(self, ns_host: Optional[str], ns_port: Optional[int]) -> None:
+        """Register this engine in the Pyro5 name server (removed again when it stops)."""
+        self._ns = (discovery.register(self.uri, Engine.whoami.__wrapped__(self.engine), ns_host, ns_port),
+                    ns_host, ns_port)
 
     def serve(self) -> None:
         """Serve until L{stop} is called; then release the port and remove the sandbox."""
         try:
             self.daemon.requestLoop(lambda: not self._stop.is_set())
         finally:
+            if self._ns is not None:
+                discovery.unregister(*self._ns)
             self.daemon.close()
             self.engine.close()
 
@@ -144,11 +162,19 @@ class EngineServer:
 
 def _start_server(options: argparse.Namespace, name: str, port: int) -> EngineServer:
     try:
-        return EngineServer(host=options.host, port=port, name=name, group=options.group,
-                            secret=options.secret, insecure=options.insecure,
-                            debug=options.debug, timing=options.time)
+        server = EngineServer(host=options.host, port=port, name=name, group=options.group,
+                              secret=options.secret, insecure=options.insecure,
+                              debug=options.debug, timing=options.time)
     except OSError as exc:
         raise SRPyError("cannot listen on %s:%s: %s" % (options.host, port, exc.strerror or exc)) from None
+    if options.ns or options.start_ns:
+        try:
+            server.register(options.ns_host, options.ns_port)
+        except SRPyError:
+            server.daemon.close()
+            server.engine.close()
+            raise
+    return server
 
 
 def run_child(options: argparse.Namespace) -> int:
@@ -241,6 +267,12 @@ def child_command(options: argparse.Namespace, name: str, port: int, python: Opt
         command.append("--insecure")
     if options.pyro_config:
         command += ["--pyro-config", options.pyro_config]
+    if getattr(options, "ns", False) or getattr(options, "start_ns", False):
+        command.append("--ns")
+        if options.ns_host:
+            command += ["--ns-host", options.ns_host]
+        if options.ns_port:
+            command += ["--ns-port", str(options.ns_port)]
     return command
 
 
@@ -326,9 +358,10 @@ def _stop_sub_engines() -> None:
 class Supervisor:
     """Runs the launcher's engines until asked to stop, reporting any engine that dies."""
 
-    def __init__(self, engines: List[EngineProcess], uri_file: Optional[str]) -> None:
+    def __init__(self, engines: List[EngineProcess], uri_file: Optional[str], stop_ns: Any = None) -> None:
         self.engines = engines
         self.uri_file = uri_file
+        self.stop_ns = stop_ns or (lambda: None)
         self.stopping = threading.Event()
 
     def run(self) -> None:
@@ -347,6 +380,7 @@ class Supervisor:
             code = engine.stop()
             _remove_tree(engine.sandbox)
             log.debug("engine %s stopped (exit code %s)", engine.uri, code)
+        self.stop_ns()
         if self.uri_file:
             try:
                 os.remove(self.uri_file)
@@ -393,9 +427,16 @@ def run_multi(options: argparse.Namespace, count: int) -> int:
     """Start C{count} engine processes, print their URIs, supervise them until stopped."""
     names = ["%s-%d" % (options.name, i + 1) if options.name else "" for i in range(count)]
     ports = [options.port + i if options.port else 0 for i in range(count)]
-    commands = [child_command(options, names[i], ports[i]) for i in range(count)]
-    engines = spawn_engines(commands, options.secret, options.ready_timeout)
-    supervisor = Supervisor(engines, options.uri_file)
+    if options.python:
+        check_python(options.python)
+    commands = [child_command(options, names[i], ports[i], options.python) for i in range(count)]
+    stop_ns = _maybe_start_ns(options)
+    try:
+        engines = spawn_engines(commands, options.secret, options.ready_timeout)
+    except BaseException:
+        stop_ns()
+        raise
+    supervisor = Supervisor(engines, options.uri_file, stop_ns)
     try:
         print(_banner(count, options))
         for engine in engines:
@@ -411,9 +452,39 @@ def run_multi(options: argparse.Namespace, count: int) -> int:
     return 0
 
 
+def check_python(python: str) -> None:
+    """Make sure C{python} runs and has srpy (and its dependencies) importable."""
+    try:
+        done = subprocess.run([python, "-c", "import srpy, sys; print(srpy.__version__)"],
+                              capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise SRPyError("cannot run the Python at %s: %s" % (python, exc)) from None
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["?"])[-1]
+        raise SRPyError("the Python at %s cannot host engines: it has no srpy (%s). Install srpy "
+                        "there first: %s -m pip install srpy" % (python, last, python))
+
+
+def _maybe_start_ns(options: argparse.Namespace) -> Any:
+    """Start a name server when asked; returns the function that stops it (a no-op otherwise)."""
+    if not options.start_ns:
+        return lambda: None
+    uri, stop = discovery.start_name_server(options.ns_host or options.host, options.ns_port or 9090)
+    options.ns_host = options.ns_host or options.host
+    print("name server: %s" % uri)
+    return stop
+
+
 def run_basic(options: argparse.Namespace) -> int:
     """Serve one engine in this process until stopped."""
-    server = _start_server(options, options.name, options.port)
+    if options.python:
+        raise SRPyError("--python needs engine processes: use it with -m or -n N")
+    stop_ns = _maybe_start_ns(options)
+    try:
+        server = _start_server(options, options.name, options.port)
+    except BaseException:
+        stop_ns()
+        raise
     print(_banner(1, options))
     print(server.uri)
     sys.stdout.flush()
@@ -425,6 +496,7 @@ def run_basic(options: argparse.Namespace) -> int:
         _watch_quit(server.stop)
         server.serve()
     finally:
+        stop_ns()
         if options.uri_file and os.path.exists(options.uri_file):
             os.remove(options.uri_file)
     return 0
