@@ -49,7 +49,6 @@ RESULT_BLOB = lite.RESULT_BLOB
 BLOB_MARK = "\x00srpy-blob:"
 #: annotation listing the sizes of the raw byte strings that follow a call message
 TRAILING = lite.TRAILING
-_USER_FILE = "<srpy>"
 
 
 def _read_trailing() -> List[bytes]:
@@ -75,7 +74,7 @@ def _stand_in_type(name: str) -> type:
 def _user_traceback(exc: BaseException) -> str:
     """The traceback of C{exc} from the first frame of user code on (the engine's own frames cut)."""
     tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename != _USER_FILE:
+    while tb is not None and not tb.tb_frame.f_code.co_filename.startswith(functions.SOURCE_PREFIX):
         tb = tb.tb_next
     if tb is None:
         return "".join(traceback.format_exception_only(type(exc), exc))
@@ -215,10 +214,15 @@ class _OutputToLog:
 
 
 def capture_output() -> None:
-    """Send everything user code prints to the engine's log (call once, in the engine process)."""
+    """
+    Send everything user code prints to the engine's log (call once, in the engine process), and
+    give user code an empty stdin: C{input()} raises EOFError instead of blocking the engine on
+    the launcher's pipe or console (the launcher itself reads C{sys.__stdin__}).
+    """
     if not isinstance(sys.stdout, _OutputToLog):
         sys.stdout = _OutputToLog(logging.INFO)  # type: ignore[assignment]
         sys.stderr = _OutputToLog(logging.WARNING)  # type: ignore[assignment]
+        sys.stdin = io.StringIO()
 
 
 class Engine:
@@ -265,7 +269,7 @@ class Engine:
         if code is None:
             if len(self._codes) > 1024:
                 self._codes.clear()
-            code = self._codes[key] = compile(source, _USER_FILE, mode)
+            code = self._codes[key] = compile(source, functions.source_filename(source, mode), mode)
         return code
 
     def _with_blobs(self, variables: Optional[Dict[str, Any]]) -> Dict[str, Any]:
@@ -458,8 +462,14 @@ class Engine:
         return missing
 
     @_engine_call(locked=True)
-    def unpack(self, archive: bytes) -> List[str]:
-        """Unpack a tar archive (sent by C{EngBox.upload}) into the sandbox; return its members."""
+    def unpack(self, variables: Dict[str, Any]) -> List[str]:
+        """
+        Unpack the tar archive C{variables['archive']} (sent by C{EngBox.upload}, large ones as raw
+        bytes after the call) into the sandbox; return the files it held.
+        """
+        archive = self._with_blobs(variables).get("archive")
+        if not isinstance(archive, bytes):
+            raise TypeError("unpack() needs the archive as bytes, not %s" % type(archive).__name__)
         with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
             members = tar.getmembers()
             for member in members:

@@ -30,55 +30,26 @@ import builtins
 import hashlib
 import importlib
 import inspect
+import linecache
 import os
 import sys
-import sysconfig
 import textwrap
 import types
 import weakref
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from . import codec, shipping
+from .shipping import module_origin
 from .errors import SRPyError
 
-#: file name user functions are compiled under on the engine (tracebacks show it)
+#: file name prefix of code compiled on an engine (tracebacks show it, with the source lines)
+SOURCE_PREFIX = "<srpy"
 SOURCE_FILE = "<srpy>"
 _FUTURE_ANNOTATIONS = __import__("__future__").annotations.compiler_flag
 
 
 class FunctionShippingError(SRPyError, TypeError):
     """A function (or something it uses) cannot travel to an engine."""
-
-
-# -- where a module comes from --------------------------------------------------------------------
-
-_STDLIB = {os.path.normcase(os.path.realpath(p)) for p in
-           (sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platstdlib"])}
-_SITE = {os.path.normcase(os.path.realpath(p)) for p in
-         (sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"])}
-
-
-def module_origin(module: types.ModuleType) -> str:
-    """
-    'builtin', 'stdlib', 'installed' (site-packages) or 'local' (a source file of the user's).
-
-    >>> import json, srpy
-    >>> module_origin(sys), module_origin(json)
-    ('builtin', 'stdlib')
-    """
-    name = module.__name__.partition(".")[0]
-    if name in sys.builtin_module_names:
-        return "builtin"
-    top = sys.modules.get(name, module)
-    path = getattr(top, "__file__", None)
-    if not path:
-        return "builtin"
-    path = os.path.normcase(os.path.realpath(path))
-    if any(path.startswith(site + os.sep) for site in _SITE):
-        return "installed"
-    if any(path.startswith(lib + os.sep) for lib in _STDLIB):
-        return "stdlib"
-    return "local"
 
 
 # -- packing (client side) ----------------------------------------------------------------------
@@ -111,7 +82,9 @@ def _pack(fn: Any) -> Dict[str, Any]:
     if isinstance(fn, (functools_partial_type(),)):
         raise FunctionShippingError("functools.partial objects cannot travel: use a lambda or a def "
                                     "that calls %r with the fixed arguments" % (fn.func,))
-    if inspect.ismethod(fn) or (isinstance(fn, types.BuiltinMethodType) and not inspect.ismodule(fn.__self__ or sys)):
+    bound_to = getattr(fn, "__self__", None)
+    if inspect.ismethod(fn) or (isinstance(fn, types.BuiltinMethodType) and bound_to is not None
+                                and not inspect.ismodule(bound_to)):
         raise FunctionShippingError("%r is a method bound to an object, which cannot travel: ship a "
                                     "module-level function that builds or receives the object" % (fn,))
     reference = _as_reference(fn)
@@ -143,7 +116,7 @@ def _as_reference(fn: Any) -> Optional[Dict[str, Any]]:
     if target is not fn:
         return None
     origin = module_origin(module)
-    files = shipping.module_files(module_name) if origin == "local" else {}
+    files = shipping.local_closure(module_name) if origin == "local" else {}
     requires = [module_name.partition(".")[0]] if origin == "installed" else []
     return {"kind": "ref", "module": module_name, "qualname": qualname, "files": files, "requires": requires}
 
@@ -228,7 +201,7 @@ class _PackState:
     def _need_module(self, module: types.ModuleType) -> None:
         origin = module_origin(module)
         if origin == "local":
-            self.files.update(shipping.module_files(module.__name__))
+            self.files.update(shipping.local_closure(module.__name__))
         elif origin == "installed":
             self.requires.add(module.__name__.partition(".")[0])
 
@@ -334,14 +307,36 @@ def build(bundle: Dict[str, Any], install: Optional[Callable[[Dict[str, str]], A
             namespace[alias] = _import_attribute(module, qualname)
     namespace.update(bundle.get("values", {}))
     for source in bundle.get("helpers", ()):
-        exec(compile(source, SOURCE_FILE, "exec", _FUTURE_ANNOTATIONS, dont_inherit=True), namespace)
+        exec(_compile(source, "exec", "helper"), namespace)
     if bundle["kind"] == "lambda":
-        return eval(compile(bundle["source"], SOURCE_FILE, "eval", dont_inherit=True), namespace)
-    exec(compile(bundle["source"], SOURCE_FILE, "exec", _FUTURE_ANNOTATIONS, dont_inherit=True), namespace)
+        return eval(_compile(bundle["source"], "eval", "lambda"), namespace)
+    exec(_compile(bundle["source"], "exec", bundle["name"]), namespace)
     fn = namespace[bundle["name"]]
     fn.__defaults__ = tuple(bundle.get("defaults") or ()) or None
     fn.__kwdefaults__ = dict(bundle.get("kwdefaults") or {}) or None
     return fn
+
+
+def source_filename(source: str, label: str = "") -> str:
+    """
+    A file name for C{source} that tracebacks can show lines of: it is registered in C{linecache}.
+
+    >>> import linecache
+    >>> name = source_filename("x = 1\\n", "demo")
+    >>> name.startswith("<srpy demo "), linecache.getline(name, 1)
+    (True, 'x = 1\\n')
+    """
+    digest = hashlib.sha1(source.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+    name = "%s %s %s>" % (SOURCE_PREFIX, label or "code", digest)
+    if name not in linecache.cache:
+        lines = source.splitlines(True)
+        linecache.cache[name] = (len(source), None, lines, name)
+    return name
+
+
+def _compile(source: str, mode: str, label: str) -> Any:
+    flags = _FUTURE_ANNOTATIONS if mode == "exec" else 0
+    return compile(source, source_filename(source, label), mode, flags, dont_inherit=True)
 
 
 def _import_attribute(module_name: str, qualname: str) -> Any:

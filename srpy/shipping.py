@@ -2,14 +2,16 @@
 What travels to an engine's sandbox: the source files of local modules and packages.
 
 >>> sorted(module_files("srpy.errors"))[:2]
-['srpy/__init__.py', 'srpy/benchmark.py']
+['srpy/__init__.py', 'srpy/__main__.py']
 """
 
+import ast
 import importlib.util
 import os
 import sys
+import sysconfig
 import types
-from typing import Any, Dict
+from typing import Any, Dict, List, Optional
 
 from .errors import SRPyError
 
@@ -67,3 +69,91 @@ def _package_files(location: str, top: str) -> Dict[str, str]:
                 relative = os.path.relpath(full, location).replace(os.sep, "/")
                 files[top + "/" + relative] = _read_source(full, top)
     return files
+
+
+# -- where a module comes from, and what local modules it needs ----------------------------------
+
+_STDLIB = {os.path.normcase(os.path.realpath(p)) for p in
+           (sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platstdlib"])}
+_SITE = {os.path.normcase(os.path.realpath(p)) for p in
+         (sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"])}
+
+
+def module_origin(module: Any) -> str:
+    """
+    Where a module (object or name) comes from: 'builtin', 'stdlib', 'installed' (site-packages),
+    'local' (a source file of the user's) or 'missing' (not importable here).
+
+    >>> import json
+    >>> module_origin(sys), module_origin(json), module_origin("no_such_module_here")
+    ('builtin', 'stdlib', 'missing')
+    """
+    name = (module.__name__ if isinstance(module, types.ModuleType) else str(module)).partition(".")[0]
+    if name in sys.builtin_module_names:
+        return "builtin"
+    loaded = sys.modules.get(name)
+    if loaded is not None:
+        path = getattr(loaded, "__file__", None)
+    else:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None:
+            return "missing"
+        path = spec.origin if spec.origin not in (None, "built-in", "frozen") else None
+    return _origin_of_path(path)
+
+
+def _origin_of_path(path: Optional[str]) -> str:
+    if not path:
+        return "builtin"
+    path = os.path.normcase(os.path.realpath(path))
+    if any(path.startswith(site + os.sep) for site in _SITE):
+        return "installed"
+    if any(path.startswith(lib + os.sep) for lib in _STDLIB):
+        return "stdlib"
+    return "local"
+
+
+def local_closure(module: Any) -> Dict[str, str]:
+    """
+    The files of C{module} (a local module) and of every local module they import, transitively
+    (found by reading their import statements), keyed by sandbox-relative path.
+    """
+    name = module.__name__ if isinstance(module, types.ModuleType) else str(module)
+    files: Dict[str, str] = {}
+    todo, seen = [name.partition(".")[0]], set()
+    while todo:
+        top = todo.pop()
+        if top in seen:
+            continue
+        seen.add(top)
+        found = module_files(top)
+        files.update(found)
+        for path, source in found.items():
+            for imported in imported_names(source, path):
+                if imported not in seen and module_origin(imported) == "local":
+                    todo.append(imported)
+    return files
+
+
+def imported_names(source: str, path: str = "<source>") -> List[str]:
+    r"""
+    The top-level names of the modules C{source} imports absolutely (relative imports stay
+    inside its own package, which travels whole).
+
+    >>> imported_names("import os.path, json as j\nfrom mylib.sub import x\nfrom . import y")
+    ['json', 'mylib', 'os']
+    """
+    try:
+        tree = ast.parse(source, path)
+    except SyntaxError:
+        return []
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.partition(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.partition(".")[0])
+    return sorted(names)
