@@ -88,7 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not a whole number: %r" % (text,)) from None
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return value
@@ -155,9 +158,14 @@ class EngineServer:
             self.engine.close()
 
     def stop(self) -> None:
-        """Make L{serve} return (safe from any thread and from signal handlers)."""
+        """
+        Make L{serve} return (safe from any thread, from signal handlers, and before L{serve}
+        has started: then it returns at once).
+        """
         self._stop.set()
-        self.daemon.shutdown()
+        server = self.daemon.transportServer
+        if server is not None:
+            server.shutdown()  # not the daemon's: that one breaks a request loop that has not started
 
 
 def _start_server(options: argparse.Namespace, name: str, port: int) -> EngineServer:
@@ -180,6 +188,8 @@ def _start_server(options: argparse.Namespace, name: str, port: int) -> EngineSe
 def run_child(options: argparse.Namespace) -> int:
     """An engine process started by a launcher: report readiness on stdout, stop at stdin's end."""
     out = sys.stdout
+    stopping = threading.Event()
+    _on_signals(stopping.set)  # before READY: a signal that comes early still stops us cleanly
     try:
         server = _start_server(options, options.name, options.port)
     except Exception as exc:  # whatever stops the engine from starting, the launcher must hear it
@@ -190,18 +200,24 @@ def run_child(options: argparse.Namespace) -> int:
     out.flush()
     os.dup2(sys.stderr.fileno(), 1)  # nothing else may ever block on the launcher's pipe
     capture_output()
-    threading.Thread(target=_stop_at_eof, args=(server,), name="srpy-parent-watch", daemon=True).start()
-    _on_signals(server.stop)
+    threading.Thread(target=_stop_at_eof, args=(stopping,), name="srpy-parent-watch", daemon=True).start()
+    threading.Thread(target=_stop_when_set, args=(stopping, server), name="srpy-stopper", daemon=True).start()
     server.serve()
     return 0
 
 
-def _stop_at_eof(server: EngineServer) -> None:
-    try:
-        while sys.stdin.buffer.read(4096):
+def _stop_at_eof(stopping: threading.Event) -> None:
+    """Ask the engine to stop when the launcher's end of our stdin closes (the launcher is gone)."""
+    try:  # the raw descriptor: a buffered reader blocked here would abort interpreter shutdown
+        while os.read(0, 4096):
             pass
-    except (OSError, ValueError):
+    except OSError:
         pass
+    stopping.set()
+
+
+def _stop_when_set(stopping: threading.Event, server: "EngineServer") -> None:
+    stopping.wait()
     server.stop()
 
 
@@ -409,11 +425,12 @@ def _banner(count: int, options: argparse.Namespace) -> str:
 
 
 def _watch_quit(stop: Any) -> None:
-    if not sys.stdin.isatty():
+    stdin = sys.__stdin__  # the console, even once user code got an empty sys.stdin
+    if stdin is None or not stdin.isatty():
         return
 
     def reader() -> None:
-        for line in sys.stdin:
+        for line in stdin:
             if line.strip().lower() in ("quit", "exit", "q"):
                 break
         else:
@@ -431,12 +448,13 @@ def run_multi(options: argparse.Namespace, count: int) -> int:
         check_python(options.python)
     commands = [child_command(options, names[i], ports[i], options.python) for i in range(count)]
     stop_ns = _maybe_start_ns(options)
+    supervisor = Supervisor([], options.uri_file, stop_ns)
+    _on_signals(supervisor.stop)  # from here on a signal is a clean stop, even while engines start
     try:
-        engines = spawn_engines(commands, options.secret, options.ready_timeout)
+        supervisor.engines = engines = spawn_engines(commands, options.secret, options.ready_timeout)
     except BaseException:
         stop_ns()
         raise
-    supervisor = Supervisor(engines, options.uri_file, stop_ns)
     try:
         print(_banner(count, options))
         for engine in engines:
@@ -444,7 +462,6 @@ def run_multi(options: argparse.Namespace, count: int) -> int:
         sys.stdout.flush()
         if options.uri_file:
             _write_uri_file(options.uri_file, [e.uri for e in engines])
-        _on_signals(supervisor.stop)
         _watch_quit(supervisor.stop)
         supervisor.run()
     finally:
@@ -485,6 +502,7 @@ def run_basic(options: argparse.Namespace) -> int:
     except BaseException:
         stop_ns()
         raise
+    _on_signals(server.stop)  # before the URI is out: a client may signal as soon as it reads it
     print(_banner(1, options))
     print(server.uri)
     sys.stdout.flush()
@@ -492,7 +510,6 @@ def run_basic(options: argparse.Namespace) -> int:
     try:
         if options.uri_file:
             _write_uri_file(options.uri_file, [server.uri])
-        _on_signals(server.stop)
         _watch_quit(server.stop)
         server.serve()
     finally:
