@@ -8,6 +8,8 @@ is the public face of the package; everything a user needs is named here.
  - L{EngBox}: many engines as one container and one C{concurrent.futures.Executor}.
  - L{newSubEngine}, L{stopSubEngine}: start and stop a local engine process from Python.
  - L{detectNCPUs}: the number of usable cores.
+ - L{this_engine}, L{spawn}: for code running on an engine, its peers, messages, shared data
+   and work sharing (L{srpy.peers}).
  - L{lite}: a dependency-free client that also runs on Jython 2.7.
  - L{errors}: every exception srpy raises.
 """
@@ -23,9 +25,11 @@ from .errors import (SRPyError, SRPyServerNotFound, AuthenticationError, Communi
 from .launcher import newSubEngine, stopSubEngine, detectNCPUs  # noqa: E402
 from .box import EngBox, MultiRunResult  # noqa: E402
 from .functions import FunctionShippingError  # noqa: E402
+from .peers import this_engine, spawn, PeerUnavailable  # noqa: E402
 from .errors import EngineDead, NoEnginesError, MissingPackagesError  # noqa: E402
 
 __all__ = [
+    "this_engine", "spawn", "PeerUnavailable",
     "EngBox", "MultiRunResult", "FunctionShippingError", "EngineDead", "NoEnginesError", "MissingPackagesError",
     "PythonEngine", "Namespace", "RemoteObject", "newSubEngine", "stopSubEngine", "detectNCPUs",
     "errors", "SRPyError", "SRPyServerNotFound", "AuthenticationError", "CommunicationError",

@@ -183,6 +183,16 @@ class EngBox(concurrent.futures.Executor):
             raise TimeoutError("mrp call not complete after %s s: still waiting for %s" % (timeout, waiting))
         return result
 
+    def connectPeers(self) -> Dict[str, List[str]]:
+        """
+        Introduce the engines to each other, so that code on them can message, share data and
+        share work directly (L{srpy.peers}). An engine keeps only peers of its own group that pass
+        its secret handshake. Returns {uri: the peers it kept}.
+        """
+        uris = [engine.uri for engine in self.getEngines()]
+        results = _parallel(self.getEngines(), lambda e: e._call("set_peers", uris))
+        return {engine.uri: _raise_if_error(kept) for engine, kept in results}
+
     # -- discovery ----------------------------------------------------------------------------------
 
     @classmethod
@@ -310,6 +320,9 @@ def _results(job: MapJob, deadline: Optional[float]) -> Iterator[Any]:
                     if job.next >= len(job.items) or job.cancelled:
                         if job.progress is not None:
                             job.progress.close()
+                        if job.next < len(job.items):  # never end a cancelled map as if it were whole
+                            raise concurrent.futures.CancelledError("the map was cancelled (shutdown with "
+                                                                    "cancel_futures=True) before all its items ran")
                         return
                     if not job.changed.wait(_remaining(deadline)):
                         raise TimeoutError("map results not ready within its timeout")

@@ -12,6 +12,7 @@ and what user code prints goes to the engine's log, not to any client.
 """
 
 import builtins
+import contextlib
 import functools
 import importlib
 import io
@@ -27,13 +28,13 @@ import tempfile
 import threading
 import time
 import traceback
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import psutil
 from Pyro5.api import expose
 from Pyro5.callcontext import current_context
 
-from . import benchmark, codec, errors, functions, lite, __version__
+from . import benchmark, codec, errors, functions, lite, peers, __version__
 
 log = logging.getLogger("srpy.engine")
 call_log = logging.getLogger("srpy.engine.calls")
@@ -49,6 +50,8 @@ RESULT_BLOB = lite.RESULT_BLOB
 BLOB_MARK = "\x00srpy-blob:"
 #: annotation listing the sizes of the raw byte strings that follow a call message
 TRAILING = lite.TRAILING
+#: srpy's own source files: their frames are cut from the tracebacks sent back to callers
+_SRPY_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 def _read_trailing() -> List[bytes]:
@@ -72,9 +75,14 @@ def _stand_in_type(name: str) -> type:
 
 
 def _user_traceback(exc: BaseException) -> str:
-    """The traceback of C{exc} from the first frame of user code on (the engine's own frames cut)."""
+    """
+    The traceback of C{exc} from the first frame of user code on (srpy's own frames cut). User
+    code is source sent as text (C{<srpy ...>} files) and any module outside srpy: a function
+    shipped by reference runs from its module file in the sandbox or from an installed package.
+    """
     tb = exc.__traceback__
-    while tb is not None and not tb.tb_frame.f_code.co_filename.startswith(functions.SOURCE_PREFIX):
+    while tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(_SRPY_DIR) \
+            and not tb.tb_frame.f_code.co_filename.startswith(functions.SOURCE_PREFIX):
         tb = tb.tb_next
     if tb is None:
         return "".join(traceback.format_exception_only(type(exc), exc))
@@ -92,7 +100,7 @@ def _engine_call(locked: bool) -> Callable[[Callable[..., Any]], Callable[..., A
             current_context.response_annotations = {}
             self._trailing.blobs = _read_trailing()  # first: nothing may fail with them unread
             if self.debug:
-                call_log.info("call %s%r", name, _short(args))
+                call_log.info("call %s%s", name, _short(args))
             start = time.perf_counter()
             try:
                 if locked:
@@ -103,6 +111,7 @@ def _engine_call(locked: bool) -> Callable[[Callable[..., Any]], Callable[..., A
                         finally:
                             self._current = None
                             self.calls += 1
+                            _flush_output()
                 else:
                     result = method(self, *args, **kwargs)
             except Exception as exc:
@@ -213,6 +222,13 @@ class _OutputToLog:
         return False
 
 
+def _flush_output() -> None:
+    """Log what this thread printed without a final newline: a call's output ends with the call."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, _OutputToLog):
+            stream.flush()
+
+
 def capture_output() -> None:
     """
     Send everything user code prints to the engine's log (call once, in the engine process), and
@@ -225,6 +241,49 @@ def capture_output() -> None:
         sys.stdin = io.StringIO()
 
 
+class EngineLock:
+    """
+    The engine's lock: a plain lock that knows which thread holds it, so that a task waiting for
+    spawned work (L{srpy.peers}) can let the engine run other work meanwhile.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.owner: Optional[int] = None
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if self._lock.acquire(blocking, timeout):
+            self.owner = threading.get_ident()
+            return True
+        return False
+
+    def release(self) -> None:
+        self.owner = None
+        self._lock.release()
+
+    def locked(self) -> bool:
+        return self._lock.locked()
+
+    def __enter__(self) -> "EngineLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+    @contextlib.contextmanager
+    def released_if_mine(self) -> Iterator[None]:
+        """Release the lock for the block's duration if this thread holds it, then take it back."""
+        if self.owner != threading.get_ident():
+            yield
+            return
+        self.release()
+        try:
+            yield
+        finally:
+            self.acquire()
+
+
 class Engine:
     """
     The object an engine process serves. Its exposed methods are the wire interface that
@@ -234,7 +293,8 @@ class Engine:
     @ivar sandbox: the private directory (first on C{sys.path}) that receives shipped files.
     """
 
-    def __init__(self, name: str = "", group: str = "", debug: bool = False, timing: bool = False) -> None:
+    def __init__(self, name: str = "", group: str = "", debug: bool = False, timing: bool = False,
+                 secret: Optional[str] = None) -> None:
         self.name = name or "engine-%d@%s" % (os.getpid(), socket.gethostname())
         self.group = group
         self.debug = debug
@@ -242,12 +302,15 @@ class Engine:
         self.uri = ""
         self.calls = 0
         self.ns: Dict[str, Any] = {}
-        self._lock = threading.Lock()
+        self.secret = secret
+        self.lock = self._lock = EngineLock()
+        self._functions_lock = threading.Lock()
         self._current: Optional[str] = None
         self._codes: Dict[Any, Any] = {}
         self._functions: Dict[str, Any] = {}
         self._trailing = threading.local()
         self.sandbox = tempfile.mkdtemp(prefix="srpy-sandbox-")
+        self.social = peers.Social(self)
         sys.path.insert(0, self.sandbox)
         self._reset_namespace()
 
@@ -387,10 +450,19 @@ class Engine:
             if module and module.endswith(".__init__"):
                 module = module[: -len(".__init__")]
             if module:
-                for loaded in [m for m in sys.modules if m == module or m.startswith(module + ".")]:
-                    del sys.modules[loaded]
+                self._forget_sandbox_modules(module)
         importlib.invalidate_caches()
         return written
+
+    def _forget_sandbox_modules(self, module: str) -> None:
+        """Drop C{module} (and its submodules) from C{sys.modules} if they were loaded from the sandbox,
+        so the next import loads the new files; modules loaded from elsewhere are never evicted."""
+        for name in [m for m in sys.modules if m == module or m.startswith(module + ".")]:
+            path = getattr(sys.modules[name], "__file__", None) or ""
+            if os.path.realpath(path).startswith(os.path.realpath(self.sandbox) + os.sep):
+                del sys.modules[name]
+            elif name == module:
+                log.warning("shipped module %s is already imported from %s; the engine keeps that one", name, path)
 
     def _sandbox_path(self, relpath: str) -> str:
         if not isinstance(relpath, str) or not relpath or os.path.isabs(relpath) or "\\" in relpath:
@@ -483,6 +555,75 @@ class Engine:
 
     def _install_files(self, files: Dict[str, str]) -> None:
         Engine.install.__wrapped__(self, files)
+
+    def function(self, bundle: Dict[str, Any]) -> Any:
+        """The shipped function of C{bundle}, built once per engine and kept under its hash."""
+        fn = self._functions.get(bundle["hash"])
+        if fn is None:
+            with self._functions_lock:
+                fn = self._functions.get(bundle["hash"])
+                if fn is None:
+                    fn = self._functions[bundle["hash"]] = functions.build(bundle, self._install_files)
+        return fn
+
+    # -- peers: engine to engine (see srpy.peers; not locked, so they reach busy engines) -----------
+
+    @_engine_call(locked=False)
+    def set_peers(self, uris: List[str]) -> List[str]:
+        """Make the engines at C{uris} this engine's peers (same group and secret only); returns those kept."""
+        return self.social.set_peers(list(uris))
+
+    @_engine_call(locked=False)
+    def peer_list(self) -> List[str]:
+        """The URIs of this engine's peers."""
+        return [peer.uri for peer in self.social.peers()]
+
+    @_engine_call(locked=False)
+    def peer_deliver(self, sender: str, tag: Any, value: Any) -> None:
+        """A message from peer C{sender}; waits while the mailbox is full (back-pressure)."""
+        if not self.social.is_peer(sender):
+            raise PermissionError("%s is not a peer of this engine: message refused" % sender)
+        self.social.mailbox.put(sender, tag, value)
+
+    @_engine_call(locked=False)
+    def peer_hint(self, sender: str) -> None:
+        """Peer C{sender} has queued work to take."""
+        self.social.hint(sender)
+
+    @_engine_call(locked=False)
+    def peer_steal(self, thief: str, count: int) -> List[Any]:
+        """Hand up to C{count} queued spawned calls to peer C{thief}."""
+        return self.social.steal(thief, int(count))
+
+    @_engine_call(locked=False)
+    def peer_complete(self, call_id: str, outcome: Any) -> None:
+        """The outcome of a call this engine spawned and a peer ran."""
+        self.social.complete(call_id, outcome)
+
+    @_engine_call(locked=False)
+    def peer_space_put(self, key: Any, value: Any) -> None:
+        """Hold C{value} under C{key} (this engine's share of the tuple space)."""
+        self.social.space.put(key, value)
+
+    @_engine_call(locked=False)
+    def peer_space_read(self, key: Any, timeout: Optional[float], remove: bool) -> Any:
+        """The value under C{key}, waiting up to C{timeout}; removed if C{remove}."""
+        return self.social.space.read(key, timeout, bool(remove))
+
+    @_engine_call(locked=False)
+    def peer_space_match(self, pattern: str, timeout: Optional[float]) -> Optional[str]:
+        """A key of this share matching the glob C{pattern}, waiting up to C{timeout}; None if none."""
+        return self.social.space.match(str(pattern), timeout)
+
+    @_engine_call(locked=False)
+    def peer_space_fetch(self, key: Any, remove: bool) -> Tuple[bool, Any]:
+        """(True, value) for C{key} if held here (removed if C{remove}), else (False, None); no waiting."""
+        return self.social.space.fetch(key, bool(remove))
+
+    @_engine_call(locked=False)
+    def peer_stats(self) -> Dict[str, Any]:
+        """Spawned calls run here and queued here, messages waiting, entries held, peers."""
+        return self.social.stats()
 
     # -- control calls (not locked) ---------------------------------------------------------------
 

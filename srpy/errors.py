@@ -104,3 +104,11 @@ class MissingPackagesError(SRPyError, ImportError):
         text = "; ".join("%s lacks %s" % (engine, ", ".join(names)) for engine, names in missing.items())
         super().__init__("packages missing on engines: %s. Install them in the engines' Python, or host "
                          "engines with one that has them (srpyapp --python PATH)" % text)
+
+
+class PeerUnavailable(CommunicationError):
+    """A peer engine did not answer (it died, or left the group): the message or call did not reach it."""
+
+
+class NotInEngine(SRPyError):
+    """Engine-side API (C{srpy.this_engine()}, C{srpy.spawn}) called outside an engine process."""

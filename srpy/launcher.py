@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import psutil
 from Pyro5 import config as pyro_config
 
-from . import __version__, codec, copyright, discovery
+from . import __version__, codec, copyright, discovery, peers
 from .engine import OBJECT_ID, Engine, capture_output
 from .errors import SRPyError
 from .daemon import EngineDaemon
@@ -135,7 +135,8 @@ class EngineServer:
         codec.register()
         pyro_config.SERVERTYPE = "thread"
         self.daemon = EngineDaemon(host=host, port=port, secret=secret)
-        self.engine = Engine(name=name, group=group, debug=debug, timing=timing)
+        self.engine = Engine(name=name, group=group, debug=debug, timing=timing, secret=secret)
+        peers.attach(self.engine)
         self.uri = str(self.daemon.register(self.engine, OBJECT_ID))
         self.engine.uri = self.uri
         os.chdir(self.engine.sandbox)  # tasks open uploaded files by relative path

@@ -6,6 +6,8 @@ What travels to an engine's sandbox: the source files of local modules and packa
 """
 
 import ast
+import functools
+import importlib.metadata
 import importlib.util
 import os
 import sys
@@ -91,6 +93,8 @@ def module_origin(module: Any) -> str:
     name = (module.__name__ if isinstance(module, types.ModuleType) else str(module)).partition(".")[0]
     if name in sys.builtin_module_names:
         return "builtin"
+    if name in _distributed():
+        return "installed"  # an installed distribution provides it (editable installs too)
     loaded = sys.modules.get(name)
     if loaded is not None:
         path = getattr(loaded, "__file__", None)
@@ -103,6 +107,15 @@ def module_origin(module: Any) -> str:
             return "missing"
         path = spec.origin if spec.origin not in (None, "built-in", "frozen") else None
     return _origin_of_path(path)
+
+
+@functools.lru_cache(maxsize=1)
+def _distributed() -> frozenset:
+    """Top-level names that installed distributions provide (read once)."""
+    try:
+        return frozenset(importlib.metadata.packages_distributions())
+    except Exception:  # broken metadata of some distribution must not stop shipping
+        return frozenset()
 
 
 def _origin_of_path(path: Optional[str]) -> str:

@@ -1,0 +1,179 @@
+"""Engines talking to engines: peers, messages, the tuple space, work sharing (issue 4)."""
+
+import signal
+import threading
+import time
+
+import psutil
+import pytest
+
+import srpy
+from conftest import Launcher, wait_gone
+
+SETUP = "import srpy\nme = srpy.this_engine()\n"
+
+TREE = '''
+import srpy
+from srpy.benchmark import sum_of_primes
+
+def tree(lo, hi, work):
+    """Sum of lo..hi-1, split in two spawned halves down to single numbers; counts leaves per engine."""
+    if hi - lo <= 1:
+        sum_of_primes(work)
+        return lo, {srpy.this_engine().name: 1}
+    mid = (lo + hi) // 2
+    left, right = srpy.spawn(tree, lo, mid, work), srpy.spawn(tree, mid, hi, work)
+    total_l, seen_l = left.result()
+    total_r, seen_r = right.result()
+    seen = dict(seen_l)
+    for name, count in seen_r.items():
+        seen[name] = seen.get(name, 0) + count
+    return total_l + total_r, seen
+'''
+
+
+@pytest.fixture
+def group(start_launcher):
+    launcher = start_launcher(["-n", "3", "--group", "workers"], count=3)
+    box = srpy.EngBox(launcher.uris)
+    kept = box.connectPeers()
+    assert all(len(peers) == 2 for peers in kept.values())
+    for engine in box:
+        engine.exe(SETUP)
+    yield box
+    box.close()
+
+
+def test_this_engine_outside_an_engine():
+    with pytest.raises(srpy.errors.NotInEngine):
+        srpy.this_engine()
+
+
+def test_peers_and_metadata(group):
+    a = group[0]
+    peers = a.eval("sorted(p.uri for p in me.peers())")
+    assert peers == sorted(e.uri for e in group if e.uri != a.uri)
+    assert a.eval("sorted({p.group for p in me.peers()})") == ["workers"]
+    assert a.eval("me.uri") == a.uri
+
+
+def test_messages_both_ways_in_order(group):
+    a, b = group[0], group[1]
+    count = 10_000
+    program = (SETUP + "def exchange(to, n):\n"
+               "    for i in range(n):\n"
+               "        me.send(to, 'seq', i)\n"
+               "    got = [me.receive('seq', timeout=60) for _ in range(n)]\n"
+               "    return [v for _, v in got] == list(range(n)), {s for s, _ in got}\n")
+    results = {}
+
+    def run(engine, other):
+        engine.exe(program)
+        results[engine.uri] = engine.eval("exchange(to, n)", to=other.uri, n=count)
+
+    threads = [threading.Thread(target=run, args=(a, b)), threading.Thread(target=run, args=(b, a))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert results[a.uri] == (True, {b.uri}) and results[b.uri] == (True, {a.uri})
+    assert a._call("peer_stats")["mailbox"] == 0 == b._call("peer_stats")["mailbox"]
+
+
+def test_full_mailbox_applies_back_pressure(group):
+    a, b = group[0], group[1]
+    b.exe("me._social.mailbox.capacity = 5")
+    done = threading.Event()
+
+    def flood():
+        a.exe("for i in range(12):\n    me.send(to, 'bp', i)", to=b.uri)
+        done.set()
+
+    sender = threading.Thread(target=flood)
+    sender.start()
+    time.sleep(1.0)
+    assert not done.is_set(), "the sender must wait while the receiver's mailbox is full"
+    assert b._call("peer_stats")["mailbox"] == 5
+    assert b.eval("[me.receive('bp', timeout=30)[1] for _ in range(12)]") == list(range(12))
+    sender.join(30)
+    assert done.is_set()
+    b.exe("me._social.mailbox.capacity = 10000")
+
+
+def test_receive_timeout(group):
+    with pytest.raises(TimeoutError):
+        group[0].eval("me.receive('nothing-comes', timeout=0.3)")
+
+
+def test_tuple_space(group):
+    a, b, c = group[0], group[1], group[2]
+    a.exe("me.put('answer', 42)\nfor i in range(20):\n    me.put('job-%d' % i, i)")
+    assert b.eval("me.read('answer', timeout=5)") == 42
+    assert c.eval("me.take('answer', timeout=5)") == 42
+    with pytest.raises(TimeoutError):
+        a.eval("me.read('answer', timeout=0.3)")
+    taken = {}
+
+    def drain(engine):
+        taken[engine.uri] = engine.eval(
+            "[me.take_match('job-*', timeout=2)[1] for _ in range(10)]")
+
+    threads = [threading.Thread(target=drain, args=(e,)) for e in (b, c)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(taken[b.uri] + taken[c.uri]) == list(range(20)), "each entry taken exactly once"
+    waiter = threading.Thread(target=lambda: taken.update(late=a.eval("me.take('late', timeout=20)")))
+    waiter.start()
+    time.sleep(0.3)
+    c.exe("me.put('late', 'here')")
+    waiter.join(30)
+    assert taken["late"] == "here"
+
+
+def test_divide_and_conquer_spreads_over_every_engine(group):
+    a = group[0]
+    a.exe(TREE)
+    total, seen = a.eval("tree(0, 48, 4000)")
+    assert total == sum(range(48))
+    assert sum(seen.values()) == 48
+    names = {e.info["Name"] for e in group}
+    assert set(seen) == names, "every engine of the group ran part of the job: %s" % seen
+
+
+def test_killed_peer_work_is_redone(group):
+    a, b = group[0], group[1]
+    a.exe(TREE)
+    outcome = {}
+    job = threading.Thread(target=lambda: outcome.update(result=a.eval("tree(0, 64, 6000)")))
+    job.start()
+    victim = psutil.Process(b.info["PID"])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and b._call("peer_stats")["executed"] < 3:
+        time.sleep(0.02)
+    victim.send_signal(signal.SIGKILL)
+    assert wait_gone([victim.pid])
+    job.join(120)
+    total, seen = outcome["result"]
+    assert total == sum(range(64)), "the job completes correctly after a peer dies"
+    assert b.info["Name"] not in seen or sum(seen.values()) == 64
+    assert b.uri not in a.eval("[p.uri for p in me.peers(alive=True)]")
+    with pytest.raises(srpy.PeerUnavailable):
+        a.exe("me.send(dead, 'x', 1)", dead=b.uri)
+
+
+def test_groups_and_secrets_do_not_mix(start_launcher):
+    blue = start_launcher(["-n", "1", "--group", "blue"], count=1)
+    red = start_launcher(["-n", "1", "--group", "red"], count=1)
+    secret = start_launcher(["-n", "1", "--group", "blue"], count=1, env={"SRPY_SECRET": "other"})
+    box = srpy.EngBox(blue.uris + red.uris)
+    kept = box.connectPeers()
+    assert kept == {blue.uris[0]: [], red.uris[0]: []}
+    blue_engine = box[0]
+    assert blue_engine._call("set_peers", secret.uris) == [], "an engine with another secret is no peer"
+    with pytest.raises(PermissionError):
+        blue_engine._call("peer_deliver", red.uris[0], "tag", "intruder")
+    blue_engine.exe(SETUP)
+    assert blue_engine.eval("len(me.peers())") == 0
+    box.close()
