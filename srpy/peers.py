@@ -1,7 +1,7 @@
 """
 Engines talking to engines: peers, messages, a shared tuple space, and work sharing.
 
-Code running inside an engine gets a handle on its engine with L{this_engine}:
+Code running inside an engine gets a handle on its engine with L{this_engine}::
 
     me = srpy.this_engine()
     me.peers()                       # live peers of the same group: [Peer(uri, name, group, ...)]
@@ -244,8 +244,15 @@ class Social:
     # -- peers -------------------------------------------------------------------------------------
 
     def set_peers(self, uris: List[str]) -> List[str]:
-        """Connect to the engines at C{uris}; keep those of this engine's group that pass the handshake."""
+        """
+        Make the engines at C{uris} the peers (replacing the previous ones): those of this engine's
+        group that pass the secret handshake are kept; returns their URIs.
+        """
         from .client import PythonEngine  # the client imports the engine module: import late
+        with self._peers_lock:
+            leaving = [self._peers.pop(uri) for uri in list(self._peers) if uri not in uris]
+        for peer in leaving:
+            peer.client.close()
         accepted = []
         for uri in uris:
             if uri == self.engine.uri:
@@ -422,7 +429,7 @@ class Social:
     def _steal_from(self, victim: str) -> bool:
         try:
             calls = self.call_peer(victim, "peer_steal", self.engine.uri, STEAL_BATCH)
-        except (PeerUnavailable, SRPyError) as exc:
+        except (SRPyError, PermissionError) as exc:  # gone, or no longer counts us as a peer
             log.debug("could not take work from %s: %s", victim, exc)
             return False
         if not calls:
@@ -456,7 +463,7 @@ class Social:
     def _send_hint(self, uri: str) -> None:
         try:
             self.call_peer(uri, "peer_hint", self.engine.uri)
-        except (PeerUnavailable, SRPyError) as exc:
+        except (SRPyError, PermissionError) as exc:
             log.debug("hint to %s failed: %s", uri, exc)
 
     def _start_watcher(self) -> None:
