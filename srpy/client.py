@@ -19,7 +19,9 @@ The client side of one engine: L{PythonEngine}, with SRPy's whole surface.
 0
 """
 
+import copy
 import statistics
+import struct
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -50,6 +52,8 @@ class WireFormat:
 
 
 WIRE_FORMAT = WireFormat()
+#: seconds past a call's time limit that the client waits for the engine's own answer
+LIMIT_GRACE = 5.0
 
 
 class PythonEngine(lite.Engine):
@@ -60,6 +64,9 @@ class PythonEngine(lite.Engine):
     @ivar info: the engine's L{whoami} description, read when connecting.
     @ivar ns: attribute-style view of the engine's namespace (L{Namespace}).
     """
+
+    #: time limit of calls that run code (see L{limited}); None: no limit
+    call_timeout: Optional[float] = None
 
     def __init__(self, uri: Any, name: str = "", group: str = "", secret: Optional[str] = None,
                  connect_timeout: float = 5.0, ssl_context: Any = None) -> None:
@@ -79,8 +86,27 @@ class PythonEngine(lite.Engine):
 
     # -- transport with bulk bytes ------------------------------------------------------------------
 
+    def limited(self, seconds: Optional[float]) -> "PythonEngine":
+        """
+        This engine, with a time limit on every call that runs code: a call that overruns it fails
+        with L{srpy.errors.TaskTimeout}, and the engine stops the code by restarting (under a
+        launcher given C{--restart}). Shares this client's connections.
+
+        >>> # eng.limited(5).exe("while True: pass")   -> TaskTimeout after 5 s
+        """
+        view = copy.copy(self)
+        view.call_timeout = seconds
+        return view
+
+    def _limits(self, timeout: Optional[float]) -> Tuple[Optional[Dict[str, bytes]], Optional[float]]:
+        if self.call_timeout is None:
+            return None, timeout
+        annotations = {lite.CALL_TIMEOUT: struct.pack("!d", self.call_timeout)}
+        return annotations, timeout if timeout is not None else self.call_timeout + LIMIT_GRACE
+
     def _call(self, method: str, *args: Any, timeout: Optional[float] = None) -> Any:
-        value, annotations = self._invoke(method, args, timeout=timeout)
+        annotations, timeout = self._limits(timeout)
+        value, annotations = self._invoke(method, args, None, annotations, timeout)
         if annotations and RESULT_BLOB in annotations:
             return annotations[RESULT_BLOB]
         return value
@@ -91,7 +117,8 @@ class PythonEngine(lite.Engine):
             if type(value) is bytes and len(value) >= BLOB_MIN:
                 variables[key] = BLOB_MARK + str(len(trailing))
                 trailing.append(value)
-        value, response = self._invoke(method, args + (variables,), trailing=trailing)
+        annotations, timeout = self._limits(None)
+        value, response = self._invoke(method, args + (variables,), None, annotations, timeout, trailing)
         if response and RESULT_BLOB in response:
             return response[RESULT_BLOB]
         return value

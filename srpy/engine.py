@@ -105,11 +105,11 @@ def _engine_call(locked: bool) -> Callable[[Callable[..., Any]], Callable[..., A
             try:
                 if locked:
                     with self._lock:
-                        self._current = name
+                        self._watch.begin(name)
                         try:
                             result = method(self, *args, **kwargs)
                         finally:
-                            self._current = None
+                            self._watch.end()
                             self.calls += 1
                             _flush_output()
                 else:
@@ -241,6 +241,101 @@ def capture_output() -> None:
         sys.stdin = io.StringIO()
 
 
+#: exit code of an engine that ended itself because a call overran its time limit
+EXIT_RUNAWAY = 75
+#: annotation carrying a call's time limit (seconds, as a big-endian double)
+CALL_TIMEOUT = lite.CALL_TIMEOUT
+
+
+class CallWatch:
+    """
+    Which locked call runs, since when, and its time limit: the call's own (sent by the client) or
+    the engine's C{max_task_time}. A call that overruns it cannot be stopped from inside Python, so
+    the watchdog answers the caller with L{TaskTimeout} on the call's connection and ends the
+    engine process (exit code L{EXIT_RUNAWAY}); a supervising launcher (C{--restart}) starts it
+    again on the same port.
+    """
+
+    def __init__(self, engine: "Engine", max_task_time: Optional[float]) -> None:
+        self.engine = engine
+        self.max_task_time = max_task_time
+        self.current: Optional[str] = None
+        self._started = 0.0
+        self._limit: Optional[float] = None
+        self._reply: Optional[tuple] = None
+        self._cond = threading.Condition()
+        self._thread: Optional[threading.Thread] = None
+
+    def begin(self, name: str) -> None:
+        sent = current_context.annotations.get(CALL_TIMEOUT) if current_context.annotations else None
+        limit = struct.unpack("!d", bytes(sent))[0] if sent else None
+        if self.max_task_time and (limit is None or limit > self.max_task_time):
+            limit = self.max_task_time
+        with self._cond:
+            self.current, self._started, self._limit = name, time.monotonic(), limit
+            self._reply = (current_context.client, current_context.seq, current_context.serializer_id)
+            if limit is not None:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="srpy-watchdog", daemon=True)
+                    self._thread.start()
+                self._cond.notify_all()
+
+    def end(self) -> None:
+        with self._cond:
+            self.current, self._limit, self._reply = None, None, None
+            self._cond.notify_all()
+
+    def running_for(self) -> float:
+        return time.monotonic() - self._started if self.current else 0.0
+
+    def limit_now(self) -> Optional[float]:
+        return self._limit
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                if self._limit is None:
+                    self._cond.wait()
+                    continue
+                left = self._started + self._limit - time.monotonic()
+                if left > 0:
+                    self._cond.wait(left)
+                    continue
+                self._runaway()
+
+    def _runaway(self) -> None:
+        """The current call overran its limit: tell its caller, then end this process."""
+        name, limit = self.current, self._limit
+        log.critical("call %s ran longer than its limit of %s s; the engine stops (exit %d) so that it "
+                     "can be restarted. It was at:\n%s", name, limit, EXIT_RUNAWAY, self._stack())
+        exc = errors.TaskTimeout("the call %s() ran longer than its limit of %s s: engine %s stopped it by "
+                                 "restarting" % (name, limit, self.engine.name))
+        stack = self._stack()
+        user = stack.find('File "' + functions.SOURCE_PREFIX)
+        exc.srpy_traceback = "Stopped at (most recent call last):\n  " + (stack[user:] if user >= 0 else stack)
+        if self._reply is not None:
+            _reply_now(*self._reply, exc)
+        logging.shutdown()
+        os._exit(EXIT_RUNAWAY)
+
+    def _stack(self) -> str:
+        owner = self.engine.lock.owner
+        frame = sys._current_frames().get(owner) if owner is not None else None
+        return "".join(traceback.format_stack(frame)) if frame is not None else "(no stack)"
+
+
+def _reply_now(conn: Any, seq: int, serializer_id: int, exc: BaseException) -> None:
+    """Send C{exc} as the reply to call C{seq} on C{conn} (the call itself is stuck)."""
+    try:
+        from Pyro5 import serializers as pyro_serializers
+        data = pyro_serializers.serializers_by_id[serializer_id].dumps(exc)
+        header = lite.HEADER.pack(b"PYRO", lite.PROTOCOL_VERSION, lite.MSG_RESULT, serializer_id,
+                                  lite.FLAGS_EXCEPTION, seq, len(data), 0, b"\0" * 16, 0, lite.MAGIC)
+        conn.send(header + data)
+    except Exception as failure:  # the caller may be gone too; the engine stops either way
+        log.warning("could not tell the caller about the runaway call: %s", failure)
+
+
 class EngineLock:
     """
     The engine's lock: a plain lock that knows which thread holds it, so that a task waiting for
@@ -294,7 +389,7 @@ class Engine:
     """
 
     def __init__(self, name: str = "", group: str = "", debug: bool = False, timing: bool = False,
-                 secret: Optional[str] = None) -> None:
+                 secret: Optional[str] = None, max_task_time: Optional[float] = None) -> None:
         self.name = name or "engine-%d@%s" % (os.getpid(), socket.gethostname())
         self.group = group
         self.debug = debug
@@ -303,9 +398,9 @@ class Engine:
         self.calls = 0
         self.ns: Dict[str, Any] = {}
         self.secret = secret
+        self._watch = CallWatch(self, max_task_time)
         self.lock = self._lock = EngineLock()
         self._functions_lock = threading.Lock()
-        self._current: Optional[str] = None
         self._codes: Dict[Any, Any] = {}
         self._functions: Dict[str, Any] = {}
         self._trailing = threading.local()
@@ -676,10 +771,31 @@ class Engine:
             "Memory Total": memory.total,
             "Memory Available": memory.available,
             "Busy": self._lock.locked(),
-            "Current Call": self._current or "",
+            "Current Call": self._watch.current or "",
             "Calls": self.calls,
             "srpy Version": __version__,
             "Python Executable": sys.executable,
+        }
+
+    @_engine_call(locked=False)
+    def status(self) -> Dict[str, Any]:
+        """
+        What the engine is doing: busy or idle, the current call and how long it has run, a dump
+        of the stack of the thread running it (as faulthandler would show it), and the machine's
+        cores, load and memory.
+        """
+        watch = self._watch
+        owner = self.lock.owner
+        frame = sys._current_frames().get(owner) if owner is not None else None
+        memory = psutil.virtual_memory()
+        return {
+            "uri": self.uri, "name": self.name, "group": self.group, "pid": os.getpid(),
+            "host": socket.gethostname(), "busy": self.lock.locked(), "current": watch.current or "",
+            "running_for": watch.running_for(), "limit": watch.limit_now(), "calls": self.calls,
+            "stack": "".join(traceback.format_stack(frame)) if frame is not None else "",
+            "cores": psutil.cpu_count() or 1, "load": list(os.getloadavg()) if hasattr(os, "getloadavg") else [],
+            "memory_available": memory.available, "memory_total": memory.total,
+            "rss": psutil.Process().memory_info().rss,
         }
 
     @_engine_call(locked=False)

@@ -112,3 +112,10 @@ class PeerUnavailable(CommunicationError):
 
 class NotInEngine(SRPyError):
     """Engine-side API (C{srpy.this_engine()}, C{srpy.spawn}) called outside an engine process."""
+
+
+class TaskTimeout(SRPyError, TimeoutError):
+    """
+    A call ran longer than its time limit. The engine answered this, then stopped the call the
+    only sure way, by restarting its process (under a launcher given C{--restart}).
+    """

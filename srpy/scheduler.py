@@ -24,9 +24,9 @@ import time
 from concurrent.futures import Future
 from typing import Any, Callable, Deque, Dict, List, Optional
 
-from . import codec
+from . import codec, lite
 from .errors import (CallTimeout, CommunicationError, EngineDead, MissingPackagesError, NoEnginesError,
-                     SerializationError, SRPyError, SRPyServerNotFound, UnknownFunction)
+                     SerializationError, SRPyError, SRPyServerNotFound, TaskTimeout, UnknownFunction)
 
 log = logging.getLogger("srpy.scheduler")
 
@@ -36,8 +36,14 @@ TARGET_SECONDS = 0.05
 MIN_SECONDS = 0.005
 #: most tasks in one batch
 MAX_BATCH = 4096
+#: seconds an engine that stopped a runaway task may take to come back
+RESTART_WAIT = 30.0
 #: engines a task may lose before it fails
 MAX_ATTEMPTS = 3
+#: seconds a call may run before its engine is checked (pinged) for life, and between checks
+HEARTBEAT = 1.0
+#: seconds an engine with a call under way has to answer a ping before it counts as vanished
+ANSWER_TIMEOUT = 5.0
 _SMOOTHING = 0.5
 
 
@@ -110,6 +116,7 @@ class Slot:
         self.prior_speed = 1.0 / prior if prior else None
         self.active = True
         self.paused = False
+        self.vanished = False
         self.thread: Optional[threading.Thread] = None
         self.done = 0
 
@@ -132,6 +139,10 @@ class Scheduler:
         self._tasks: Deque[Task] = collections.deque()
         self._maps: Deque[MapJob] = collections.deque()
         self._slots: Dict[int, Slot] = {}
+        self._gone: List[Slot] = []
+        self._calls: Dict[int, tuple] = {}
+        self._checking: set = set()
+        self._watchdog: Optional[threading.Thread] = None
         self._broken: Dict[str, BaseException] = {}
         self._inflight = 0
         self._closed = False
@@ -153,6 +164,7 @@ class Scheduler:
             slot = self._slots.pop(id(engine), None)
             if slot is not None:
                 slot.active = False
+                self._gone.append(slot)
             self._cond.notify_all()
             if not self._live_slots():
                 self._fail_everything(NoEnginesError("no engine is left in the box"))
@@ -161,9 +173,16 @@ class Scheduler:
         return [s for s in self._slots.values() if s.active]
 
     def stats(self) -> Dict[str, int]:
-        """How many tasks (or map items) each engine has completed: {uri: count}."""
+        """
+        How many tasks (or map items) each engine has completed: {uri: count}. Engines that died or
+        were removed keep what they completed, so the counts add up to the work done.
+        """
+        counts: Dict[str, int] = {}
         with self._cond:
-            return {getattr(s.engine, "uri", "?"): s.done for s in self._slots.values()}
+            for slot in self._gone + list(self._slots.values()):
+                uri = getattr(slot.engine, "uri", "?")
+                counts[uri] = counts.get(uri, 0) + slot.done
+        return counts
 
     # -- work in ---------------------------------------------------------------------------------
 
@@ -282,12 +301,11 @@ class Scheduler:
                     self._cond.notify_all()
 
     def _run(self, slot: Slot, batch: List[Task]) -> None:
-        engine = slot.engine
         timeout = batch[0].timeout if len(batch) == 1 else None
         try:
             self._define(slot, batch)
             start = time.perf_counter()
-            raw = engine._call("run_batch", [task.wire() for task in batch], timeout=timeout)
+            raw = self._watched_call(slot, "run_batch", [task.wire() for task in batch], timeout=timeout)
             elapsed = time.perf_counter() - start
         except SerializationError:
             self._split_unsendable(batch)
@@ -295,6 +313,11 @@ class Scheduler:
         except UnknownFunction:
             slot.known.clear()
             self._requeue(batch)
+            return
+        except TaskTimeout as exc:  # the engine stopped the task by restarting
+            batch[0].future.set_exception(exc)
+            slot.known.clear()
+            self._pause_until_back(slot)
             return
         except CallTimeout:
             self._timed_out(slot, batch[0])
@@ -312,8 +335,66 @@ class Scheduler:
         for task in batch:
             bundle = task.bundle
             if bundle["hash"] not in slot.known:
-                slot.engine._call("define", bundle["hash"], bundle)
+                self._watched_call(slot, "define", bundle["hash"], bundle)
                 slot.known.add(bundle["hash"])
+
+    def _watched_call(self, slot: Slot, method: str, *args: Any, timeout: Optional[float] = None) -> Any:
+        """
+        Call C{method} on C{slot}'s engine over a connection of its own, which the watchdog cuts
+        (L{ConnectionLost}) if the engine stops answering pings while the call is under way: an
+        engine that vanishes (frozen, or its machine gone without closing the socket) does not
+        hold its batch for ever.
+        """
+        engine = slot.engine
+        conn = engine._acquire()
+        entry = (slot, conn, time.monotonic())
+        with self._cond:
+            slot.vanished = False
+            self._calls[id(slot)] = entry
+            if self._watchdog is None:
+                self._watchdog = threading.Thread(target=self._watch, daemon=True, name="srpy-watchdog")
+                self._watchdog.start()
+        try:
+            limits, limit_wait = engine.limited(timeout)._limits(None) if timeout else (None, None)
+            value, annotations = conn.call(method, args, None, limits,
+                                           engine.timeout if timeout is None else limit_wait)
+        finally:
+            with self._cond:
+                if self._calls.get(id(slot)) is entry:
+                    del self._calls[id(slot)]
+            engine._release(conn)
+        if annotations and lite.RESULT_BLOB in annotations:
+            return annotations[lite.RESULT_BLOB]
+        return value
+
+    def _watch(self) -> None:
+        """Every L{HEARTBEAT}, check the engines whose calls have run that long; end when none runs."""
+        while True:
+            time.sleep(HEARTBEAT)
+            with self._cond:
+                if not self._calls:
+                    self._watchdog = None
+                    return
+                due = [entry for key, entry in self._calls.items()
+                       if time.monotonic() - entry[2] >= HEARTBEAT and key not in self._checking]
+                self._checking.update(id(entry[0]) for entry in due)
+            for entry in due:
+                threading.Thread(target=self._check, args=(entry,), daemon=True).start()
+
+    def _check(self, entry: tuple) -> None:
+        """Ping the engine of a call under way; if it does not answer, cut the call."""
+        slot, conn, _ = entry
+        try:
+            alive = slot.engine._call("ping", timeout=ANSWER_TIMEOUT) == "pong"
+        except SRPyError:
+            alive = False
+        with self._cond:
+            self._checking.discard(id(slot))
+            if alive or self._calls.get(id(slot)) is not entry:
+                return
+            slot.vanished = True
+            conn.close()  # under the lock: the call is still under way, the connection not back in the pool
+        log.warning("engine %s stopped answering during a call; it counts as gone", slot.engine.uri)
 
     def _deliver(self, slot: Slot, batch: List[Task], outcomes: List[tuple]) -> None:
         done = 0
@@ -349,27 +430,49 @@ class Scheduler:
             slot.paused = True
         threading.Thread(target=self._resume_when_idle, args=(slot,), daemon=True).start()
 
+    def _pause_until_back(self, slot: Slot) -> None:
+        with self._cond:
+            slot.paused = True
+        threading.Thread(target=self._resume_when_back, args=(slot,), daemon=True).start()
+
+    def _resume_when_back(self, slot: Slot) -> None:
+        """Wait (with back-off, up to L{RESTART_WAIT} s) for a restarting engine to answer again."""
+        deadline, delay = time.monotonic() + RESTART_WAIT, 0.05
+        while time.monotonic() < deadline and slot.active:
+            if self._still_answers(slot.engine):
+                with self._cond:
+                    slot.paused = False
+                    self._cond.notify_all()
+                return
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+        self._engine_failed(slot, [], TimeoutError("it did not come back after stopping a runaway task"))
+
     def _resume_when_idle(self, slot: Slot) -> None:
-        try:
-            while slot.active and not slot.engine.wait(5.0):
-                pass
-        except SRPyError as exc:
-            self._engine_failed(slot, [], exc)
+        """Give C{slot} work again once its engine is idle; an engine that stops answering is gone."""
+        while slot.active:
+            try:
+                if slot.engine._call("wait", HEARTBEAT, timeout=HEARTBEAT + ANSWER_TIMEOUT):
+                    break
+            except SRPyError as exc:
+                slot.vanished = isinstance(exc, (CallTimeout, SRPyServerNotFound))  # no answer at all
+                self._engine_failed(slot, [], exc)
+        if not slot.active:
             return
         with self._cond:
             slot.paused = False
             self._cond.notify_all()
 
     def _engine_failed(self, slot: Slot, batch: List[Task], exc: BaseException) -> None:
-        if self._still_answers(slot.engine):
+        if not slot.vanished and self._still_answers(slot.engine):
             log.warning("call to %s failed (%s); it still answers, so its work is retried", slot.engine.uri, exc)
             self._requeue(batch)
             return
         log.warning("engine %s is gone (%s); %d task(s) go to the other engines", slot.engine.uri, exc, len(batch))
         with self._cond:
             slot.active = False
+        self._on_dead(slot.engine)  # out of the box before its work can complete elsewhere
         self._requeue(batch)
-        self._on_dead(slot.engine)
         self.remove_engine(slot.engine)
 
     @staticmethod
@@ -438,8 +541,13 @@ class Scheduler:
         with self._cond:
             self._closed = True
             if cancel_futures:
-                while self._tasks:
-                    self._tasks.popleft().future.cancel()
+                kept: Deque[Task] = collections.deque()
+                for task in self._tasks:
+                    if task.started:  # back from an engine that died: running work to its caller, it stays
+                        kept.append(task)
+                    elif task.future.cancel():
+                        task.future.set_running_or_notify_cancel()  # so that wait() and as_completed() see it end
+                self._tasks = kept
                 while self._maps:
                     self._maps.popleft().cancel()
             self._cond.notify_all()
