@@ -22,8 +22,9 @@ setup(
     python_requires=">=3.8",
     install_requires=["Pyro5>=5.15,<6", "serpent>=1.41", "psutil>=5.8"],
     extras_require={
-        "test": ["pytest>=7", "pytest-timeout>=2.1", "trustme>=1.0"],
+        "test": ["pytest>=7", "pytest-timeout>=2.1", "trustme>=1.0", "pydoctor>=23.9"],
         "doc": ["pydoctor>=23.9"],
+        "bench": ["ipyparallel", "dask[distributed]", "ray", "rpyc"],
     },
     entry_points={"console_scripts": ["srpyapp = srpy.launcher:main"]},
     classifiers=[

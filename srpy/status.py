@@ -1,5 +1,5 @@
 """
-C{srpyapp status}: what every engine it can find is doing.
+C{srpyapp status}: what every engine it can find is doing::
 
     srpyapp status                       # engines in the name server (this machine, or broadcast)
     srpyapp status PYRO:srpy.engine@h:p  # these engines

@@ -5,6 +5,8 @@ Every launcher a test starts is stopped when the test ends, and the session fail
 that a test started is still running at the end (no leaks).
 """
 
+import ctypes
+import ctypes.util
 import os
 import re
 import signal as signals
@@ -22,6 +24,15 @@ SRPYAPP = os.path.join(ROOT, "srpyapp.py")
 URI_LINE = re.compile(r"^PYRO:\S+@\S+:\d+$")
 
 
+def die_with_parent():
+    """In a child about to exec: ask Linux to SIGTERM it when the test process dies (even by a timeout)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, signals.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the session-end leak check still catches leftovers
+
+
 class Launcher:
     """A running `python srpyapp.py ...` and the URIs it printed."""
 
@@ -32,7 +43,7 @@ class Launcher:
         full_env.update(env or {})
         self.process = subprocess.Popen([sys.executable, SRPYAPP] + self.args, stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=full_env,
-                                        text=True, cwd=ROOT)
+                                        text=True, cwd=ROOT, preexec_fn=die_with_parent)
         self.uris = []
         self.banner = []
         expected = count if count is not None else 1
