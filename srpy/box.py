@@ -48,9 +48,10 @@ class EngBox(concurrent.futures.Executor):
     """
 
     def __init__(self, engines: Optional[Iterable[EngineLike]] = None, secret: Optional[str] = None,
-                 task_timeout: Optional[float] = None) -> None:
+                 task_timeout: Optional[float] = None, ssl_context: Any = None) -> None:
         self._engines: List[PythonEngine] = []
         self._secret = secret
+        self._ssl_context = ssl_context
         self._lock = threading.RLock()
         self._scheduler: Optional[Scheduler] = None
         self._shut = False
@@ -65,7 +66,7 @@ class EngBox(concurrent.futures.Executor):
     def append(self, engine: EngineLike) -> PythonEngine:
         """Add an engine (a L{PythonEngine} or a URI to connect to); returns it."""
         if not isinstance(engine, PythonEngine):
-            engine = PythonEngine(engine, secret=self._secret)
+            engine = PythonEngine(engine, secret=self._secret, ssl_context=self._ssl_context)
         with self._lock:
             self._engines.append(engine)
             if self._scheduler is not None:
@@ -74,7 +75,7 @@ class EngBox(concurrent.futures.Executor):
 
     def startAndAppend(self, uri: str) -> PythonEngine:
         """Connect to the engine at C{uri} and add it."""
-        return self.append(PythonEngine(uri, secret=self._secret))
+        return self.append(PythonEngine(uri, secret=self._secret, ssl_context=self._ssl_context))
 
     def startAndAppendFromText(self, text: str) -> List[PythonEngine]:
         """Connect to every URI in C{text} (one per line; blank lines and C{#} comments skipped)."""
@@ -93,6 +94,10 @@ class EngBox(concurrent.futures.Executor):
 
     toList = getEngines
 
+    def _sibling(self, engines: Iterable[PythonEngine]) -> "EngBox":
+        """A new box of C{engines} with this box's secret, TLS context and task timeout."""
+        return EngBox(engines, secret=self._secret, task_timeout=self.task_timeout, ssl_context=self._ssl_context)
+
     def __len__(self) -> int:
         return len(self._engines)
 
@@ -102,9 +107,9 @@ class EngBox(concurrent.futures.Executor):
     def __getitem__(self, index: Any) -> Any:
         with self._lock:
             if isinstance(index, slice):
-                return EngBox(self._engines[index], secret=self._secret)
+                return self._sibling(self._engines[index])
             if isinstance(index, (list, tuple)):
-                return EngBox([self._engines[i] for i in index], secret=self._secret)
+                return self._sibling([self._engines[i] for i in index])
             return self._engines[index]
 
     def __delitem__(self, index: Any) -> None:
@@ -131,7 +136,7 @@ class EngBox(concurrent.futures.Executor):
         def matches(engine: PythonEngine) -> bool:
             return ((not name or engine.name == name) and (not group or engine.group == group)
                     and (not ip or engine.ip == ip) and (not hostname or engine.hostname == hostname))
-        return EngBox([e for e in self if matches(e)], secret=self._secret)
+        return self._sibling([e for e in self if matches(e)])
 
     def getFastest(self, single: bool = True, basis: str = "all", cycles: Optional[int] = None) -> Any:
         """
@@ -155,14 +160,14 @@ class EngBox(concurrent.futures.Executor):
             if not scored:
                 raise NoEnginesError("no engine answered the benchmark")
             return scored[0][1]
-        return EngBox([engine for _, engine in scored], secret=self._secret)
+        return self._sibling([engine for _, engine in scored])
 
     def getDead(self, new: bool = False) -> Any:
         """The indexes of the engines that do not answer, or (C{new=True}) a box of them."""
         engines = self.getEngines()
         answers = _parallel(engines, lambda e: e.ping())
         dead = [i for i, (_, answer) in enumerate(answers) if answer != "pong"]
-        return EngBox([engines[i] for i in dead], secret=self._secret) if new else dead
+        return self._sibling([engines[i] for i in dead]) if new else dead
 
     def cleanDead(self) -> List[PythonEngine]:
         """Remove every engine that does not answer; returns the removed engines."""
@@ -197,17 +202,17 @@ class EngBox(concurrent.futures.Executor):
 
     @classmethod
     def discover(cls, group: Optional[str] = None, ns_host: Optional[str] = None, ns_port: Optional[int] = None,
-                 secret: Optional[str] = None, timeout: float = 5.0) -> "EngBox":
+                 secret: Optional[str] = None, timeout: float = 5.0, ssl_context: Any = None) -> "EngBox":
         """
         A box of every live engine registered in the Pyro5 name server (of C{group}, if given).
         Entries whose engine no longer answers within C{timeout} are skipped and removed.
         """
-        box = cls(secret=secret)
+        box = cls(secret=secret, ssl_context=ssl_context)
         stale = []
         entries = discovery.find(group, ns_host, ns_port)
 
         def connect(entry: Any) -> PythonEngine:
-            return PythonEngine(entry[1], secret=secret, connect_timeout=timeout)
+            return PythonEngine(entry[1], secret=secret, connect_timeout=timeout, ssl_context=ssl_context)
 
         for (name, uri, _), engine in _parallel(entries, connect):
             if isinstance(engine, SRPyServerNotFound):

@@ -49,9 +49,11 @@ class EngineDaemon(SecureDaemon):
             raise pyro_errors.ProtocolError("message too large (%d, max=%d)"
                                             % (data_size + ann_size, pyro_config.MAX_MESSAGE_SIZE))
         payload = _read(conn, data_size + ann_size) if data_size + ann_size else b""
-        self._serve(conn, seq, payload, ann_size)
+        annotations = _annotations(payload, ann_size) if ann_size else {}
+        _check_trailing(annotations)
+        self._serve(conn, seq, payload, ann_size, annotations)
 
-    def _serve(self, conn: Any, seq: int, payload: bytes, ann_size: int) -> None:
+    def _serve(self, conn: Any, seq: int, payload: bytes, ann_size: int, annotations: Dict[str, Any]) -> None:
         current_context.client = conn
         current_context.seq = seq
         current_context.msg_flags = 0
@@ -59,7 +61,7 @@ class EngineDaemon(SecureDaemon):
         current_context.correlation_id = None
         current_context.response_annotations = {}
         try:
-            current_context.annotations = _annotations(payload, ann_size) if ann_size else {}
+            current_context.annotations = annotations
             obj_id, method, vargs, kwargs = codec.loads(payload[ann_size:] if ann_size else payload)
             result = self._target(obj_id, method)(*vargs, **kwargs)
             data, flags = codec.dumps(result), 0
@@ -98,6 +100,18 @@ def _read(conn: Any, size: int) -> bytes:
             raise pyro_errors.ConnectionClosedError("receiving: connection lost")
         return data + conn.recv(size - len(data))
     return conn.recv(size)
+
+
+def _check_trailing(annotations: Dict[str, Any]) -> None:
+    """Refuse (closing the connection) a call announcing more raw bytes than a message may hold."""
+    sizes = annotations.get(lite.TRAILING)
+    if sizes is None:
+        return
+    count = len(sizes) // 8
+    total = sum(struct.unpack("!%dQ" % count, bytes(sizes[:count * 8])))
+    if total > pyro_config.MAX_MESSAGE_SIZE:
+        raise pyro_errors.ProtocolError("call announces %d raw bytes, more than the limit of %d"
+                                        % (total, pyro_config.MAX_MESSAGE_SIZE))
 
 
 def _annotations(payload: bytes, size: int) -> Dict[str, memoryview]:

@@ -13,6 +13,7 @@ How a child engine starts and stops, with no files polled and no orphans:
 """
 
 import argparse
+import collections
 import atexit
 import logging
 import os
@@ -27,16 +28,20 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import psutil
 from Pyro5 import config as pyro_config
 
-from . import __version__, codec, copyright, discovery, peers
-from .engine import OBJECT_ID, Engine, capture_output
+from . import __version__, codec, copyright, discovery, lite, peers
+from .engine import EXIT_RUNAWAY, OBJECT_ID, Engine, capture_output
 from .errors import SRPyError
 from .daemon import EngineDaemon
-from .security import check_listen_policy
+from .security import check_listen_policy, client_tls
 
 log = logging.getLogger("srpy.launcher")
 
 READY = "SRPY-READY"
 FAILED = "SRPY-FAILED"
+#: address space reserved for the stacks of an engine's server threads, on top of --max-memory
+THREAD_ALLOWANCE = 512 * 1024 * 1024
+#: longest wait before restarting an engine that keeps dying
+MAX_BACKOFF = 30.0
 #: seconds a stopping child gets before it is terminated, then killed
 STOP_GRACE = 3.0
 
@@ -53,7 +58,8 @@ def detectNCPUs() -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The launcher's command line."""
     parser = argparse.ArgumentParser(
-        prog="srpyapp", description="Host srpy engines: Python namespaces that clients run code in.")
+        prog="srpyapp", description="Host srpy engines: Python namespaces that clients run code in. "
+                                    "'srpyapp status -h': show what running engines are doing.")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("-b", "--basic", action="store_true", help="one engine in this process (default)")
     mode.add_argument("-m", "--multi", action="store_true", help="one engine process per core")
@@ -81,6 +87,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ns-port", type=int, default=None, help="name server port (default 9090)")
     parser.add_argument("--python", metavar="PATH", default=None,
                         help="host the engine processes in this Python (a virtualenv's, say); it must have srpy")
+    parser.add_argument("--restart", action="store_true",
+                        help="restart an engine that dies or stops a runaway call (with back-off), on the same port")
+    parser.add_argument("--max-task-time", type=float, metavar="SECONDS", default=None,
+                        help="stop any call that runs longer (the engine restarts: implies supervision)")
+    parser.add_argument("--max-memory", type=float, metavar="MB", default=None,
+                        help="memory each engine may use beyond its start-up size; a call that needs more "
+                             "gets MemoryError")
+    parser.add_argument("--max-message-size", type=float, metavar="MB", default=None,
+                        help="refuse messages larger than this (default: Pyro5's 1 GiB)")
+    parser.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this certificate (PEM)")
+    parser.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
+    parser.add_argument("--tls-ca", metavar="FILE", help="CA bundle that signs client certificates (and peers')")
+    parser.add_argument("--tls-require-client-cert", action="store_true",
+                        help="accept only clients with a certificate signed by --tls-ca")
     parser.add_argument("--ready-timeout", type=float, default=30.0, help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--version", action="version", version="srpy %s" % __version__)
@@ -130,12 +150,16 @@ class EngineServer:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, name: str = "", group: str = "",
                  secret: Optional[str] = None, insecure: bool = False, debug: bool = False,
-                 timing: bool = False) -> None:
+                 timing: bool = False, max_task_time: Optional[float] = None,
+                 tls: Optional[Dict[str, Any]] = None) -> None:
         check_listen_policy(host, secret, insecure)
         codec.register()
         pyro_config.SERVERTYPE = "thread"
+        peer_tls = configure_tls(**tls) if tls else None
         self.daemon = EngineDaemon(host=host, port=port, secret=secret)
-        self.engine = Engine(name=name, group=group, debug=debug, timing=timing, secret=secret)
+        self.engine = Engine(name=name, group=group, debug=debug, timing=timing, secret=secret,
+                             max_task_time=max_task_time)
+        self.engine.peer_ssl_context = peer_tls
         peers.attach(self.engine)
         self.uri = str(self.daemon.register(self.engine, OBJECT_ID))
         self.engine.uri = self.uri
@@ -169,11 +193,54 @@ class EngineServer:
             server.shutdown()  # not the daemon's: that one breaks a request loop that has not started
 
 
+def _tls_options(options: argparse.Namespace) -> Optional[Dict[str, Any]]:
+    if not (options.tls_cert or options.tls_key):
+        return None
+    if not (options.tls_cert and options.tls_key):
+        raise SRPyError("TLS needs both --tls-cert and --tls-key")
+    if options.tls_require_client_cert and not options.tls_ca:
+        raise SRPyError("--tls-require-client-cert needs --tls-ca (the CA that signs client certificates)")
+    return {"cert": options.tls_cert, "key": options.tls_key, "ca": options.tls_ca,
+            "require_client_cert": options.tls_require_client_cert}
+
+
+def configure_tls(cert: str, key: str, ca: Optional[str] = None, require_client_cert: bool = False) -> Any:
+    """
+    Make this process's Pyro5 daemons serve TLS (Pyro5's SSL settings); returns the client context
+    the engine uses to reach its TLS peers (with its own certificate when client certificates are
+    required).
+    """
+    for path in (cert, key, ca):
+        if path and not os.path.isfile(path):
+            raise SRPyError("TLS file not found: %s" % path)
+    pyro_config.SSL = True
+    pyro_config.SSL_SERVERCERT, pyro_config.SSL_SERVERKEY = cert, key
+    pyro_config.SSL_CACERTS = ca or ""
+    pyro_config.SSL_REQUIRECLIENTCERT = bool(require_client_cert)
+    return client_tls(ca=ca or cert, cert=cert if require_client_cert else None,
+                      key=key if require_client_cert else None)
+
+
+def apply_process_limits(options: argparse.Namespace) -> None:
+    """The limits that hold for the whole engine process: memory and message size."""
+    if options.max_message_size:
+        pyro_config.MAX_MESSAGE_SIZE = int(options.max_message_size * 1024 * 1024)
+    if options.max_memory:
+        import resource
+        # the address space the engine has at start-up (interpreter, libraries, thread stacks to come)
+        # plus the memory it may add for the work it is given
+        base = psutil.Process().memory_info().vms + THREAD_ALLOWANCE
+        limit = base + int(options.max_memory * 1024 * 1024)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
 def _start_server(options: argparse.Namespace, name: str, port: int) -> EngineServer:
     try:
+        apply_process_limits(options)
         server = EngineServer(host=options.host, port=port, name=name, group=options.group,
                               secret=options.secret, insecure=options.insecure,
-                              debug=options.debug, timing=options.time)
+                              debug=options.debug, timing=options.time,
+                              max_task_time=options.max_task_time, tls=_tls_options(options))
     except OSError as exc:
         raise SRPyError("cannot listen on %s:%s: %s" % (options.host, port, exc.strerror or exc)) from None
     if options.ns or options.start_ns:
@@ -284,6 +351,12 @@ def child_command(options: argparse.Namespace, name: str, port: int, python: Opt
         command.append("--insecure")
     if options.pyro_config:
         command += ["--pyro-config", options.pyro_config]
+    for flag in ("max_task_time", "max_memory", "max_message_size", "tls_cert", "tls_key", "tls_ca"):
+        value = getattr(options, flag, None)
+        if value:
+            command += ["--" + flag.replace("_", "-"), str(value)]
+    if getattr(options, "tls_require_client_cert", False):
+        command.append("--tls-require-client-cert")
     if getattr(options, "ns", False) or getattr(options, "start_ns", False):
         command.append("--ns")
         if options.ns_host:
@@ -373,21 +446,61 @@ def _stop_sub_engines() -> None:
 # -- the launcher ----------------------------------------------------------------------------------
 
 class Supervisor:
-    """Runs the launcher's engines until asked to stop, reporting any engine that dies."""
+    """
+    Runs the launcher's engines until asked to stop. An engine that dies is reported; with
+    C{restart}, it is started again on the same port (so its URI stays valid), after a back-off
+    that doubles with each quick death (0.5 s up to L{MAX_BACKOFF}) and resets once it has run a minute.
+    """
 
-    def __init__(self, engines: List[EngineProcess], uri_file: Optional[str], stop_ns: Any = None) -> None:
+    def __init__(self, engines: List[EngineProcess], uri_file: Optional[str], stop_ns: Any = None,
+                 restart: Optional[Any] = None) -> None:
         self.engines = engines
         self.uri_file = uri_file
         self.stop_ns = stop_ns or (lambda: None)
         self.stopping = threading.Event()
+        self.restart = restart  # restart(index, port) -> EngineProcess, or None: no restarts
+        self.restarts: Dict[int, int] = collections.defaultdict(int)
+        self._started: Dict[int, float] = collections.defaultdict(time.monotonic)
+        self._due: Dict[int, float] = {}
 
     def run(self) -> None:
         while not self.stopping.wait(0.25):
-            for engine in self.engines:
-                if engine.process.returncode is None and not engine.alive():
-                    log.error("engine %s (pid %d) died with exit code %s", engine.uri, engine.pid,
-                              engine.process.returncode)
-                    _remove_tree(engine.sandbox)
+            for index, engine in enumerate(self.engines):
+                if index not in self._due and engine.process.returncode is None and not engine.alive():
+                    self._died(index, engine)
+            for index, due in sorted(self._due.items()):
+                if time.monotonic() >= due and not self.stopping.is_set():
+                    self._restart(index)
+
+    def _died(self, index: int, engine: EngineProcess) -> None:
+        code = engine.process.returncode
+        reason = "stopped a runaway call" if code == EXIT_RUNAWAY else "died with exit code %s" % code
+        log.error("engine %s (pid %d) %s", engine.uri, engine.pid, reason)
+        _remove_tree(engine.sandbox)
+        if self.restart is None:
+            return
+        if time.monotonic() - self._started[index] > 60:
+            self.restarts[index] = 0
+        delay = min(MAX_BACKOFF, 0.5 * 2 ** self.restarts[index]) if code != EXIT_RUNAWAY else 0.0
+        self.restarts[index] += 1
+        self._due[index] = time.monotonic() + delay
+        log.info("restarting engine %s in %.1f s", engine.uri, delay)
+
+    def _restart(self, index: int) -> None:
+        old = self.engines[index]
+        try:
+            new = self.restart(index, lite.parse_uri(old.uri)[2])
+        except SRPyError as exc:
+            log.error("could not restart engine %s: %s", old.uri, exc)
+            self._due[index] = time.monotonic() + min(MAX_BACKOFF, 0.5 * 2 ** self.restarts[index])
+            self.restarts[index] += 1
+            return
+        del self._due[index]
+        self.engines[index] = new
+        self._started[index] = time.monotonic()
+        log.info("engine restarted: %s (pid %d)", new.uri, new.pid)
+        if new.uri != old.uri and self.uri_file:
+            _write_uri_file(self.uri_file, [e.uri for e in self.engines])
 
     def stop(self) -> None:
         self.stopping.set()
@@ -449,7 +562,12 @@ def run_multi(options: argparse.Namespace, count: int) -> int:
         check_python(options.python)
     commands = [child_command(options, names[i], ports[i], options.python) for i in range(count)]
     stop_ns = _maybe_start_ns(options)
-    supervisor = Supervisor([], options.uri_file, stop_ns)
+    restart = None
+    if options.restart or options.max_task_time:
+        def restart(index: int, port: int) -> EngineProcess:
+            command = child_command(options, names[index], port, options.python)
+            return spawn_engines([command], options.secret, options.ready_timeout)[0]
+    supervisor = Supervisor([], options.uri_file, stop_ns, restart)
     _on_signals(supervisor.stop)  # from here on a signal is a clean stop, even while engines start
     try:
         supervisor.engines = engines = spawn_engines(commands, options.secret, options.ready_timeout)
@@ -494,7 +612,9 @@ def _maybe_start_ns(options: argparse.Namespace) -> Any:
 
 
 def run_basic(options: argparse.Namespace) -> int:
-    """Serve one engine in this process until stopped."""
+    """Serve one engine in this process until stopped (a supervised child, when it must restart)."""
+    if options.restart or options.max_task_time:
+        return run_multi(options, 1)  # a runaway call is stopped by restarting: that needs a supervisor
     if options.python:
         raise SRPyError("--python needs engine processes: use it with -m or -n N")
     stop_ns = _maybe_start_ns(options)
@@ -531,8 +651,16 @@ def configure_logging(debug: bool) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of C{srpyapp} / C{python srpyapp.py}; returns the exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["status"]:  # srpyapp status ...: what the engines are doing
+        from . import status
+        return status.main(args[1:])
     parser = build_parser()
-    options = parser.parse_args(argv)
+    options = parser.parse_args(args)
+    if options.basic and options.engines:
+        parser.error("-b/--basic hosts one engine in this process; -n N needs -m/--multi (or no -b)")
+    if options.uri_file:
+        options.uri_file = os.path.abspath(options.uri_file)  # engines change directory to their sandbox
     if options.secret is None:
         options.secret = os.environ.get("SRPY_SECRET") or None
     configure_logging(options.debug)

@@ -271,6 +271,14 @@ def _native(value):
 class SocketTransport(object):
     """A TCP (optionally TLS) connection through Python's socket module."""
 
+    def stale(self):
+        """True if this idle connection has something to read: an idle one only does once closed."""
+        import select
+        try:
+            return bool(select.select([self.sock], [], [], 0)[0])
+        except (ValueError, OSError, select.error):
+            return True
+
     io_errors = (IOError, OSError)
 
     def __init__(self, host, port, connect_timeout, ssl_context=None, server_hostname=None):
@@ -449,6 +457,7 @@ class Connection(object):
         self._seq = 0
         self._lock = threading.Lock()
         self._json = JsonSerializer()
+        self.tls = ssl_context is not None
         factory = transport_factory or default_transport(ssl_context)
         try:
             self.transport = factory(self.host, self.port, connect_timeout, ssl_context)
@@ -469,7 +478,9 @@ class Connection(object):
                                      % (connect_timeout,))
         except self._failures as exc:
             self._break()
-            raise SRPyServerNotFound(self.uri, "connected, but the handshake failed: %s" % (exc,))
+            hint = "" if self.tls else (" (an engine that serves TLS drops clients that do not "
+                                                       "speak it: pass ssl_context=srpy.security.client_tls(...))")
+            raise SRPyServerNotFound(self.uri, "connected, but the handshake failed: %s%s" % (exc, hint))
         except BaseException:
             self._break()
             raise
@@ -531,6 +542,9 @@ class Connection(object):
         if msgtype == MSG_CONNECT:  # the engine wants the secret: a challenge
             self._answer_challenge(secret, cnonce, self._loads_json(data))
             msgtype, _, _, _, data, _ = self._receive()
+            challenged = True
+        else:
+            challenged = False
         if msgtype == MSG_CONNECTFAIL:
             reason = self._loads_json(data) if data else "?"
             if "secret" in str(reason):
@@ -539,6 +553,11 @@ class Connection(object):
         if msgtype != MSG_CONNECTOK:
             raise ProtocolError("unexpected message type %d in the handshake with %s" % (msgtype, self.uri))
         response = self._loads_json(data)
+        if secret and not challenged:
+            # with a secret, only an engine that proves it holds the same one is trusted
+            raise AuthenticationError("the engine at %s has no secret, so it cannot prove it is the engine "
+                                      "you meant: give it the secret (srpyapp --secret), or connect "
+                                      "without one" % (self.uri,))
         self.handshake_info = response.get("handshake") if isinstance(response, dict) else None
 
     def _answer_challenge(self, secret, cnonce, challenge):
@@ -617,6 +636,11 @@ class Connection(object):
             raise serializer.exception(value)
         return value
 
+    def stale(self):
+        """True if the engine closed this (idle) connection; a transport that cannot tell says False."""
+        check = getattr(self.transport, "stale", None)
+        return bool(self.broken or (check is not None and check()))
+
     def _break(self):
         self.broken = True
         self.transport.close()
@@ -673,9 +697,14 @@ class Engine(object):
                           self._ssl_context, self._transport_factory)
 
     def _acquire(self):
-        with self._pool_lock:
-            if self._idle:
-                return self._idle.pop()
+        while True:
+            with self._pool_lock:
+                if not self._idle:
+                    break
+                conn = self._idle.pop()
+            if not conn.stale():
+                return conn
+            conn.close()  # the engine closed it while idle (it restarted): never reuse it
         return self._connect()
 
     def _release(self, conn):

@@ -258,7 +258,8 @@ class Social:
             if uri == self.engine.uri:
                 continue
             try:
-                client = PythonEngine(uri, secret=self.engine.secret, connect_timeout=5.0)
+                client = PythonEngine(uri, secret=self.engine.secret, connect_timeout=5.0,
+                                      ssl_context=getattr(self.engine, "peer_ssl_context", None))
             except SRPyError as exc:
                 log.warning("not a peer: %s (%s)", uri, exc)
                 continue

@@ -388,6 +388,8 @@ class Scheduler:
             alive = slot.engine._call("ping", timeout=ANSWER_TIMEOUT) == "pong"
         except SRPyError:
             alive = False
+        if not alive:  # an engine that just ended (a runaway stopped, a kill) answers its call or closes it meanwhile
+            time.sleep(HEARTBEAT)
         with self._cond:
             self._checking.discard(id(slot))
             if alive or self._calls.get(id(slot)) is not entry:

@@ -19,6 +19,7 @@ import ipaddress
 import json
 import logging
 import socket
+import ssl
 from typing import Any, Optional
 
 from Pyro5 import errors as pyro_errors
@@ -77,6 +78,17 @@ class SecureDaemon(Daemon):
         self._secret = secret or None
         super().__init__(host=host, port=port, **kwargs)
 
+    def _handshake(self, conn: Any, denied_reason: Optional[str] = None) -> bool:
+        """
+        Pyro5's connect handshake, within L{HANDSHAKE_TIMEOUT}: a client that connects and then says
+        nothing (or half a message) is dropped instead of holding one of the daemon's threads for ever.
+        """
+        conn.settimeout(HANDSHAKE_TIMEOUT)
+        try:
+            return super()._handshake(conn, denied_reason)
+        finally:
+            conn.settimeout(None)
+
     def validateHandshake(self, conn: Any, data: Any) -> Any:
         """Run the challenge-response when this daemon has a secret (see the module text)."""
         if not self._secret:
@@ -103,6 +115,20 @@ class SecureDaemon(Daemon):
             log.warning("refused a client at %s: wrong secret", _peer(conn))
             raise pyro_errors.SecurityError("wrong secret: the client could not prove it knows this engine's secret")
         return {"srpy": 1, "auth": True}
+
+
+def client_tls(ca: Optional[str] = None, cert: Optional[str] = None, key: Optional[str] = None,
+               check_hostname: bool = True) -> ssl.SSLContext:
+    """
+    A client TLS context for engines that serve TLS (C{srpyapp --tls-cert ...}): trusts C{ca} (a
+    PEM bundle; default: the system's), and presents C{cert}/C{key} when engines require client
+    certificates. Pass it as C{ssl_context=} to L{srpy.PythonEngine} or L{srpy.EngBox}.
+    """
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
+    context.check_hostname = check_hostname
+    if cert:
+        context.load_cert_chain(cert, key)
+    return context
 
 
 def _peer(conn: Any) -> str:
