@@ -868,7 +868,7 @@ def module_sources(module):
         if top != name:
             raise ValueError("%s is not a package, so it has no module %s" % (top, name))
         return {top + ".py": _read_text(source)}
-    return _package_sources(os.path.dirname(source), top)
+    return package_sources(os.path.dirname(source), top)
 
 
 def _locate(top):
@@ -904,7 +904,8 @@ def _source_path(path):
     return path
 
 
-def _package_sources(location, top):
+def package_sources(location, top):
+    """The .py files under a package folder C{location}, keyed C{top/relative/path.py}."""
     files = {}
     for folder, subfolders, names in os.walk(location):
         subfolders[:] = sorted(d for d in subfolders if d != "__pycache__" and not d.startswith("."))

@@ -15,6 +15,7 @@ import sysconfig
 import types
 from typing import Any, Dict, List, Optional
 
+from . import lite
 from .errors import SRPyError
 
 
@@ -34,7 +35,7 @@ def module_files(module: Any) -> Dict[str, str]:
     if spec.submodule_search_locations:
         files: Dict[str, str] = {}
         for location in spec.submodule_search_locations:
-            files.update(_package_files(location, top))
+            files.update(lite.package_sources(location, top))
         return files
     if name != top:
         raise ShippingError("%s is not a package, so it has no module %s" % (top, name))
@@ -59,18 +60,6 @@ def _read_source(path: Any, name: str) -> str:
                             "Python instead of shipping it" % (name, path))
     with open(path, encoding="utf-8") as handle:
         return handle.read()
-
-
-def _package_files(location: str, top: str) -> Dict[str, str]:
-    files = {}
-    for folder, subfolders, names in os.walk(location):
-        subfolders[:] = sorted(d for d in subfolders if d != "__pycache__" and not d.startswith("."))
-        for filename in sorted(names):
-            if filename.endswith(".py"):
-                full = os.path.join(folder, filename)
-                relative = os.path.relpath(full, location).replace(os.sep, "/")
-                files[top + "/" + relative] = _read_source(full, top)
-    return files
 
 
 # -- where a module comes from, and what local modules it needs ----------------------------------
