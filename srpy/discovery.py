@@ -52,7 +52,7 @@ def locate(host: Optional[str] = None, port: Optional[int] = None) -> Proxy:
         ns = locate_ns(host or "", port)
         ns._pyroBind()
         return ns
-    except pyro_errors.PyroError as exc:
+    except (pyro_errors.PyroError, OSError) as exc:  # OSError: a broadcast with no route for it, say
         where = "%s:%s" % (host, port) if host else "on this machine or by broadcast"
         raise NameServerNotFound("no Pyro5 name server found %s: %s" % (where, exc)) from None
 
@@ -99,8 +99,8 @@ def start_name_server(host: str = "127.0.0.1", port: int = 9090) -> Tuple[str, C
         uri, daemon, broadcast = start_ns(host=host, port=port)
     except OSError as exc:
         raise SRPyError("cannot start a name server on %s:%s: %s" % (host, port, exc.strerror or exc)) from None
-    if broadcast is not None:
-        daemon.combine(broadcast)
+    if broadcast is not None:  # its own thread: Pyro5 cannot combine it with a thread-pool daemon's loop
+        broadcast.runInThread()
     stopping = threading.Event()
     thread = threading.Thread(target=daemon.requestLoop, args=(lambda: not stopping.is_set(),),
                               name="srpy-nameserver", daemon=True)
