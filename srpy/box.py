@@ -44,12 +44,17 @@ class EngBox(concurrent.futures.Executor):
     As an executor: C{submit}, C{map}, C{shutdown}, C{with EngBox(...) as box:}; futures are
     C{concurrent.futures.Future}s, so C{as_completed}, C{wait} and C{cancel} work as documented.
 
+    An engine that dies while running the box's work leaves the box (its work goes to the others);
+    if it answers again within a minute, as an engine restarted by C{srpyapp --restart} does on the
+    same URI, it is appended to the box again and gets work (see L{srpy.scheduler}).
+
     @ivar task_timeout: seconds any one submitted task may run (None: no limit).
     """
 
     def __init__(self, engines: Optional[Iterable[EngineLike]] = None, secret: Optional[str] = None,
                  task_timeout: Optional[float] = None, ssl_context: Any = None) -> None:
         self._engines: List[PythonEngine] = []
+        self._away: List[PythonEngine] = []  # left the box by dying; may rejoin if they answer again
         self._secret = secret
         self._ssl_context = ssl_context
         self._lock = threading.RLock()
@@ -121,10 +126,12 @@ class EngBox(concurrent.futures.Executor):
                     self._scheduler.remove_engine(engine)
 
     def remove(self, engine: PythonEngine) -> None:
-        """Take C{engine} out of the box (and out of the scheduling)."""
+        """Take C{engine} out of the box (and out of the scheduling); one that died will not rejoin."""
         with self._lock:
             if engine in self._engines:
                 self._engines.remove(engine)
+            if engine in self._away:
+                self._away.remove(engine)
             if self._scheduler is not None:
                 self._scheduler.remove_engine(engine)
 
@@ -261,7 +268,7 @@ class EngBox(concurrent.futures.Executor):
             if self._scheduler is None:
                 if not self._engines:
                     raise NoEnginesError("the box has no engine to run work on")
-                self._scheduler = Scheduler(on_dead=self._engine_died)
+                self._scheduler = Scheduler(on_dead=self._engine_died, on_back=self._engine_back)
                 for engine in self._engines:
                     self._scheduler.add_engine(engine)
             return self._scheduler
@@ -270,6 +277,19 @@ class EngBox(concurrent.futures.Executor):
         with self._lock:
             if engine in self._engines:
                 self._engines.remove(engine)
+                self._away.append(engine)
+
+    def _engine_back(self, engine: PythonEngine, back: bool) -> bool:
+        """An engine that died answers again (C{back}): it rejoins, unless removed meanwhile; or it is given up."""
+        with self._lock:
+            if engine not in self._away:
+                return False
+            self._away.remove(engine)
+            if not back or self._shut or self._scheduler is None:
+                return False
+            self._engines.append(engine)
+            self._scheduler.add_engine(engine)
+            return True
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
         """Run C{fn(*args, **kwargs)} on some engine; returns its Future at once."""

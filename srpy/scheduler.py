@@ -13,6 +13,11 @@ the engine leaves the box. A task that has lost L{MAX_ATTEMPTS} engines fails wi
 L{EngineDead} (it may be what kills them). When no engine is left, every pending future fails
 with L{NoEnginesError}. A task with a timeout travels alone, and its future fails with
 C{TimeoutError} when it overruns; that engine gets no more work until it is idle again.
+
+Engines that come back: an engine that left is probed (with back-off, for up to L{REJOIN_WAIT} s).
+If it answers again, as one restarted on the same URI by its launcher (C{srpyapp --restart}) does,
+it rejoins the box as a fresh engine (a new slot: it knows no shipped function yet) and gets work
+again; one that does not stays out.
 """
 
 import collections
@@ -40,6 +45,11 @@ MAX_BATCH = 4096
 RESTART_WAIT = 30.0
 #: engines a task may lose before it fails
 MAX_ATTEMPTS = 3
+#: seconds an engine that left the box is probed for, in case it comes back: a launcher restarts
+#: a dead engine after a back-off of up to 30 s, and again if the new process dies while starting
+REJOIN_WAIT = 120.0
+#: longest pause between two probes of an engine that left
+REJOIN_PROBE = 2.0
 #: seconds a call may run before its engine is checked (pinged) for life, and between checks
 HEARTBEAT = 1.0
 #: seconds an engine with a call under way has to answer a ping before it counts as vanished
@@ -133,8 +143,17 @@ class Slot:
 class Scheduler:
     """The queue and the dispatchers of one EngBox."""
 
-    def __init__(self, on_dead: Callable[[Any], None]) -> None:
+    def __init__(self, on_dead: Callable[[Any], None],
+                 on_back: Optional[Callable[[Any, bool], bool]] = None) -> None:
+        """
+        @param on_dead: called with an engine that stopped answering, before its work is requeued.
+        @param on_back: called with an engine that left and C{True} once it answers again (it
+            rejoins only if this returns True), or C{False} when srpy stops waiting for it.
+        """
         self._on_dead = on_dead
+        self._on_back = on_back
+        self._away: set = set()
+        self._stopping = threading.Event()
         self._cond = threading.Condition()
         self._tasks: Deque[Task] = collections.deque()
         self._maps: Deque[MapJob] = collections.deque()
@@ -476,6 +495,41 @@ class Scheduler:
         self._on_dead(slot.engine)  # out of the box before its work can complete elsewhere
         self._requeue(batch)
         self.remove_engine(slot.engine)
+        self._await_return(slot.engine)
+
+    def _await_return(self, engine: Any) -> None:
+        """Probe an engine that left the box, in a thread of its own, so that it may rejoin."""
+        with self._cond:
+            if self._on_back is None or self._closed or id(engine) in self._away:
+                return
+            self._away.add(id(engine))
+        threading.Thread(target=self._rejoin, args=(engine,), daemon=True,
+                         name="srpy-rejoin-%s" % getattr(engine, "uri", "?")).start()
+
+    def _rejoin(self, engine: Any) -> None:
+        """
+        Ask C{engine} who it is, with back-off, for up to L{REJOIN_WAIT} s: once it answers (its
+        description refreshed: a restarted engine has a new process), it rejoins as a fresh slot.
+        """
+        deadline, delay, back = time.monotonic() + REJOIN_WAIT, 0.1, False
+        try:
+            while not self._stopping.wait(delay) and time.monotonic() < deadline:
+                try:
+                    engine.info = engine._call("whoami", timeout=ANSWER_TIMEOUT)
+                    back = True
+                    break
+                except (SRPyError, OSError):
+                    delay = min(delay * 2, REJOIN_PROBE)
+        finally:
+            with self._cond:
+                self._away.discard(id(engine))
+        if self._stopping.is_set():
+            return
+        if back and self._on_back is not None and self._on_back(engine, True):
+            log.info("engine %s answers again; it rejoins the box", engine.uri)
+        elif not back and self._on_back is not None:
+            log.warning("engine %s did not come back within %s s; srpy stops waiting for it", engine.uri, REJOIN_WAIT)
+            self._on_back(engine, False)
 
     @staticmethod
     def _still_answers(engine: Any) -> bool:
@@ -540,6 +594,7 @@ class Scheduler:
     # -- the end ---------------------------------------------------------------------------------
 
     def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        self._stopping.set()
         with self._cond:
             self._closed = True
             if cancel_futures:
