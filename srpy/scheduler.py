@@ -41,8 +41,6 @@ TARGET_SECONDS = 0.05
 MIN_SECONDS = 0.005
 #: most tasks in one batch
 MAX_BATCH = 4096
-#: seconds an engine that stopped a runaway task may take to come back
-RESTART_WAIT = 30.0
 #: engines a task may lose before it fails
 MAX_ATTEMPTS = 3
 #: seconds an engine that left the box is probed for, in case it comes back: a launcher restarts
@@ -333,10 +331,9 @@ class Scheduler:
             slot.known.clear()
             self._requeue(batch)
             return
-        except TaskTimeout as exc:  # the engine stopped the task by restarting
+        except TaskTimeout as exc:  # the engine stopped the task by restarting: a fresh engine, same URI
             batch[0].future.set_exception(exc)
-            slot.known.clear()
-            self._pause_until_back(slot)
+            slot.known.clear()  # while it restarts, calls fail and it leaves the box; it rejoins when back
             return
         except CallTimeout:
             self._timed_out(slot, batch[0])
@@ -450,24 +447,6 @@ class Scheduler:
         with self._cond:
             slot.paused = True
         threading.Thread(target=self._resume_when_idle, args=(slot,), daemon=True).start()
-
-    def _pause_until_back(self, slot: Slot) -> None:
-        with self._cond:
-            slot.paused = True
-        threading.Thread(target=self._resume_when_back, args=(slot,), daemon=True).start()
-
-    def _resume_when_back(self, slot: Slot) -> None:
-        """Wait (with back-off, up to L{RESTART_WAIT} s) for a restarting engine to answer again."""
-        deadline, delay = time.monotonic() + RESTART_WAIT, 0.05
-        while time.monotonic() < deadline and slot.active:
-            if self._still_answers(slot.engine):
-                with self._cond:
-                    slot.paused = False
-                    self._cond.notify_all()
-                return
-            time.sleep(delay)
-            delay = min(delay * 2, 1.0)
-        self._engine_failed(slot, [], TimeoutError("it did not come back after stopping a runaway task"))
 
     def _resume_when_idle(self, slot: Slot) -> None:
         """Give C{slot} work again once its engine is idle; an engine that stops answering is gone."""
