@@ -34,6 +34,7 @@ import datetime
 import decimal
 import itertools
 import marshal
+import struct
 import uuid
 from typing import Any, Callable, Dict, List, Tuple
 
@@ -99,8 +100,99 @@ def loads(data: bytes) -> Any:
     """Deserialize what L{dumps} made."""
     value = marshal.loads(data)
     if type(value) is tuple and len(value) == 2 and value[0] == _MARK:
-        return _decode(value[1])
+        return _decode(value[1], {})
     return value
+
+
+def loads_untrusted(data: bytes) -> Any:
+    """L{loads} for bytes from the wire: L{check_marshal} first, so garbage costs no more than its size."""
+    check_marshal(data)
+    return loads(data)
+
+
+def check_marshal(data: bytes) -> None:
+    """
+    Refuse marshal data that would make C{marshal.loads} reserve far more memory than the data's
+    size. marshal trusts the item counts it reads: five bytes announcing a tuple of 2**31 items
+    make it allocate (and fill) 16 GiB before it notices that the items are missing. This walks
+    the data's type codes without building anything and checks that the containers together
+    announce no more items than there are bytes, that no integer is longer than the data, and
+    that there is no code object (srpy never sends one). Whatever else is wrong is left to
+    C{marshal.loads}, which reports it without reserving memory first.
+
+    >>> check_marshal(marshal.dumps([1, (2.5, "three"), {4: b"five"}]))
+    >>> check_marshal(b"(" + (2 ** 31 - 1).to_bytes(4, "little"))
+    Traceback (most recent call last):
+    ...
+    ValueError: bad marshal data (containers announce more items than the data holds)
+
+    @raise ValueError: the data announces more than it holds, or holds a code object.
+    """
+    end = len(data)
+    pos = total = 0
+    kinds = _KINDS
+    unpack = _INT32.unpack_from
+    while pos < end:
+        kind = kinds[data[pos]]
+        if kind > 0:  # fixed size; a run of fixed-size items of one size is skipped at C speed
+            pos += kind
+            if pos < end and kinds[data[pos]] == kind:
+                codes = _FIXED_RUNS[kind]
+                while True:
+                    window = data[pos:pos + kind * _RUN_WINDOW:kind]
+                    same = len(window) - len(window.lstrip(codes))
+                    pos += same * kind
+                    if same < _RUN_WINDOW:
+                        break
+        elif kind == _LEN1 or kind == _FLOAT_TEXT:
+            if pos + 1 >= end:
+                return
+            pos += 2 + data[pos + 1]
+        elif kind == _SMALL_TUPLE:
+            pos += 2
+        elif kind == _UNKNOWN or pos + 5 > end:
+            return  # marshal.loads stops here with its own error
+        elif kind == _LEN4:
+            count = unpack(data, pos + 1)[0]
+            if count < 0:
+                return
+            pos += 5 + count
+        elif kind == _COUNTED:
+            count = unpack(data, pos + 1)[0]
+            if count < 0:
+                return
+            total += count
+            if total > end:
+                raise ValueError("bad marshal data (containers announce more items than the data holds)")
+            pos += 5
+        elif kind == _LONG:
+            count = abs(unpack(data, pos + 1)[0])
+            if 2 * count > end - pos - 5:
+                raise ValueError("bad marshal data (an integer longer than the data)")
+            pos += 5 + 2 * count
+        elif kind == _COMPLEX_TEXT:
+            pos += 2 + data[pos + 1]
+            if pos >= end:
+                return
+            pos += 1 + data[pos]
+        else:
+            raise ValueError("bad marshal data (a code object: srpy refuses code)")
+
+
+# check_marshal's table: for each first byte of a marshalled item (type code, with or without
+# marshal's 0x80 reference flag), the item's whole size if fixed, or how to find it
+_INT32 = struct.Struct("<i")
+_UNKNOWN, _LEN1, _LEN4, _COUNTED, _LONG, _SMALL_TUPLE, _FLOAT_TEXT, _COMPLEX_TEXT, _CODE = range(0, -9, -1)
+_KINDS = [_UNKNOWN] * 256
+_FIXED_RUNS: Dict[int, bytes] = {}
+_RUN_WINDOW = 256
+for _kind, _codes in ((1, b"0NFTS.{"), (5, b"ir"), (9, b"Ig"), (17, b"y"), (_LEN1, b"zZ"), (_LEN4, b"saAut"),
+                      (_COUNTED, b"([<>"), (_LONG, b"l"), (_SMALL_TUPLE, b")"), (_FLOAT_TEXT, b"f"),
+                      (_COMPLEX_TEXT, b"x"), (_CODE, b"c")):
+    for _code in _codes:
+        _KINDS[_code] = _KINDS[_code | 0x80] = _kind
+    if _kind > 0:
+        _FIXED_RUNS[_kind] = _codes + bytes(code | 0x80 for code in _codes)
 
 
 def exception_to_dict(exc: BaseException) -> Dict[str, Any]:
@@ -225,19 +317,33 @@ def _type_name(kind: type) -> str:
     return kind.__qualname__ if kind.__module__ == "builtins" else kind.__module__ + "." + kind.__qualname__
 
 
-def _decode(value: Any) -> Any:
+def _decode(value: Any, done: Dict[int, Any]) -> Any:
+    """
+    The value L{_encode} stood for. C{done} maps each container already decoded (by id) to its
+    result: marshal shares repeated items, and 100 bytes of tuples that each hold the previous
+    one twice would otherwise take 2**n steps to walk.
+    """
     kind = type(value)
+    if kind in _NATIVE:
+        return value
+    key = id(value)
+    if key in done:
+        return done[key]
     if kind is tuple:
         if len(value) == 3 and value[0] == _TAG:
-            return _DECODERS[value[1]](value[2])
-        return tuple(_decode(v) for v in value)
-    if kind is list:
-        return [_decode(v) for v in value]
-    if kind is dict:
-        return {_decode(k): _decode(v) for k, v in value.items()}
-    if kind is set or kind is frozenset:
-        return kind(_decode(v) for v in value)
-    return value
+            result = _DECODERS[value[1]](value[2])
+        else:
+            result = tuple(_decode(v, done) for v in value)
+    elif kind is list:
+        result = [_decode(v, done) for v in value]
+    elif kind is dict:
+        result = {_decode(k, done): _decode(v, done) for k, v in value.items()}
+    elif kind is set or kind is frozenset:
+        result = kind(_decode(v, done) for v in value)
+    else:
+        result = value
+    done[key] = result
+    return result
 
 
 # -- Pyro5 registration --------------------------------------------------------------------------
@@ -254,11 +360,11 @@ class SrpySerializer(_pyro_serializers.SerializerBase):
         return dumps(data)
 
     def loadsCall(self, data: Any) -> Tuple[str, str, Any, Any]:
-        obj, method, vargs, kwargs = loads(self._convertToBytes(data))
+        obj, method, vargs, kwargs = loads_untrusted(self._convertToBytes(data))
         return obj, method, vargs, kwargs
 
     def loads(self, data: Any) -> Any:
-        return loads(self._convertToBytes(data))
+        return loads_untrusted(self._convertToBytes(data))
 
     @classmethod
     def register_type_replacement(cls, object_type: type, replacement_function: Any) -> None:

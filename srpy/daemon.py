@@ -13,20 +13,27 @@ flags, unknown objects) is handed, unchanged, to Pyro5's own C{handleRequest}.
 
 import socket
 import struct
+import zlib
 from typing import Any, Dict, Optional, Set
 
 from Pyro5 import config as pyro_config
 from Pyro5 import errors as pyro_errors
+from Pyro5 import protocol as pyro_protocol
+from Pyro5 import serializers as pyro_serializers
 from Pyro5 import server as pyro_server
 from Pyro5.callcontext import current_context
 
 from . import codec, lite
-from .security import SecureDaemon
+from .security import SecureDaemon, note_bad_input
 
 _WAITALL = getattr(socket, "MSG_WAITALL", 0)
 _INVOKE = lite.MSG_INVOKE
 _FAST_FLAGS = 0  # any flag (oneway, batch, compressed, ...) takes Pyro5's path
 _EMPTY_CORRELATION = b"\0" * 16
+#: the most a connect message (all a client may send before its handshake succeeds) may hold, in bytes
+HANDSHAKE_MAX_SIZE = 64 * 1024
+#: what Pyro5's server loop takes quietly as the client going away
+_CLIENT_GONE = (OSError, pyro_errors.ConnectionClosedError, pyro_errors.SecurityError, pyro_errors.TimeoutError)
 
 
 class EngineDaemon(SecureDaemon):
@@ -35,9 +42,23 @@ class EngineDaemon(SecureDaemon):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._exposed: Dict[str, Set[str]] = {}
+        _guard_pyro()
 
     def handleRequest(self, conn: Any) -> None:
-        """Serve one message from C{conn}: srpy's short path, or Pyro5's own."""
+        """
+        Serve one message from C{conn}: srpy's short path, or Pyro5's own. A message that cannot
+        be read (bad header, bad annotations, a size over the limit, an unknown serializer) closes
+        the connection with one line in the log, where Pyro5 would log a traceback for each one.
+        """
+        try:
+            self._handle(conn)
+        except _CLIENT_GONE:
+            raise
+        except Exception as exc:  # malformed input: only this client's connection ends
+            note_bad_input(conn, exc, "message")
+            raise pyro_errors.ConnectionClosedError("malformed message: %s" % exc) from None
+
+    def _handle(self, conn: Any) -> None:
         header = _read(conn, lite.HEADER.size)
         tag, version, msgtype, serializer_id, flags, seq, data_size, ann_size, _, _, magic = lite.HEADER.unpack(header)
         if tag != b"PYRO" or magic != lite.MAGIC or version != lite.PROTOCOL_VERSION:
@@ -62,7 +83,7 @@ class EngineDaemon(SecureDaemon):
         current_context.response_annotations = {}
         try:
             current_context.annotations = annotations
-            obj_id, method, vargs, kwargs = codec.loads(payload[ann_size:] if ann_size else payload)
+            obj_id, method, vargs, kwargs = codec.loads_untrusted(payload[ann_size:] if ann_size else payload)
             result = self._target(obj_id, method)(*vargs, **kwargs)
             data, flags = codec.dumps(result), 0
         except Exception as exc:  # the call's failure is its reply, as in Pyro5
@@ -139,6 +160,85 @@ def _exception_reply(exc: BaseException) -> bytes:
                                            % (failure, type(exc), exc))
         substitute._pyroTraceback = getattr(exc, "_pyroTraceback", None)
         return codec.dumps(substitute)
+
+
+class _CheckedMarshal(pyro_serializers.MarshalSerializer):
+    """Pyro5's marshal serializer, with the check of L{codec.check_marshal} on what it reads."""
+
+    def loadsCall(self, data: Any) -> Any:
+        data = self._convertToBytes(data)
+        codec.check_marshal(data)
+        return super().loadsCall(data)
+
+    def loads(self, data: Any) -> Any:
+        data = self._convertToBytes(data)
+        codec.check_marshal(data)
+        return super().loads(data)
+
+    def recreate_classes(self, literal: Any) -> Any:
+        """
+        Pyro5's walk over what marshal read, done once for each shared item: marshal shares
+        repeated items, and a few hundred bytes of tuples that each hold the previous one twice
+        would otherwise take 2**n steps.
+        """
+        done: Dict[int, Any] = {}
+
+        def walk(value: Any) -> Any:
+            kind = type(value)
+            if kind is not dict and kind is not list and kind is not tuple and kind is not set:
+                return value
+            key = id(value)
+            if key not in done:
+                if kind is dict:
+                    done[key] = (self.dict_to_class(value) if "__class__" in value
+                                 else {k: walk(v) for k, v in value.items()})
+                else:
+                    done[key] = kind(walk(v) for v in value)
+            return done[key]
+
+        return walk(literal)
+
+
+class _GuardedMessage(pyro_protocol.ReceivingMessage):
+    """
+    Pyro5's received message, with two limits Pyro5 lacks: a connect message holds at most
+    L{HANDSHAKE_MAX_SIZE} bytes (so a client that has not passed the handshake cannot make the
+    engine hold more), and a compressed message inflates to at most Pyro5's C{MAX_MESSAGE_SIZE}
+    (Pyro5 inflates it whole: a megabyte of compressed zeros would take a gigabyte).
+    """
+
+    def __init__(self, header: bytes, payload: Optional[bytes] = None) -> None:
+        super().__init__(header)
+        size = self.data_size + self.annotations_size
+        if self.type == pyro_protocol.MSG_CONNECT and size > HANDSHAKE_MAX_SIZE:
+            raise pyro_errors.ProtocolError("connect message too large (%d, max=%d)" % (size, HANDSHAKE_MAX_SIZE))
+        if payload is not None:
+            self.add_payload(payload)
+
+    def add_payload(self, payload: Any) -> None:
+        ann_size = self.annotations_size
+        if self.flags & pyro_protocol.FLAGS_COMPRESSED and len(payload) == self.data_size + ann_size:
+            limit = HANDSHAKE_MAX_SIZE if self.type == pyro_protocol.MSG_CONNECT else pyro_config.MAX_MESSAGE_SIZE
+            inflater = zlib.decompressobj()
+            data = inflater.decompress(bytes(payload[ann_size:]), max(0, limit - ann_size) + 1)
+            if len(data) + ann_size > limit or not inflater.eof:
+                raise pyro_errors.ProtocolError("compressed message is incomplete or inflates to more than %d bytes"
+                                                % limit)
+            payload = bytes(payload[:ann_size]) + data
+            self.flags &= ~pyro_protocol.FLAGS_COMPRESSED
+            self.data_size = len(data)
+        super().add_payload(payload)
+
+
+def _guard_pyro() -> None:
+    """
+    Make this process's Pyro5 read marshal (serializer id 2) only through L{_CheckedMarshal}, and
+    messages only through L{_GuardedMessage} (an engine process serves one engine daemon).
+    """
+    if not isinstance(pyro_serializers.serializers_by_id.get(2), _CheckedMarshal):
+        checked = _CheckedMarshal()
+        pyro_serializers.serializers["marshal"] = pyro_serializers.serializers_by_id[2] = checked
+    pyro_protocol.ReceivingMessage = _GuardedMessage  # type: ignore[misc]
 
 
 class _Replay:

@@ -20,6 +20,8 @@ import json
 import logging
 import socket
 import ssl
+import threading
+import time
 from typing import Any, Optional
 
 from Pyro5 import errors as pyro_errors
@@ -30,9 +32,53 @@ from . import lite
 from .errors import SRPyError
 
 log = logging.getLogger("srpy.security")
+#: where malformed input is reported (one line each, within L{BAD_INPUT_LIMIT})
+input_log = logging.getLogger("srpy.security.input")
 
 #: seconds a client may take to answer the engine's challenge
 HANDSHAKE_TIMEOUT = 10.0
+
+
+class RateLimit(logging.Filter):
+    """
+    A logging filter that lets at most C{burst} records through per C{period} seconds and says how
+    many it held back on the next record it lets through. Anyone who can reach an engine's port
+    can send it garbage; without this, each message would add its lines to the engine's log, and
+    an engine whose log is a pipe nobody reads would stop serving once the pipe is full.
+    """
+
+    def __init__(self, burst: int = 10, period: float = 60.0) -> None:
+        super().__init__()
+        self.burst = burst
+        self.period = period
+        self._lock = threading.Lock()
+        self._start = float("-inf")
+        self._passed = self._held = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._start >= self.period:
+                self._start, self._passed = now, 0
+            if self._passed >= self.burst:
+                self._held += 1
+                return False
+            self._passed += 1
+            held, self._held = self._held, 0
+        if held:
+            record.msg = "%s (and %d more such messages not logged)" % (record.msg, held)
+        return True
+
+
+#: the limit on reports of malformed input: srpy's own, and Pyro5's protocol errors in an engine
+BAD_INPUT_LIMIT = RateLimit()
+input_log.addFilter(BAD_INPUT_LIMIT)
+
+
+def note_bad_input(conn: Any, exc: BaseException, stage: str) -> None:
+    """Report in one line (within L{BAD_INPUT_LIMIT}) that a client's connection ended at its C{stage}."""
+    input_log.warning("ended the connection from %s at its %s: %s: %s", _peer(conn), stage,
+                      type(exc).__name__, exc)
 
 
 def is_loopback(host: str) -> bool:
@@ -76,16 +122,24 @@ class SecureDaemon(Daemon):
     def __init__(self, host: str = "127.0.0.1", port: int = 0, secret: Optional[str] = None,
                  **kwargs: Any) -> None:
         self._secret = secret or None
+        protocol_log = logging.getLogger("Pyro5.protocol")  # logs each message of a wrong type
+        if BAD_INPUT_LIMIT not in protocol_log.filters:
+            protocol_log.addFilter(BAD_INPUT_LIMIT)
         super().__init__(host=host, port=port, **kwargs)
 
     def _handshake(self, conn: Any, denied_reason: Optional[str] = None) -> bool:
         """
         Pyro5's connect handshake, within L{HANDSHAKE_TIMEOUT}: a client that connects and then says
         nothing (or half a message) is dropped instead of holding one of the daemon's threads for ever.
+        A failure Pyro5 lets through (a serializer it does not know, a client gone before the answer)
+        drops the client with one line in the log, where Pyro5 would log a traceback for each one.
         """
         conn.settimeout(HANDSHAKE_TIMEOUT)
         try:
             return super()._handshake(conn, denied_reason)
+        except Exception as exc:  # whatever the client sent, it only loses its own connection
+            note_bad_input(conn, exc, "handshake")
+            return False
         finally:
             conn.settimeout(None)
 
