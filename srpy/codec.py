@@ -53,6 +53,7 @@ _NATIVE = (type(None), bool, int, float, complex, str, bytes)
 _MARSHAL_SAFE = frozenset(_NATIVE)
 _MARSHAL_PLAIN = _MARSHAL_SAFE | {list, tuple, set, frozenset, dict}
 _MAX_DEPTH = 200
+_SMALL = 32  # containers up to this size are checked item by item
 
 
 def dumps(value: Any) -> bytes:
@@ -69,12 +70,36 @@ def dumps(value: Any) -> bytes:
                                         "itself): flatten it first") from None
 
 
-def _marshal_keeps(value: Any) -> bool:
+def _marshal_keeps(value: Any, depth: int = 0) -> bool:
     """
     True when C{value} holds only types marshal writes as themselves. marshal silently turns any
     other buffer (C{bytearray}, C{array}, C{memoryview}) into C{bytes}, so those must be walked.
-    The check goes one nesting level at a time, at C speed (C{set(map(type, level))}).
+    Small containers (a call's arguments, mostly) are checked item by item; large ones one nesting
+    level at a time, at C speed (L{_marshal_keeps_wide}).
     """
+    kind = type(value)
+    if kind in _MARSHAL_SAFE:
+        return True
+    if kind not in _MARSHAL_PLAIN or depth > _MAX_DEPTH:
+        return False
+    if len(value) > _SMALL:
+        return _marshal_keeps_wide(value)
+    safe = _MARSHAL_SAFE
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) not in safe and not _marshal_keeps(key, depth + 1):
+                return False
+            if type(item) not in safe and not _marshal_keeps(item, depth + 1):
+                return False
+        return True
+    for item in value:
+        if type(item) not in safe and not _marshal_keeps(item, depth + 1):
+            return False
+    return True
+
+
+def _marshal_keeps_wide(value: Any) -> bool:
+    """L{_marshal_keeps} for large containers: one nesting level at a time, C{set(map(type, level))}."""
     level: Any = (value,)
     for _ in range(_MAX_DEPTH):
         kinds = set(map(type, level))

@@ -225,7 +225,7 @@ class _OutputToLog:
 def _flush_output() -> None:
     """Log what this thread printed without a final newline: a call's output ends with the call."""
     for stream in (sys.stdout, sys.stderr):
-        if isinstance(stream, _OutputToLog):
+        if isinstance(stream, _OutputToLog) and getattr(stream._partial, "text", ""):
             stream.flush()
 
 
@@ -271,6 +271,9 @@ class CallWatch:
         limit = struct.unpack("!d", bytes(sent))[0] if sent else None
         if self.max_task_time and (limit is None or limit > self.max_task_time):
             limit = self.max_task_time
+        if limit is None:  # the common case: nothing for the watchdog to do, no lock to take
+            self.current, self._started = name, time.monotonic()
+            return
         with self._cond:
             self.current, self._started, self._limit = name, time.monotonic(), limit
             self._reply = (current_context.client, current_context.seq, current_context.serializer_id)
@@ -281,6 +284,9 @@ class CallWatch:
                 self._cond.notify_all()
 
     def end(self) -> None:
+        if self._limit is None:
+            self.current = None
+            return
         with self._cond:
             self.current, self._limit, self._reply = None, None, None
             self._cond.notify_all()
