@@ -28,8 +28,6 @@ from .security import SecureDaemon, note_bad_input
 
 _WAITALL = getattr(socket, "MSG_WAITALL", 0)
 _INVOKE = lite.MSG_INVOKE
-#: bytes a small read on a plain socket may take at once (the rest waits on the connection)
-READ_AHEAD = 16384
 _FAST_FLAGS = 0  # any flag (oneway, batch, compressed, ...) takes Pyro5's path
 _EMPTY_CORRELATION = b"\0" * 16
 #: the most a connect message (all a client may send before its handshake succeeds) may hold, in bytes
@@ -66,11 +64,7 @@ class EngineDaemon(SecureDaemon):
         if tag != b"PYRO" or magic != lite.MAGIC or version != lite.PROTOCOL_VERSION:
             raise pyro_errors.ProtocolError("invalid message or protocol version")
         if msgtype != _INVOKE or serializer_id != codec.SERIALIZER_ID or flags != _FAST_FLAGS:
-            replay = _Replay(conn, header + _take_ahead(conn))
-            try:
-                super().handleRequest(replay)
-            finally:
-                conn.srpy_ahead = replay.unread()
+            super().handleRequest(_Replay(conn, header))
             return
         if data_size + ann_size > pyro_config.MAX_MESSAGE_SIZE:
             raise pyro_errors.ProtocolError("message too large (%d, max=%d)"
@@ -81,15 +75,6 @@ class EngineDaemon(SecureDaemon):
         self._serve(conn, seq, payload, ann_size, annotations)
 
     def _serve(self, conn: Any, seq: int, payload: bytes, ann_size: int, annotations: Dict[str, Any]) -> None:
-        ahead = _take_ahead(conn)  # bytes read ahead belong to this call (its raw trailing bytes): hand them on
-        client = _Replay(conn, ahead) if ahead else conn
-        try:
-            self._answer(client, seq, payload, ann_size, annotations)
-        finally:
-            if ahead:
-                conn.srpy_ahead = client.unread()
-
-    def _answer(self, conn: Any, seq: int, payload: bytes, ann_size: int, annotations: Dict[str, Any]) -> None:
         current_context.client = conn
         current_context.seq = seq
         current_context.msg_flags = 0
@@ -123,41 +108,22 @@ class EngineDaemon(SecureDaemon):
 
 
 def _read(conn: Any, size: int) -> bytes:
-    """
-    Exactly C{size} bytes from C{conn}. On a plain socket a small read takes what has arrived (up
-    to L{READ_AHEAD} bytes) in one system call, and keeps the rest on the connection for the next
-    read: a small call, header and body, costs one system call instead of two.
-    """
-    ahead = getattr(conn, "srpy_ahead", b"")
-    if ahead:
-        if len(ahead) >= size:
-            conn.srpy_ahead = ahead[size:]
-            return ahead[:size]
-        conn.srpy_ahead = b""
-        return ahead + _read(conn, size - len(ahead))
+    """Exactly C{size} bytes from C{conn}, in one system call when the socket allows it."""
     sock = conn.sock
     plain = getattr(conn, "srpy_plain", None)
     if plain is None:  # asked once per connection: a plain socket (not TLS), blocking
         plain = conn.srpy_plain = bool(_WAITALL) and not hasattr(sock, "getpeercert")
-    if not plain or sock.gettimeout() is not None:
-        return conn.recv(size)
-    try:
-        data = sock.recv(READ_AHEAD) if size < READ_AHEAD else sock.recv(size, _WAITALL)
-    except OSError as exc:
-        raise pyro_errors.ConnectionClosedError("receiving: connection lost: %s" % exc) from None
-    if not data:
-        raise pyro_errors.ConnectionClosedError("receiving: connection lost")
-    if len(data) > size:
-        conn.srpy_ahead = data[size:]
-        return data[:size]
-    return data if len(data) == size else data + _read(conn, size - len(data))
-
-
-def _take_ahead(conn: Any) -> bytes:
-    ahead = getattr(conn, "srpy_ahead", b"")
-    if ahead:
-        conn.srpy_ahead = b""
-    return ahead
+    if plain and sock.gettimeout() is None:
+        try:
+            data = sock.recv(size, _WAITALL)
+        except OSError as exc:
+            raise pyro_errors.ConnectionClosedError("receiving: connection lost: %s" % exc) from None
+        if len(data) == size:
+            return data
+        if not data:
+            raise pyro_errors.ConnectionClosedError("receiving: connection lost")
+        return data + conn.recv(size - len(data))
+    return conn.recv(size)
 
 
 def _check_trailing(annotations: Dict[str, Any]) -> None:
@@ -279,7 +245,7 @@ def _guard_pyro() -> None:
 
 
 class _Replay:
-    """A Pyro5 connection whose first bytes (a header already read, bytes read ahead) are served first."""
+    """A Pyro5 connection whose first bytes (a header already read) are served again."""
 
     def __init__(self, conn: Any, consumed: bytes) -> None:
         self._conn = conn
@@ -291,10 +257,6 @@ class _Replay:
             return self._conn.recv(size)
         head, self._pending = pending[:size], pending[size:]
         return head if len(head) == size else head + self._conn.recv(size - len(head))
-
-    def unread(self) -> bytes:
-        """The bytes given to serve first that no read has taken yet."""
-        return self._pending or b""
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._conn, name)

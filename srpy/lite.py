@@ -43,7 +43,6 @@ HEADER = struct.Struct("!4sHBBHHII16sHH")
 MSG_CONNECT, MSG_CONNECTOK, MSG_CONNECTFAIL, MSG_INVOKE, MSG_RESULT, MSG_PING = 1, 2, 3, 4, 5, 6
 FLAGS_EXCEPTION, FLAGS_COMPRESSED, FLAGS_ONEWAY, FLAGS_BATCH = 1, 2, 4, 8
 ENGINE_OBJECT = "srpy.engine"
-READ_AHEAD = 16384  # bytes a small read may take at once (the rest is kept for the next read)
 STALE_AFTER = 0.05  # seconds idle after which a pooled connection is checked before use
 RESULT_BLOB = "SBLB"  # annotation carrying a call's result as raw bytes
 TRAILING = "SRAW"  # annotation listing the sizes of raw byte strings sent right after a call
@@ -273,8 +272,6 @@ def _native(value):
 class SocketTransport(object):
     """A TCP (optionally TLS) connection through Python's socket module."""
 
-    _ahead = b""
-
     def stale(self):
         """True if this idle connection has something to read: an idle one only does once closed."""
         import select
@@ -317,28 +314,9 @@ class SocketTransport(object):
             self.sock.sendall(part)
 
     def recv(self, size):
-        """
-        Exactly C{size} bytes. A small read takes what has arrived (up to L{READ_AHEAD} bytes) in one
-        system call and keeps the rest for the next read: a small reply, header and body, costs
-        one call instead of two. Large reads go straight into their own buffer.
-        """
+        """Exactly C{size} bytes."""
         if size == 0:
             return b""
-        ahead = self._ahead
-        if ahead:
-            if len(ahead) >= size:
-                self._ahead = ahead[size:]
-                return ahead[:size]
-            self._ahead = b""
-            return ahead + self.recv(size - len(ahead))
-        if size < READ_AHEAD:
-            chunk = self.sock.recv(READ_AHEAD)
-            if not chunk:
-                raise ConnectionLost("the engine closed the connection")
-            if len(chunk) >= size:
-                self._ahead = chunk[size:]
-                return chunk[:size]
-            return chunk + self.recv(size - len(chunk))
         if self.plain:
             chunk = self.sock.recv(size, self._waitall)
             if len(chunk) == size:
