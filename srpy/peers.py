@@ -348,6 +348,8 @@ class Social:
                 if self._queue:
                     self._ensure_worker()
                     self._cond.notify_all()
+                else:  # nothing queued here while this task waits: take work from a busy peer
+                    threading.Thread(target=self._steal_any, name="srpy-steal", daemon=True).start()
                 return
         self.complete(future._call.id, self._execute(future._call))
 
