@@ -307,11 +307,12 @@ class EngBox(concurrent.futures.Executor):
         (rate, ETA) on stderr. An exception raised by C{fn} is raised when its result is reached.
         """
         bundle = functions.pack(fn)
-        items = list(zip(*iterables))
+        single = len(iterables) == 1
+        items = list(iterables[0]) if single else list(zip(*iterables))
         if chunksize is not None and chunksize < 1:
             raise ValueError("chunksize must be >= 1")
         bar = ProgressBar(len(items)) if progress and items else None
-        job = MapJob(bundle, items, chunksize, self.task_timeout, bar)
+        job = MapJob(bundle, items, chunksize, self.task_timeout, bar, "map1" if single else "map")
         deadline = None if timeout is None else time.monotonic() + timeout
         self._get_scheduler().put_map(job)
         return _results(job, deadline)

@@ -53,6 +53,8 @@ _NATIVE = (type(None), bool, int, float, complex, str, bytes)
 _MARSHAL_SAFE = frozenset(_NATIVE)
 _MARSHAL_PLAIN = _MARSHAL_SAFE | {list, tuple, set, frozenset, dict}
 _MAX_DEPTH = 200
+#: marshal format written: version 2 has no reference table, which costs 4x on lists of tuples
+_VERSION = 2
 _SMALL = 32  # containers up to this size are checked item by item
 
 
@@ -60,11 +62,11 @@ def dumps(value: Any) -> bytes:
     """Serialize C{value}; raise L{SerializationError} naming what cannot travel."""
     if _marshal_keeps(value):
         try:
-            return marshal.dumps(value)
+            return marshal.dumps(value, _VERSION)
         except ValueError:  # e.g. nested too deeply for marshal: let the walk report it
             pass
     try:
-        return marshal.dumps((_MARK, _encode(value, "value")))
+        return marshal.dumps((_MARK, _encode(value, "value")), _VERSION)
     except RecursionError:
         raise errors.SerializationError("cannot send a value nested this deeply (or one that contains "
                                         "itself): flatten it first") from None

@@ -16,6 +16,7 @@ import contextlib
 import functools
 import importlib
 import io
+import itertools
 import logging
 import os
 import platform
@@ -592,7 +593,8 @@ class Engine:
     @_engine_call(locked=True)
     def run_batch(self, tasks: List[Any]) -> bytes:
         """
-        Run C{tasks}, each C{[hash, 'call', [args, kwargs]]} or C{[hash, 'map', [args, args, ...]]},
+        Run C{tasks}, each C{[hash, 'call', [args, kwargs]]}, C{[hash, 'map', [args, args, ...]]} or
+        C{[hash, 'map1', [arg, arg, ...]]} (a map over one iterable: items sent as they are),
         with functions sent earlier by L{define}. Returns the outcomes, already serialized:
         C{('ok', value)}, C{('err', exception)}, or for a map that failed part-way
         C{('part', values, exception)}. A value that cannot travel fails only its own task.
@@ -614,10 +616,9 @@ class Engine:
             except Exception as exc:
                 exc.srpy_traceback = _user_traceback(exc)
                 return ("err", exc)
-        results = []
-        try:
-            for args in payload:
-                results.append(fn(*args))
+        results: List[Any] = []
+        try:  # extend() keeps what was computed before a failure; map/starmap loop at C speed
+            results.extend(map(fn, payload) if kind == "map1" else itertools.starmap(fn, payload))
         except Exception as exc:
             exc.srpy_traceback = _user_traceback(exc)
             return ("part", results, exc)

@@ -13,6 +13,7 @@ How a child engine starts and stops, with no files polled and no orphans:
 """
 
 import argparse
+import gc
 import collections
 import atexit
 import logging
@@ -270,6 +271,7 @@ def run_child(options: argparse.Namespace) -> int:
     capture_output()
     threading.Thread(target=_stop_at_eof, args=(stopping,), name="srpy-parent-watch", daemon=True).start()
     threading.Thread(target=_stop_when_set, args=(stopping, server), name="srpy-stopper", daemon=True).start()
+    gc.freeze()  # what start-up built lives as long as the engine: keep the collector off it
     server.serve()
     return 0
 

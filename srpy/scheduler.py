@@ -68,7 +68,7 @@ class Task:
         self.future = future
         self.timeout = timeout
         self.attempts = 0
-        self.size = len(payload) if kind == "map" else 1
+        self.size = len(payload) if kind != "call" else 1
         self.job = job
         self.started = False
 
@@ -79,10 +79,11 @@ class Task:
 class MapJob:
     """One map(): its argument tuples, the futures of the chunks cut so far (in order), progress."""
 
-    def __init__(self, bundle: Dict[str, Any], items: List[tuple], chunksize: Optional[int],
-                 timeout: Optional[float], progress: Any = None) -> None:
+    def __init__(self, bundle: Dict[str, Any], items: List[Any], chunksize: Optional[int],
+                 timeout: Optional[float], progress: Any = None, kind: str = "map") -> None:
         self.bundle = bundle
         self.items = items
+        self.kind = kind  # 'map': argument tuples; 'map1': single arguments, sent as they are
         self.chunksize = chunksize
         self.timeout = timeout
         self.progress = progress
@@ -99,7 +100,7 @@ class MapJob:
         """The next chunk of C{size} items, as a task."""
         start, self.next = self.next, min(len(self.items), self.next + max(1, size))
         future: Future = Future()
-        task = Task(self.bundle, "map", self.items[start:self.next], future, self.timeout, self)
+        task = Task(self.bundle, self.kind, self.items[start:self.next], future, self.timeout, self)
         with self.changed:
             self.chunks.append(future)
             self.changed.notify_all()
@@ -219,7 +220,7 @@ class Scheduler:
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("cannot schedule new work after shutdown")
-        if not self._live_slots():
+        if not any(slot.active for slot in self._slots.values()):
             raise NoEnginesError("the box has no engine to run work on")
 
     # -- work out --------------------------------------------------------------------------------
@@ -268,16 +269,16 @@ class Scheduler:
     @staticmethod
     def _size(slot: Slot, pending: int, share: float, probe: int) -> int:
         """
-        How many items C{slot} takes of C{pending}: its fair share, but at least
-        L{MIN_SECONDS} and at most L{TARGET_SECONDS} x 5 of its measured work; a small probe
-        while it is not measured yet.
+        How many items C{slot} takes of C{pending}: its fair share, at most L{TARGET_SECONDS} x 5
+        of its measured work; all that is left when that is under L{MIN_SECONDS} of work (no long
+        tail of tiny chunks); a small probe while it is not measured yet.
         """
         fair = max(1, math.ceil(pending * share))
         if slot.per_item is None:
             return max(1, min(probe, math.ceil(fair / 8)))
-        low = max(1, int(MIN_SECONDS / slot.per_item))
-        high = max(1, int(TARGET_SECONDS * 5 / slot.per_item))
-        return min(pending, max(low, min(fair, high)))
+        if pending * slot.per_item <= MIN_SECONDS:
+            return pending
+        return max(1, min(fair, int(TARGET_SECONDS * 5 / slot.per_item)))
 
     def _cut_tasks(self, slot: Slot, share: float) -> List[Task]:
         limit = min(MAX_BATCH, self._size(slot, len(self._tasks), share, probe=64))
@@ -417,7 +418,7 @@ class Scheduler:
     def _deliver(self, slot: Slot, batch: List[Task], outcomes: List[tuple]) -> None:
         done = 0
         for task, outcome in zip(batch, outcomes):
-            if task.kind == "map":
+            if task.kind != "call":
                 task.future.set_result(outcome)
                 if task.job is not None and task.job.progress is not None:
                     task.job.progress.advance(task.size)
