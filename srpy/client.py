@@ -23,6 +23,7 @@ import copy
 import statistics
 import struct
 import time
+import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import codec, errors, lite, shipping
@@ -104,9 +105,22 @@ class PythonEngine(lite.Engine):
         annotations = {lite.CALL_TIMEOUT: struct.pack("!d", self.call_timeout)}
         return annotations, timeout if timeout is not None else self.call_timeout + LIMIT_GRACE
 
+    def _limited_invoke(self, method: str, args: Tuple[Any, ...], annotations: Any, timeout: Optional[float],
+                        trailing: Any = ()) -> Tuple[Any, Any]:
+        """C{_invoke}; a connection lost after the call's limit means the engine stopped it by ending."""
+        started = time.monotonic()
+        try:
+            return self._invoke(method, args, None, annotations, timeout, trailing)
+        except errors.ConnectionLost:
+            if self.call_timeout is None or time.monotonic() - started < self.call_timeout:
+                raise
+            raise errors.TaskTimeout("the call %s() ran longer than its limit of %s s: the engine at %s ended "
+                                     "itself to stop it (its code held the interpreter, e.g. a long C call)"
+                                     % (method, self.call_timeout, self.uri)) from None
+
     def _call(self, method: str, *args: Any, timeout: Optional[float] = None) -> Any:
         annotations, timeout = self._limits(timeout)
-        value, annotations = self._invoke(method, args, None, annotations, timeout)
+        value, annotations = self._limited_invoke(method, args, annotations, timeout)
         if annotations and RESULT_BLOB in annotations:
             return annotations[RESULT_BLOB]
         return value
@@ -118,7 +132,7 @@ class PythonEngine(lite.Engine):
                 variables[key] = BLOB_MARK + str(len(trailing))
                 trailing.append(value)
         annotations, timeout = self._limits(None)
-        value, response = self._invoke(method, args + (variables,), None, annotations, timeout, trailing)
+        value, response = self._limited_invoke(method, args + (variables,), annotations, timeout, trailing)
         if response and RESULT_BLOB in response:
             return response[RESULT_BLOB]
         return value

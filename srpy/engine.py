@@ -13,6 +13,7 @@ and what user code prints goes to the engine's log, not to any client.
 
 import builtins
 import contextlib
+import faulthandler
 import functools
 import importlib
 import io
@@ -244,6 +245,8 @@ def capture_output() -> None:
 
 #: exit code of an engine that ended itself because a call overran its time limit
 EXIT_RUNAWAY = 75
+#: seconds past a call's limit after which faulthandler ends an engine whose code holds the GIL
+BACKSTOP_GRACE = 2.0
 #: annotation carrying a call's time limit (seconds, as a big-endian double)
 CALL_TIMEOUT = lite.CALL_TIMEOUT
 
@@ -275,6 +278,9 @@ class CallWatch:
         if limit is None:  # the common case: nothing for the watchdog to do, no lock to take
             self.current, self._started = name, time.monotonic()
             return
+        # the backstop, for code that holds the GIL (a long C call) so that no Python thread runs:
+        # faulthandler's own C thread dumps the stacks and ends the process a little later
+        faulthandler.dump_traceback_later(limit + BACKSTOP_GRACE, exit=True, file=sys.__stderr__)
         with self._cond:
             self.current, self._started, self._limit = name, time.monotonic(), limit
             self._reply = (current_context.client, current_context.seq, current_context.serializer_id)
@@ -288,6 +294,7 @@ class CallWatch:
         if self._limit is None:
             self.current = None
             return
+        faulthandler.cancel_dump_traceback_later()
         with self._cond:
             self.current, self._limit, self._reply = None, None, None
             self._cond.notify_all()

@@ -88,6 +88,19 @@ def test_runaway_call_is_stopped_and_engine_comes_back(start_launcher):
     engine.close()
 
 
+def test_runaway_c_call_holding_the_interpreter_is_stopped(start_launcher):
+    launcher = start_launcher(["-n", "1", "--restart"], count=1)
+    engine = srpy.PythonEngine(launcher.uris[0])
+    started = time.monotonic()
+    with pytest.raises(srpy.errors.TaskTimeout):  # catastrophic backtracking: C code that keeps the GIL
+        engine.limited(1.0).eval("__import__('re').match(r'(a+)+$', 'a' * 64 + 'b')")
+    assert time.monotonic() - started < 15
+    assert _answers(engine, within=20) and engine.eval("2 * 21") == 42
+    engine.close()
+    code, err = launcher.stop()
+    assert "Fatal Python error: Timeout" in err or "Timeout (0:00:0" in err, err[-2000:]
+
+
 def test_max_task_time_applies_to_every_call(start_launcher):
     launcher = start_launcher(["-n", "1", "--max-task-time", "1"], count=1)
     engine = srpy.PythonEngine(launcher.uris[0])
