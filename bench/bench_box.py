@@ -234,33 +234,15 @@ def _read_line(process: "subprocess.Popen[bytes]", timeout: float) -> str:
 
 
 def stop_process(process: "subprocess.Popen[bytes]", grace: float = 5.0, first: Optional[int] = None) -> None:
-    """Close the process's stdin (or send C{first}), then terminate, then kill, each after C{grace} s."""
-    steps: List[Callable[[], None]] = [lambda: _close_pipes(process, stdin_only=True)]
-    if first is not None:
-        steps = [lambda: process.send_signal(first)]
-    steps += [process.terminate, process.kill]
-    for step in steps:
-        if process.poll() is not None:
-            break
+    """Send C{first} if given, then srpy's own sequence: close stdin, terminate, kill (C{grace} s apart)."""
+    from srpy import launcher
+    if first is not None and process.poll() is None:
         try:
-            step()
-        except OSError:
-            pass
-        try:
+            process.send_signal(first)
             process.wait(grace)
-        except subprocess.TimeoutExpired:
-            continue
-    _close_pipes(process)
-
-
-def _close_pipes(process: "subprocess.Popen[bytes]", stdin_only: bool = False) -> None:
-    pipes = (process.stdin,) if stdin_only else (process.stdin, process.stdout, process.stderr)
-    for pipe in pipes:
-        if pipe is not None and not pipe.closed:
-            try:
-                pipe.close()
-            except OSError:
-                pass
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    launcher.stop_process(process, grace)
 
 
 class Resources:

@@ -203,24 +203,8 @@ def _ready_line(process: "subprocess.Popen[bytes]", timeout: float) -> str:
 
 def stop_helper(process: "subprocess.Popen[bytes]", grace: float = 3.0) -> None:
     """Close the helper's stdin (its signal to exit); terminate, then kill, if it lingers."""
-    for step in (_close_pipes, process.terminate, process.kill):
-        if process.poll() is not None:
-            break
-        try:
-            step(process) if step is _close_pipes else step()
-        except OSError:
-            pass
-        try:
-            process.wait(grace)
-        except subprocess.TimeoutExpired:
-            continue
-    _close_pipes(process)
-
-
-def _close_pipes(process: "subprocess.Popen[bytes]") -> None:
-    for pipe in (process.stdin, process.stdout):
-        if pipe is not None and not pipe.closed:
-            pipe.close()
+    from srpy.launcher import stop_process
+    stop_process(process, grace)
 
 
 def _raise_on_sigterm() -> None:
