@@ -21,18 +21,18 @@ copyright = "Copyright (c) 2009, 2026 the srpy developers. BSD-3-Clause."
 from . import errors  # noqa: E402
 from .client import PythonEngine, Namespace, RemoteObject  # noqa: E402
 from .errors import (SRPyError, SRPyServerNotFound, AuthenticationError, CommunicationError,  # noqa: E402
-                     ConnectionLost, CallTimeout, SerializationError, RemoteError, RemoteSystemExit)
+                     ConnectionLost, CallTimeout, SerializationError, RemoteError, RemoteSystemExit,
+                     TaskTimeout, EngineDead, NoEnginesError, MissingPackagesError, PeerUnavailable)
 from .launcher import newSubEngine, stopSubEngine, detectNCPUs  # noqa: E402
 from .box import EngBox, MultiRunResult  # noqa: E402
 from .functions import FunctionShippingError  # noqa: E402
-from .peers import this_engine, spawn, PeerUnavailable  # noqa: E402
-from .errors import EngineDead, NoEnginesError, MissingPackagesError  # noqa: E402
+from .peers import this_engine, spawn  # noqa: E402
 
 __all__ = [
     "this_engine", "spawn", "PeerUnavailable",
     "EngBox", "MultiRunResult", "FunctionShippingError", "EngineDead", "NoEnginesError", "MissingPackagesError",
     "PythonEngine", "Namespace", "RemoteObject", "newSubEngine", "stopSubEngine", "detectNCPUs",
     "errors", "SRPyError", "SRPyServerNotFound", "AuthenticationError", "CommunicationError",
-    "ConnectionLost", "CallTimeout", "SerializationError", "RemoteError", "RemoteSystemExit",
+    "ConnectionLost", "CallTimeout", "SerializationError", "RemoteError", "RemoteSystemExit", "TaskTimeout",
     "version", "copyright", "__version__",
 ]
