@@ -54,8 +54,8 @@ MAILBOX_CAPACITY = 10_000
 SEND_TIMEOUT = 30.0
 #: seconds between checks that peers running our spawned calls are alive
 WATCH_INTERVAL = 0.5
-#: most calls one steal takes
-STEAL_BATCH = 4
+#: most calls one steal takes (a steal takes at most half of the victim's queue)
+STEAL_BATCH = 64
 
 _engine: Optional[Any] = None  # the Engine of this process, when this process is an engine
 
@@ -415,6 +415,7 @@ class Social:
             raise PermissionError("only peers of this engine's group may take its work")
         taken = []
         with self._cond:
+            count = min(count, max(1, (len(self._queue) + 1) // 2))  # half the queue: both sides keep work
             while self._queue and len(taken) < count:
                 call = self._queue.popleft()
                 if call.origin == self.engine.uri:
