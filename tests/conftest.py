@@ -72,6 +72,16 @@ class Launcher:
     def send(self, signum):
         self.process.send_signal(signum)
 
+    def shutdown(self):
+        """Stop the launcher and make sure its engine processes are gone; return (exit code, stderr)."""
+        kids = self.children()
+        result = self.stop()
+        psutil.wait_procs(kids, timeout=10)
+        for kid in kids:
+            if kid.is_running():
+                kid.kill()
+        return result
+
     def stop(self, signum=signals.SIGTERM, timeout=30):
         """Stop the launcher; return (exit code, stderr text)."""
         if self.process.poll() is None:
@@ -96,12 +106,7 @@ def start_launcher():
 
     yield start
     for launcher in started:
-        kids = launcher.children()
-        launcher.stop()
-        psutil.wait_procs(kids, timeout=10)
-        for kid in kids:
-            if kid.is_running():
-                kid.kill()
+        launcher.shutdown()
 
 
 @pytest.fixture(scope="module")

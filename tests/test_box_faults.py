@@ -148,9 +148,7 @@ def pair():
     from conftest import Launcher  # imported here: this module travels to engines, conftest does not
     launcher = Launcher(["-n", "2"], count=2)
     yield launcher.uris
-    kids = launcher.children()
-    code, err = launcher.stop()
-    psutil.wait_procs(kids, timeout=10)
+    code, err = launcher.shutdown()
     assert code == 0, err
 
 

@@ -14,7 +14,6 @@ import threading
 import time
 import zlib
 
-import psutil
 import pytest
 
 from srpy import lite
@@ -23,15 +22,6 @@ from conftest import Launcher
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPT = os.path.join(HERE, "lite_script.py")
 SECRET = "jvm-secret"
-
-
-def _stop(launcher):
-    kids = launcher.children()
-    launcher.stop()
-    psutil.wait_procs(kids, timeout=10)
-    for kid in kids:
-        if kid.is_running():
-            kid.kill()
 
 
 def free_port():
@@ -48,12 +38,12 @@ def script_engines():
     try:
         secure = Launcher(["-b", "--secret", SECRET])
     except BaseException:
-        _stop(plain)
+        plain.shutdown()
         raise
     yield {"uris": plain.uris, "secure_uri": secure.uris[0],
            "dead_uri": "PYRO:srpy.engine@127.0.0.1:%d" % free_port()}
-    _stop(secure)
-    _stop(plain)
+    secure.shutdown()
+    plain.shutdown()
 
 
 def run_script(command, engines, doomed_uri, timeout):
