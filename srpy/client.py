@@ -23,7 +23,6 @@ import copy
 import statistics
 import struct
 import time
-import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import codec, errors, lite, shipping

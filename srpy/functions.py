@@ -27,11 +27,11 @@ local variables, bound methods of objects, and globals that cannot travel (socke
 
 import ast
 import builtins
+import functools
 import hashlib
 import importlib
 import inspect
 import linecache
-import os
 import sys
 import textwrap
 import types
@@ -79,7 +79,7 @@ def pack(fn: Callable[..., Any]) -> Dict[str, Any]:
 
 
 def _pack(fn: Any) -> Dict[str, Any]:
-    if isinstance(fn, (functools_partial_type(),)):
+    if isinstance(fn, functools.partial):
         raise FunctionShippingError("functools.partial objects cannot travel: use a lambda or a def "
                                     "that calls %r with the fixed arguments" % (fn.func,))
     bound_to = getattr(fn, "__self__", None)
@@ -94,11 +94,6 @@ def _pack(fn: Any) -> Dict[str, Any]:
         raise FunctionShippingError("%r (a %s) cannot travel: give a function defined with def or lambda"
                                     % (fn, type(fn).__name__))
     return _by_source(fn)
-
-
-def functools_partial_type() -> type:
-    import functools
-    return functools.partial
 
 
 def _as_reference(fn: Any) -> Optional[Dict[str, Any]]:

@@ -564,11 +564,7 @@ def run_multi(options: argparse.Namespace, count: int) -> int:
         check_python(options.python)
     commands = [child_command(options, names[i], ports[i], options.python) for i in range(count)]
     stop_ns = _maybe_start_ns(options)
-    restart = None
-    if options.restart or options.max_task_time:
-        def restart(index: int, port: int) -> EngineProcess:
-            command = child_command(options, names[index], port, options.python)
-            return spawn_engines([command], options.secret, options.ready_timeout)[0]
+    restart = _restarter(options, names) if options.restart or options.max_task_time else None
     supervisor = Supervisor([], options.uri_file, stop_ns, restart)
     _on_signals(supervisor.stop)  # from here on a signal is a clean stop, even while engines start
     try:
@@ -588,6 +584,14 @@ def run_multi(options: argparse.Namespace, count: int) -> int:
     finally:
         supervisor.shutdown()
     return 0
+
+
+def _restarter(options: argparse.Namespace, names: List[str]) -> Any:
+    """How the supervisor starts engine C{index} again, on C{port}: C{restart(index, port)}."""
+    def restart(index: int, port: int) -> EngineProcess:
+        command = child_command(options, names[index], port, options.python)
+        return spawn_engines([command], options.secret, options.ready_timeout)[0]
+    return restart
 
 
 def check_python(python: str) -> None:

@@ -8,7 +8,7 @@ import psutil
 import pytest
 
 import srpy
-from conftest import Launcher, wait_gone
+from conftest import wait_gone
 
 SETUP = "import srpy\nme = srpy.this_engine()\n"
 

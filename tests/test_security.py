@@ -1,7 +1,6 @@
 """Issue 6: TLS, limits, runaway calls stopped by restarting, supervision with --restart, status."""
 
 import os
-import signal
 import socket
 import subprocess
 import sys
