@@ -107,6 +107,8 @@ class PythonEngine(lite.Engine):
     def _limited_invoke(self, method: str, args: Tuple[Any, ...], annotations: Any, timeout: Optional[float],
                         trailing: Any = ()) -> Tuple[Any, Any]:
         """C{_invoke}; a connection lost after the call's limit means the engine stopped it by ending."""
+        if self.call_timeout is None:
+            return self._invoke(method, args, None, annotations, timeout, trailing)
         started = time.monotonic()
         try:
             return self._invoke(method, args, None, annotations, timeout, trailing)
@@ -125,8 +127,15 @@ class PythonEngine(lite.Engine):
         return value
 
     def _call_with_vars(self, method: str, args: Tuple[Any, ...], variables: Dict[str, Any]) -> Any:
+        if not variables and self.call_timeout is None and self.timeout is None:
+            conn = self._acquire()  # the common call (no variables, no limits): straight to a connection
+            try:
+                value, response = conn.call(method, args + (variables,))
+            finally:
+                self._release(conn)
+            return response[RESULT_BLOB] if response and RESULT_BLOB in response else value
         trailing = []
-        for key, value in variables.items():
+        for key, value in variables.items() if variables else ():
             if type(value) is bytes and len(value) >= BLOB_MIN:
                 variables[key] = BLOB_MARK + str(len(trailing))
                 trailing.append(value)

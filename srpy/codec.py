@@ -91,11 +91,13 @@ def _marshal_keeps(value: Any, depth: int = 0) -> bool:
         for key, item in value.items():
             if type(key) not in safe and not _marshal_keeps(key, depth + 1):
                 return False
-            if type(item) not in safe and not _marshal_keeps(item, depth + 1):
+            if type(item) not in safe and (type(item) not in _MARSHAL_PLAIN or item) \
+                    and not _marshal_keeps(item, depth + 1):
                 return False
         return True
-    for item in value:
-        if type(item) not in safe and not _marshal_keeps(item, depth + 1):
+    for item in value:  # an empty container (a call's empty variables, mostly) needs no walk
+        if type(item) not in safe and (type(item) not in _MARSHAL_PLAIN or item) \
+                and not _marshal_keeps(item, depth + 1):
             return False
     return True
 
@@ -159,9 +161,26 @@ def check_marshal(data: bytes) -> None:
     pos = total = 0
     kinds = _KINDS
     unpack = _INT32.unpack_from
-    while pos < end:
+    while pos < end:  # the branches in order of how often srpy's own (version 2) data meets them
         kind = kinds[data[pos]]
-        if kind > 0:  # fixed size; a run of fixed-size items of one size is skipped at C speed
+        if kind == _LEN4:
+            if pos + 5 > end:
+                return  # marshal.loads stops here with its own error
+            count = unpack(data, pos + 1)[0]
+            if count < 0:
+                return
+            pos += 5 + count
+        elif kind == _COUNTED:
+            if pos + 5 > end:
+                return
+            count = unpack(data, pos + 1)[0]
+            if count < 0:
+                return
+            total += count
+            if total > end:
+                raise ValueError("bad marshal data (containers announce more items than the data holds)")
+            pos += 5
+        elif kind > 0:  # fixed size; a run of fixed-size items of one size is skipped at C speed
             pos += kind
             if pos < end and kinds[data[pos]] == kind:
                 codes = _FIXED_RUNS[kind]
@@ -178,20 +197,7 @@ def check_marshal(data: bytes) -> None:
         elif kind == _SMALL_TUPLE:
             pos += 2
         elif kind == _UNKNOWN or pos + 5 > end:
-            return  # marshal.loads stops here with its own error
-        elif kind == _LEN4:
-            count = unpack(data, pos + 1)[0]
-            if count < 0:
-                return
-            pos += 5 + count
-        elif kind == _COUNTED:
-            count = unpack(data, pos + 1)[0]
-            if count < 0:
-                return
-            total += count
-            if total > end:
-                raise ValueError("bad marshal data (containers announce more items than the data holds)")
-            pos += 5
+            return
         elif kind == _LONG:
             count = abs(unpack(data, pos + 1)[0])
             if 2 * count > end - pos - 5:

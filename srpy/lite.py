@@ -503,7 +503,11 @@ class Connection(object):
     def _receive(self):
         header = self.transport.recv(HEADER.size)
         tag, version, msgtype, serializer_id, flags, seq, data_size, ann_size, _, _, magic = HEADER.unpack(header)
-        self._check_header(tag, version, magic, data_size + ann_size)
+        if tag != b"PYRO" or version != PROTOCOL_VERSION or magic != MAGIC \
+                or data_size + ann_size > self.max_message_size:
+            self._check_header(tag, version, magic, data_size + ann_size)
+        if not ann_size and not flags & FLAGS_COMPRESSED:  # the common reply: its data, one more read
+            return msgtype, serializer_id, flags, seq, self.transport.recv(data_size), {}
         annotations = {}
         while ann_size >= 8:
             key, length = struct.unpack("!4sI", self.transport.recv(8))
@@ -596,16 +600,21 @@ class Connection(object):
         with self._lock:
             if self.broken:
                 raise ConnectionLost("this connection to %s failed earlier" % (self.uri,))
-            self._seq = (self._seq + 1) & 0xffff
+            seq = self._seq = (self._seq + 1) & 0xffff
             data = self.serializer.dumps_call(self.object_id, method, args, kwargs)
+            transport = self.transport
             try:
-                self.transport.settimeout(timeout)
-                if trailing:
-                    annotations = dict(annotations or {})
-                    annotations[TRAILING] = struct.pack("!%dQ" % len(trailing), *[len(b) for b in trailing])
-                self._send(MSG_INVOKE, self.serializer.serializer_id, data, self._seq, annotations)
-                for blob in trailing:
-                    self.transport.send([blob])
+                transport.settimeout(timeout)
+                if annotations or trailing:
+                    if trailing:
+                        annotations = dict(annotations or {})
+                        annotations[TRAILING] = struct.pack("!%dQ" % len(trailing), *[len(b) for b in trailing])
+                    self._send(MSG_INVOKE, self.serializer.serializer_id, data, seq, annotations)
+                    for blob in trailing:
+                        transport.send([blob])
+                else:  # the common call: one write
+                    transport.send([HEADER.pack(b"PYRO", PROTOCOL_VERSION, MSG_INVOKE, self.serializer.serializer_id,
+                                                0, seq, len(data), 0, _NO_CORRELATION, 0, MAGIC) + data])
                 msgtype, serializer_id, flags, seq, data, response_ann = self._receive()
                 while msgtype == MSG_RESULT and not data and RESULT_BLOB in response_ann:
                     # an srpy engine sent bulk bytes ahead of the reply; the reply follows
@@ -646,8 +655,10 @@ class Connection(object):
         """
         if self.broken:
             return True
+        if _clock() - self.released <= STALE_AFTER:
+            return False
         check = getattr(self.transport, "stale", None)
-        return check is not None and _clock() - self.released > STALE_AFTER and bool(check())
+        return check is not None and bool(check())
 
     def _break(self):
         self.broken = True
