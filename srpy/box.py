@@ -15,6 +15,7 @@ C{concurrent.futures.Executor}.
 
 import concurrent.futures
 import io
+import itertools
 import logging
 import os
 import tarfile
@@ -337,7 +338,12 @@ class EngBox(concurrent.futures.Executor):
 
 
 def _results(job: MapJob, deadline: Optional[float]) -> Iterator[Any]:
-    """Yield a map's results in order, chunk by chunk, as the chunks complete."""
+    """A map's results in order, chunk by chunk as the chunks complete (items stepped through at C speed)."""
+    return itertools.chain.from_iterable(_chunk_results(job, deadline))
+
+
+def _chunk_results(job: MapJob, deadline: Optional[float]) -> Iterator[List[Any]]:
+    """Yield a map's chunks of results in order; cancel what is left when the caller stops early."""
     index = 0
     try:
         while True:
@@ -355,7 +361,7 @@ def _results(job: MapJob, deadline: Optional[float]) -> Iterator[Any]:
                 future = job.chunks[index]
             outcome = future.result(_remaining(deadline))
             index += 1
-            yield from outcome[1]
+            yield outcome[1]
             if outcome[0] == "part":
                 raise outcome[2]
     finally:

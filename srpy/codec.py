@@ -59,12 +59,18 @@ _SMALL = 32  # containers up to this size are checked item by item
 
 
 def dumps(value: Any) -> bytes:
-    """Serialize C{value}; raise L{SerializationError} naming what cannot travel."""
-    if _marshal_keeps(value):
-        try:
-            return marshal.dumps(value, _VERSION)
-        except ValueError:  # e.g. nested too deeply for marshal: let the walk report it
-            pass
+    """
+    Serialize C{value}; raise L{SerializationError} naming what cannot travel. marshal writes it
+    as it is unless it holds a type marshal refuses (then the tagged encoding takes over) or a
+    byte string: marshal writes any buffer (C{bytearray}, C{array}, ...) as bytes, so a value
+    whose marshal data holds byte strings is walked to make sure they all were C{bytes}.
+    """
+    try:
+        data = marshal.dumps(value, _VERSION)
+    except ValueError:  # a type marshal cannot write, or nested too deeply: the walk encodes or reports it
+        data = None
+    if data is not None and (not _walk_marshal(data, find_bytes=True) or _marshal_keeps(value)):
+        return data
     try:
         return marshal.dumps((_MARK, _encode(value, "value")), _VERSION)
     except RecursionError:
@@ -157,25 +163,35 @@ def check_marshal(data: bytes) -> None:
 
     @raise ValueError: the data announces more than it holds, or holds a code object.
     """
+    _walk_marshal(data)
+
+
+def _walk_marshal(data: bytes, find_bytes: bool = False) -> bool:
+    """
+    L{check_marshal}'s walk over the type codes of C{data}. With C{find_bytes} (on data that
+    marshal itself wrote), stop and return True at the first byte string or code object instead.
+    """
     end = len(data)
     pos = total = 0
     kinds = _KINDS
     unpack = _INT32.unpack_from
     while pos < end:  # the branches in order of how often srpy's own (version 2) data meets them
         kind = kinds[data[pos]]
-        if kind == _LEN4:
+        if kind == _LEN4 or kind == _BYTES:
+            if find_bytes and kind == _BYTES:
+                return True
             if pos + 5 > end:
-                return  # marshal.loads stops here with its own error
+                return find_bytes  # marshal.loads stops here with its own error
             count = unpack(data, pos + 1)[0]
             if count < 0:
-                return
+                return find_bytes
             pos += 5 + count
         elif kind == _COUNTED:
             if pos + 5 > end:
-                return
+                return find_bytes
             count = unpack(data, pos + 1)[0]
             if count < 0:
-                return
+                return find_bytes
             total += count
             if total > end:
                 raise ValueError("bad marshal data (containers announce more items than the data holds)")
@@ -192,12 +208,12 @@ def check_marshal(data: bytes) -> None:
                         break
         elif kind == _LEN1 or kind == _FLOAT_TEXT:
             if pos + 1 >= end:
-                return
+                return find_bytes
             pos += 2 + data[pos + 1]
         elif kind == _SMALL_TUPLE:
             pos += 2
-        elif kind == _UNKNOWN or pos + 5 > end:
-            return
+        elif kind == _UNKNOWN or pos + 5 > end or (find_bytes and kind == _CODE):
+            return find_bytes
         elif kind == _LONG:
             count = abs(unpack(data, pos + 1)[0])
             if 2 * count > end - pos - 5:
@@ -206,20 +222,21 @@ def check_marshal(data: bytes) -> None:
         elif kind == _COMPLEX_TEXT:
             pos += 2 + data[pos + 1]
             if pos >= end:
-                return
+                return find_bytes
             pos += 1 + data[pos]
         else:
             raise ValueError("bad marshal data (a code object: srpy refuses code)")
+    return False
 
 
 # check_marshal's table: for each first byte of a marshalled item (type code, with or without
 # marshal's 0x80 reference flag), the item's whole size if fixed, or how to find it
 _INT32 = struct.Struct("<i")
-_UNKNOWN, _LEN1, _LEN4, _COUNTED, _LONG, _SMALL_TUPLE, _FLOAT_TEXT, _COMPLEX_TEXT, _CODE = range(0, -9, -1)
+_UNKNOWN, _LEN1, _LEN4, _COUNTED, _LONG, _SMALL_TUPLE, _FLOAT_TEXT, _COMPLEX_TEXT, _CODE, _BYTES = range(0, -10, -1)
 _KINDS = [_UNKNOWN] * 256
 _FIXED_RUNS: Dict[int, bytes] = {}
 _RUN_WINDOW = 256
-for _kind, _codes in ((1, b"0NFTS.{"), (5, b"ir"), (9, b"Ig"), (17, b"y"), (_LEN1, b"zZ"), (_LEN4, b"saAut"),
+for _kind, _codes in ((1, b"0NFTS.{"), (5, b"ir"), (9, b"Ig"), (17, b"y"), (_LEN1, b"zZ"), (_LEN4, b"aAut"), (_BYTES, b"s"),
                       (_COUNTED, b"([<>"), (_LONG, b"l"), (_SMALL_TUPLE, b")"), (_FLOAT_TEXT, b"f"),
                       (_COMPLEX_TEXT, b"x"), (_CODE, b"c")):
     for _code in _codes:

@@ -156,6 +156,7 @@ class EngineServer:
         check_listen_policy(host, secret, insecure)
         codec.register()
         pyro_config.SERVERTYPE = "thread"
+        pyro_config.SOCK_NODELAY = True  # replies (and bulk bytes then a reply) leave at once: no Nagle wait
         peer_tls = configure_tls(**tls) if tls else None
         self.daemon = EngineDaemon(host=host, port=port, secret=secret)
         self.engine = Engine(name=name, group=group, debug=debug, timing=timing, secret=secret,

@@ -128,6 +128,7 @@ class Slot:
         self.vanished = False
         self.thread: Optional[threading.Thread] = None
         self.done = 0
+        self.busy = False  # a batch of it is under way
 
     def speed(self, default: float) -> float:
         if self.per_item:
@@ -235,13 +236,14 @@ class Scheduler:
                     batch = self._cut(slot)
                     if batch:
                         self._inflight += 1
+                        slot.busy = True
                         return batch
                 if self._closed and not self._tasks and not self._maps:
                     return []
                 self._cond.wait()
 
     def _cut(self, slot: Slot) -> List[Task]:
-        share = self._share(slot)
+        share = self._share(slot), sum(1 for s in self._live_slots() if s is slot or not s.busy)
         while self._tasks:
             if self._tasks[0].timeout:
                 task = self._tasks.popleft()
@@ -267,20 +269,27 @@ class Scheduler:
         return slot.speed(mean) / sum(s.speed(mean) for s in live)
 
     @staticmethod
-    def _size(slot: Slot, pending: int, share: float, probe: int) -> int:
+    def _size(slot: Slot, pending: int, shares: tuple, probe: int) -> int:
         """
-        How many items C{slot} takes of C{pending}: its fair share, at most L{TARGET_SECONDS} x 5
-        of its measured work; all that is left when that is under L{MIN_SECONDS} of work (no long
-        tail of tiny chunks); a small probe while it is not measured yet.
+        How many items C{slot} takes of C{pending}, given C{shares}: its fraction of the box's
+        speed and how many engines (itself included) have no batch under way. Its fair share, at
+        most L{TARGET_SECONDS} x 5 of its measured work, so that the chunks shrink as the work runs
+        out and the engines finish together. When an equal part of C{pending} for each idle engine
+        (the busy ones have theirs) is under L{MIN_SECONDS} of work, it takes that part in one
+        chunk: a small job goes out as one chunk per idle engine, with no tail of tiny chunks (the
+        speed measured on such small chunks is mostly round-trip time, so it does not split them).
+        A small probe while it is not measured yet.
         """
+        share, idle = shares
         fair = max(1, math.ceil(pending * share))
         if slot.per_item is None:
             return max(1, min(probe, math.ceil(fair / 8)))
-        if pending * slot.per_item <= MIN_SECONDS:
-            return pending
+        mine = math.ceil(pending / idle)
+        if mine * slot.per_item <= MIN_SECONDS:
+            return mine
         return max(1, min(fair, int(TARGET_SECONDS * 5 / slot.per_item)))
 
-    def _cut_tasks(self, slot: Slot, share: float) -> List[Task]:
+    def _cut_tasks(self, slot: Slot, share: tuple) -> List[Task]:
         limit = min(MAX_BATCH, self._size(slot, len(self._tasks), share, probe=64))
         batch: List[Task] = []
         while self._tasks and len(batch) < limit and not self._tasks[0].timeout:
@@ -316,6 +325,7 @@ class Scheduler:
             finally:
                 with self._cond:
                     self._inflight -= 1
+                    slot.busy = False
                     self._cond.notify_all()
 
     def _run(self, slot: Slot, batch: List[Task]) -> None:

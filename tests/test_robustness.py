@@ -491,6 +491,10 @@ VALUES = {
     "mixed": [None, True, 1, 1.5, 2j, "s", b"b", bytearray(b"ba"), (datetime.date(2000, 1, 1),
               decimal.Decimal("2.5"), uuid.UUID(int=7), array.array("h", [1, -1]))],
     "bytes-in-list-over-64KiB": [b"\x03" * (70 * 1024), b"small"],
+    "list-wide-ints": list(range(5000)),
+    "list-wide-bytearray-last": [0] * 100 + [bytearray(b"late")],
+    "dict-wide-bytes-and-bytearrays": {i: b"b" if i % 2 else bytearray(b"ba") for i in range(64)},
+    "tuple-wide-array-inside": tuple(range(40)) + ((array.array("b", [1]),),),
 }
 
 
@@ -705,3 +709,16 @@ def test_engine_that_dies_mid_call():
         eng.close()
     finally:
         srpy.stopSubEngine(process)
+
+
+def test_engine_connections_send_without_nagle_delay(engine):
+    """
+    The engine's connections have TCP_NODELAY: a result sent as bulk bytes and then its small
+    reply would otherwise wait for the client's delayed ACK (40 ms on Linux) before the reply left.
+    """
+    code = ("__import__('Pyro5.callcontext').callcontext.current_context.client.sock"
+            ".getsockopt(__import__('socket').IPPROTO_TCP, __import__('socket').TCP_NODELAY)")
+    assert engine.eval(code) != 0
+    blob = b"\x01" * (200 * 1024)  # larger than BLOB_MIN: travels as bulk bytes, then the reply
+    engine.set(blob=blob)
+    assert engine.get("blob") == blob
