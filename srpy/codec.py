@@ -36,7 +36,7 @@ import itertools
 import marshal
 import struct
 import uuid
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from Pyro5 import serializers as _pyro_serializers
 
@@ -62,15 +62,18 @@ def dumps(value: Any) -> bytes:
     """
     Serialize C{value}; raise L{SerializationError} naming what cannot travel. marshal writes it
     as it is unless it holds a type marshal refuses (then the tagged encoding takes over) or a
-    byte string: marshal writes any buffer (C{bytearray}, C{array}, ...) as bytes, so a value
-    whose marshal data holds byte strings is walked to make sure they all were C{bytes}.
+    buffer other than C{bytes} (C{bytearray}, C{array}, ...), which marshal would silently write
+    as bytes: L{_marshal_keeps} looks for those in the value, or, for data made mostly of runs of
+    numbers (where that is much cheaper), a short walk over marshal's output finds no byte string.
     """
     try:
         data = marshal.dumps(value, _VERSION)
     except ValueError:  # a type marshal cannot write, or nested too deeply: the walk encodes or reports it
         data = None
-    if data is not None and (not _walk_marshal(data, find_bytes=True) or _marshal_keeps(value)):
-        return data
+    if data is not None:
+        has_bytes = _walk_marshal(data, find_bytes=True, budget=len(data) // 256 + 16)
+        if has_bytes is False or _marshal_keeps(value):
+            return data
     try:
         return marshal.dumps((_MARK, _encode(value, "value")), _VERSION)
     except RecursionError:
@@ -166,16 +169,21 @@ def check_marshal(data: bytes) -> None:
     _walk_marshal(data)
 
 
-def _walk_marshal(data: bytes, find_bytes: bool = False) -> bool:
+def _walk_marshal(data: bytes, find_bytes: bool = False, budget: int = -1) -> Optional[bool]:
     """
     L{check_marshal}'s walk over the type codes of C{data}. With C{find_bytes} (on data that
-    marshal itself wrote), stop and return True at the first byte string or code object instead.
+    marshal itself wrote), stop and return True at the first byte string or code object instead,
+    False if there is none; None when the walk takes more than C{budget} steps (runs of fixed-size
+    items, such as numbers, count one step each).
     """
     end = len(data)
     pos = total = 0
     kinds = _KINDS
     unpack = _INT32.unpack_from
     while pos < end:  # the branches in order of how often srpy's own (version 2) data meets them
+        budget -= 1
+        if budget == 0:
+            return None
         kind = kinds[data[pos]]
         if kind == _LEN4 or kind == _BYTES:
             if find_bytes and kind == _BYTES:

@@ -243,7 +243,7 @@ class Scheduler:
                 self._cond.wait()
 
     def _cut(self, slot: Slot) -> List[Task]:
-        share = self._share(slot), sum(1 for s in self._live_slots() if s is slot or not s.busy)
+        share = self._share(slot)
         while self._tasks:
             if self._tasks[0].timeout:
                 task = self._tasks.popleft()
@@ -254,7 +254,8 @@ class Scheduler:
             if job.cancelled or not job.remaining:
                 self._maps.popleft()
                 continue
-            size = job.chunksize or self._size(slot, job.remaining, share, probe=32)
+            idle = sum(1 for s in self._live_slots() if s is slot or not s.busy)
+            size = job.chunksize or self._size(slot, job.remaining, (share, idle), probe=32)
             task = job.cut(size)
             if not job.remaining:
                 self._maps.popleft()
@@ -289,8 +290,9 @@ class Scheduler:
             return mine
         return max(1, min(fair, int(TARGET_SECONDS * 5 / slot.per_item)))
 
-    def _cut_tasks(self, slot: Slot, share: tuple) -> List[Task]:
-        limit = min(MAX_BATCH, self._size(slot, len(self._tasks), share, probe=64))
+    def _cut_tasks(self, slot: Slot, share: float) -> List[Task]:
+        # submitted tasks keep arriving while the dispatchers work: a short queue goes whole, in one batch
+        limit = min(MAX_BATCH, self._size(slot, len(self._tasks), (share, 1), probe=64))
         batch: List[Task] = []
         while self._tasks and len(batch) < limit and not self._tasks[0].timeout:
             task = self._tasks.popleft()
