@@ -56,6 +56,11 @@ SEND_TIMEOUT = 30.0
 WATCH_INTERVAL = 0.5
 #: most calls one steal takes (a steal takes at most half of the victim's queue)
 STEAL_BATCH = 64
+#: seconds between reminders to the peers while calls stay queued here (doubling up to L{REHINT_MAX})
+REHINT_MIN = 0.005
+REHINT_MAX = 0.2
+#: seconds the hinter thread waits for work before it ends
+HINTER_LINGER = 5.0
 
 _engine: Optional[Any] = None  # the Engine of this process, when this process is an engine
 
@@ -238,7 +243,10 @@ class Social:
         self._idle_workers = 0
         self._workers = 0
         self._ids = itertools.count()
-        self._hinted = 0.0
+        self._hint_wanted = threading.Event()
+        self._hinter: Optional[threading.Thread] = None
+        self._hinting: set = set()  # peers with a hint under way
+        self._rehint = REHINT_MIN
         self._watcher: Optional[threading.Thread] = None
 
     # -- peers -------------------------------------------------------------------------------------
@@ -457,18 +465,55 @@ class Social:
                 return
 
     def _hint_peers(self) -> None:
-        now = time.monotonic()
-        if now - self._hinted < 0.002 or not self._peers:
+        """
+        Tell the peers that calls are queued here. One hinter thread sends the hints: a burst of
+        spawns makes one round, and none is lost. While calls stay queued, it reminds the peers
+        again (after L{REHINT_MIN} s, doubling up to L{REHINT_MAX}): a peer busy at one hint
+        ignores it, and may be idle at the next.
+        """
+        if not self._peers:
             return
-        self._hinted = now
-        for peer in self.peers():
-            threading.Thread(target=self._send_hint, args=(peer.uri,), daemon=True).start()
+        with self._cond:
+            self._rehint = REHINT_MIN
+            self._hint_wanted.set()
+            if self._hinter is None:
+                self._hinter = threading.Thread(target=self._hint_loop, name="srpy-hinter", daemon=True)
+                self._hinter.start()
+
+    def _hint_loop(self) -> None:
+        while True:
+            if not self._hint_wanted.wait(HINTER_LINGER):
+                with self._cond:  # ends under the lock _hint_peers starts it under: no hint goes unsent
+                    if not self._hint_wanted.is_set():
+                        self._hinter = None
+                        return
+                continue
+            self._hint_wanted.clear()
+            for peer in self.peers():
+                self._hint(peer.uri)
+            with self._cond:
+                delay = self._rehint
+                self._rehint = min(REHINT_MAX, delay * 2)
+            time.sleep(delay)
+            if self._queue:
+                self._hint_wanted.set()
+
+    def _hint(self, uri: str) -> None:
+        """Send one hint to C{uri} in a thread of its own, unless one is still under way (a slow peer)."""
+        with self._cond:
+            if uri in self._hinting:
+                return
+            self._hinting.add(uri)
+        threading.Thread(target=self._send_hint, args=(uri,), name="srpy-hint", daemon=True).start()
 
     def _send_hint(self, uri: str) -> None:
         try:
             self.call_peer(uri, "peer_hint", self.engine.uri)
         except (SRPyError, PermissionError) as exc:
             log.debug("hint to %s failed: %s", uri, exc)
+        finally:
+            with self._cond:
+                self._hinting.discard(uri)
 
     def _start_watcher(self) -> None:
         with self._cond:  # the watcher decides to end under this same lock: no call goes unwatched

@@ -177,3 +177,32 @@ def test_groups_and_secrets_do_not_mix(start_launcher):
     blue_engine.exe(SETUP)
     assert blue_engine.eval("len(me.peers())") == 0
     box.close()
+
+
+WHERE = '''
+import srpy, time
+
+def where(seconds):
+    time.sleep(seconds)
+    return srpy.this_engine().uri
+'''
+
+
+@pytest.mark.timeout(60)
+def test_queued_work_reaches_a_peer_that_was_busy_when_it_was_spawned(group):
+    """
+    A peer busy at the moment work is spawned ignores that hint; the spawning engine reminds its
+    peers while the work stays queued, so a peer takes it once it is free (it does not wait for the
+    spawning engine to get round to it).
+    """
+    a, b, c = group[0], group[1], group[2]
+    a.exe(WHERE)
+    busy = [threading.Thread(target=engine.exe, args=("import time; time.sleep(1.0)",)) for engine in (b, c)]
+    for thread in busy:
+        thread.start()
+    time.sleep(0.3)  # both peers hold their engine locks now
+    ran_on = a.eval("[f.result() for f in [srpy.spawn(where, 4.0), srpy.spawn(where, 0.1)]]")
+    for thread in busy:
+        thread.join(30)
+    assert ran_on[0] == a.uri  # the first ran inline, in the task that waited for it
+    assert ran_on[1] in (b.uri, c.uri)  # the second went to a peer as soon as one was free
