@@ -334,12 +334,13 @@ class Social:
         future = SpawnFuture(self, call)
         future.set_running_or_notify_cancel()
         with self._cond:
+            fresh = not self._queue
             self._futures[call.id] = future
             self._queue.append(call)
             if not self._held_here():  # a task holding the lock runs its calls itself (see help)
                 self._ensure_worker()
                 self._cond.notify()
-        self._hint_peers()
+        self._hint_peers(fresh)
         return future
 
     def _held_here(self) -> bool:
@@ -464,17 +465,20 @@ class Social:
             if self._steal_from(peer.uri):
                 return
 
-    def _hint_peers(self) -> None:
+    def _hint_peers(self, fresh: bool = True) -> None:
         """
         Tell the peers that calls are queued here. One hinter thread sends the hints: a burst of
         spawns makes one round, and none is lost. While calls stay queued, it reminds the peers
         again (after L{REHINT_MIN} s, doubling up to L{REHINT_MAX}): a peer busy at one hint
-        ignores it, and may be idle at the next.
+        ignores it, and may be idle at the next. Only C{fresh} work (a queue that was empty)
+        starts the reminders over at L{REHINT_MIN}: a running job that keeps spawning reminds its
+        busy peers every L{REHINT_MAX} s, not at every spawn.
         """
         if not self._peers:
             return
         with self._cond:
-            self._rehint = REHINT_MIN
+            if fresh:
+                self._rehint = REHINT_MIN
             self._hint_wanted.set()
             if self._hinter is None:
                 self._hinter = threading.Thread(target=self._hint_loop, name="srpy-hinter", daemon=True)
