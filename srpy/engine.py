@@ -695,9 +695,9 @@ class Engine:
         self.social.mailbox.put(sender, tag, value)
 
     @_engine_call(locked=False)
-    def peer_hint(self, sender: str) -> None:
-        """Peer C{sender} has queued work to take."""
-        self.social.hint(sender)
+    def peer_hint(self, sender: str) -> bool:
+        """Peer C{sender} has queued work to take; True if this engine is busy (or now taking some)."""
+        return self.social.hint(sender)
 
     @_engine_call(locked=False)
     def peer_steal(self, thief: str, count: int) -> List[Any]:

@@ -246,6 +246,7 @@ class Social:
         self._hint_wanted = threading.Event()
         self._hinter: Optional[threading.Thread] = None
         self._hinting: set = set()  # peers with a hint under way
+        self._busy_peers: Dict[str, float] = {}  # peers known busy (they need no hint), since when
         self._rehint = REHINT_MIN
         self._watcher: Optional[threading.Thread] = None
 
@@ -377,13 +378,20 @@ class Social:
                 if not got:
                     self._workers -= 1
                     return
-                call = self._queue.pop()  # newest first here; thieves take the oldest
-            self._run(call)
+            # the engine's lock first, then a call: a call stays queued (where idle peers can take
+            # it) until this engine is free to run it, instead of waiting in a worker's hands
+            with self.engine.lock:
+                with self._cond:
+                    call = self._queue.pop() if self._queue else None  # newest first; thieves take the oldest
+                outcome = self._execute(call) if call is not None else None
+            if call is None:
+                continue  # a peer or a waiting task took it meanwhile
+            self._deliver(call, outcome)
             if not self._queue:
                 self._steal_any()
 
-    def _run(self, call: _Call) -> None:
-        outcome = self._execute(call)
+    def _deliver(self, call: _Call, outcome: tuple) -> None:
+        """Hand the outcome of C{call} to the engine that spawned it (this one, or a peer)."""
         if call.origin == self.engine.uri:
             self.complete(call.id, outcome)
             return
@@ -424,6 +432,10 @@ class Social:
             raise PermissionError("only peers of this engine's group may take its work")
         taken = []
         with self._cond:
+            if self._queue:  # the thief will be busy; one that asks in vain is idle: hint it next time
+                self._busy_peers[thief] = time.monotonic()
+            else:
+                self._busy_peers.pop(thief, None)
             count = min(count, max(1, (len(self._queue) + 1) // 2))  # half the queue: both sides keep work
             while self._queue and len(taken) < count:
                 call = self._queue.popleft()
@@ -434,10 +446,14 @@ class Social:
             self._start_watcher()
         return taken
 
-    def hint(self, sender: str) -> None:
-        """A peer has queued work: if idle, go and take some."""
-        if self.is_peer(sender) and not self._queue and not self.engine.lock.locked():
-            threading.Thread(target=self._steal_from, args=(sender,), daemon=True).start()
+    def hint(self, sender: str) -> bool:
+        """A peer has queued work: if idle, go and take some. True if busy (or now taking work)."""
+        if not self.is_peer(sender):
+            return False
+        if self._queue or self.engine.lock.locked():
+            return True
+        threading.Thread(target=self._steal_from, args=(sender,), daemon=True).start()
+        return True
 
     def _steal_from(self, victim: str) -> bool:
         try:
@@ -445,6 +461,7 @@ class Social:
         except (SRPyError, PermissionError) as exc:  # gone, or no longer counts us as a peer
             log.debug("could not take work from %s: %s", victim, exc)
             return False
+        log.debug("took %d call(s) from %s", len(calls), victim)
         if not calls:
             return False
         with self._cond:
@@ -471,8 +488,9 @@ class Social:
         spawns makes one round, and none is lost. While calls stay queued, it reminds the peers
         again (after L{REHINT_MIN} s, doubling up to L{REHINT_MAX}): a peer busy at one hint
         ignores it, and may be idle at the next. Only C{fresh} work (a queue that was empty)
-        starts the reminders over at L{REHINT_MIN}: a running job that keeps spawning reminds its
-        busy peers every L{REHINT_MAX} s, not at every spawn.
+        starts the reminders over at L{REHINT_MIN}. A peer known to be busy (it said so, or took
+        work here) is reminded at most every L{REHINT_MAX} s: an engine that runs out of work asks
+        its peers for more by itself, and one that asks here in vain counts as idle again.
         """
         if not self._peers:
             return
@@ -493,8 +511,10 @@ class Social:
                         return
                 continue
             self._hint_wanted.clear()
+            now = time.monotonic()
             for peer in self.peers():
-                self._hint(peer.uri)
+                if now - self._busy_peers.get(peer.uri, -REHINT_MAX) >= REHINT_MAX:
+                    self._hint(peer.uri)
             with self._cond:
                 delay = self._rehint
                 self._rehint = min(REHINT_MAX, delay * 2)
@@ -511,13 +531,16 @@ class Social:
         threading.Thread(target=self._send_hint, args=(uri,), name="srpy-hint", daemon=True).start()
 
     def _send_hint(self, uri: str) -> None:
+        busy = False
         try:
-            self.call_peer(uri, "peer_hint", self.engine.uri)
+            busy = bool(self.call_peer(uri, "peer_hint", self.engine.uri))
         except (SRPyError, PermissionError) as exc:
             log.debug("hint to %s failed: %s", uri, exc)
         finally:
             with self._cond:
                 self._hinting.discard(uri)
+                if busy:
+                    self._busy_peers[uri] = time.monotonic()
 
     def _start_watcher(self) -> None:
         with self._cond:  # the watcher decides to end under this same lock: no call goes unwatched
