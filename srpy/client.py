@@ -38,9 +38,7 @@ class WireFormat:
     def dumps_call(obj: str, method: str, args: Any, kwargs: Any) -> bytes:
         return codec.dumps((obj, method, tuple(args), kwargs or {}))
 
-    @staticmethod
-    def loads(data: bytes) -> Any:
-        return codec.loads(data)
+    loads = staticmethod(codec.loads)
 
     @staticmethod
     def exception(value: Any) -> BaseException:

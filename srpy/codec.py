@@ -56,6 +56,7 @@ _MAX_DEPTH = 200
 #: marshal format written: version 2 has no reference table, which costs 4x on lists of tuples
 _VERSION = 2
 _SMALL = 32  # containers up to this size are checked item by item
+_SMALL_DATA = 512  # marshal data up to this size: its value is checked, not the data
 
 
 def dumps(value: Any) -> bytes:
@@ -66,13 +67,17 @@ def dumps(value: Any) -> bytes:
     as bytes: L{_marshal_keeps} looks for those in the value, or, for data made mostly of runs of
     numbers (where that is much cheaper), a short walk over marshal's output finds no byte string.
     """
+    if type(value) in _MARSHAL_SAFE:  # a plain scalar: marshal writes it as it is
+        return marshal.dumps(value, _VERSION)
     try:
         data = marshal.dumps(value, _VERSION)
     except ValueError:  # a type marshal cannot write, or nested too deeply: the walk encodes or reports it
         data = None
     if data is not None:
-        has_bytes = _walk_marshal(data, find_bytes=True, budget=len(data) // 256 + 16)
-        if has_bytes is False or _marshal_keeps(value):
+        if len(data) <= _SMALL_DATA:  # a small value: the walk over the value is the cheaper one
+            if _marshal_keeps(value):
+                return data
+        elif _walk_marshal(data, find_bytes=True, budget=len(data) // 256 + 16) is False or _marshal_keeps(value):
             return data
     try:
         return marshal.dumps((_MARK, _encode(value, "value")), _VERSION)
@@ -144,8 +149,11 @@ def loads(data: bytes) -> Any:
 
 def loads_untrusted(data: bytes) -> Any:
     """L{loads} for bytes from the wire: L{check_marshal} first, so garbage costs no more than its size."""
-    check_marshal(data)
-    return loads(data)
+    _walk_marshal(data)  # check_marshal's walk
+    value = marshal.loads(data)
+    if type(value) is tuple and len(value) == 2 and value[0] == _MARK:
+        return _decode(value[1], {})
+    return value
 
 
 def check_marshal(data: bytes) -> None:

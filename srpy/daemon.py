@@ -71,7 +71,8 @@ class EngineDaemon(SecureDaemon):
                                             % (data_size + ann_size, pyro_config.MAX_MESSAGE_SIZE))
         payload = _read(conn, data_size + ann_size) if data_size + ann_size else b""
         annotations = _annotations(payload, ann_size) if ann_size else {}
-        _check_trailing(annotations)
+        if annotations:
+            _check_trailing(annotations)
         self._serve(conn, seq, payload, ann_size, annotations)
 
     def _serve(self, conn: Any, seq: int, payload: bytes, ann_size: int, annotations: Dict[str, Any]) -> None:
@@ -111,9 +112,9 @@ def _read(conn: Any, size: int) -> bytes:
     """Exactly C{size} bytes from C{conn}, in one system call when the socket allows it."""
     sock = conn.sock
     plain = getattr(conn, "srpy_plain", None)
-    if plain is None:  # asked once per connection: a plain socket (not TLS), blocking
-        plain = conn.srpy_plain = bool(_WAITALL) and not hasattr(sock, "getpeercert")
-    if plain and sock.gettimeout() is None:
+    if plain is None:  # asked once per connection (after its handshake): a plain socket (not TLS), blocking
+        plain = conn.srpy_plain = bool(_WAITALL) and not hasattr(sock, "getpeercert") and sock.gettimeout() is None
+    if plain:
         try:
             data = sock.recv(size, _WAITALL)
         except OSError as exc:

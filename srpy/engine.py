@@ -100,13 +100,17 @@ def _engine_call(locked: bool) -> Callable[[Callable[..., Any]], Callable[..., A
         @functools.wraps(method)
         def wrapper(self: "Engine", *args: Any, **kwargs: Any) -> Any:
             current_context.response_annotations = {}
-            self._trailing.blobs = _read_trailing()  # first: nothing may fail with them unread
+            annotations = current_context.annotations
+            # first: nothing may fail with the trailing bytes unread
+            self._trailing.blobs = _read_trailing() if annotations and TRAILING in annotations else ()
             if self.debug:
                 call_log.info("call %s%s", name, _short(args))
-            start = time.perf_counter()
+            start = time.perf_counter() if self.timing else 0.0
             try:
                 if locked:
-                    with self._lock:
+                    lock = self._lock
+                    lock.acquire()
+                    try:
                         self._watch.begin(name)
                         try:
                             result = method(self, *args, **kwargs)
@@ -114,6 +118,8 @@ def _engine_call(locked: bool) -> Callable[[Callable[..., Any]], Callable[..., A
                             self._watch.end()
                             self.calls += 1
                             _flush_output()
+                    finally:
+                        lock.release()
                 else:
                     result = method(self, *args, **kwargs)
             except Exception as exc:
@@ -126,6 +132,8 @@ def _engine_call(locked: bool) -> Callable[[Callable[..., Any]], Callable[..., A
             finally:
                 if self.timing:
                     call_log.info("%s took %.6f s", name, time.perf_counter() - start)
+            if type(result) is not bytes and current_context.serializer_id == codec.SERIALIZER_ID:
+                return result  # the common case: nothing for _result_as_blob to do
             return _result_as_blob(result)
 
         return expose(wrapper)
