@@ -77,7 +77,7 @@ def dumps(value: Any) -> bytes:
         if len(data) <= _SMALL_DATA:  # a small value: the walk over the value is the cheaper one
             if _marshal_keeps(value):
                 return data
-        elif _walk_marshal(data, find_bytes=True, budget=len(data) // 256 + 16) is False or _marshal_keeps(value):
+        elif _walk_marshal(data, find_bytes=True, budget=len(data) // 1024 + 16) is False or _marshal_keeps(value):
             return data
     try:
         return marshal.dumps((_MARK, _encode(value, "value")), _VERSION)
