@@ -67,6 +67,8 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+import helper_process  # bench/helper_process.py, beside this file
+
 ITEMS = 20_000
 REPEATS = 5
 QUICK_ITEMS = 2_000
@@ -122,25 +124,6 @@ def answer() -> str:
 
 # -- helper servers (child processes of this file) --------------------------------------------------
 
-def _exit_at_stdin_eof() -> None:
-    """Stop this helper process as soon as its parent closes our stdin (or dies)."""
-    def watch() -> None:
-        try:
-            while sys.stdin.buffer.read(4096):
-                pass
-        except (OSError, ValueError):
-            pass
-        os._exit(0)
-
-    threading.Thread(target=watch, name="stdin-watch", daemon=True).start()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
-
-
-def _announce(address: str) -> None:
-    sys.stdout.write("READY %s\n" % address)
-    sys.stdout.flush()
-
-
 class FunctionRunner:
     """The server side of bare Pyro5 and rpyc: functions defined from source, called one by one or by chunk."""
 
@@ -173,8 +156,8 @@ def serve_pyro() -> None:
 
     daemon = Daemon(host="127.0.0.1", port=0)
     uri = daemon.register(expose(FunctionRunner)(), PYRO_OBJECT_ID)
-    _exit_at_stdin_eof()
-    _announce(str(uri))
+    helper_process.exit_at_stdin_eof()
+    helper_process.announce(str(uri))
     daemon.requestLoop()
 
 
@@ -200,50 +183,12 @@ def serve_rpyc() -> None:
 
     server = ThreadedServer(RunnerService, hostname="127.0.0.1", port=0,
                             protocol_config={"allow_public_attrs": False})
-    _exit_at_stdin_eof()
-    _announce("%s:%d" % (server.host, server.port))
+    helper_process.exit_at_stdin_eof()
+    helper_process.announce("%s:%d" % (server.host, server.port))
     server.start()
 
 
 # -- processes --------------------------------------------------------------------------------------
-
-def start_helper(role: str) -> Tuple["subprocess.Popen[bytes]", str]:
-    """Start this file as a helper server; return the process and the address it announced."""
-    process = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve", role],
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    try:
-        words = _read_line(process, READY_TIMEOUT).split()
-        if len(words) != 2 or words[0] != "READY":
-            raise RuntimeError("%s helper failed to start (exit code %s)" % (role, process.poll()))
-        return process, words[1]
-    except BaseException:
-        stop_process(process)
-        raise
-
-
-def _read_line(process: "subprocess.Popen[bytes]", timeout: float) -> str:
-    """One line of the process's stdout, waiting at most C{timeout} seconds ('' at end of file)."""
-    lines: List[bytes] = []
-    reader = threading.Thread(target=lambda: lines.append(process.stdout.readline()),  # type: ignore[union-attr]
-                              name="read-line", daemon=True)
-    reader.start()
-    reader.join(timeout)
-    if not lines:
-        raise TimeoutError("no line from process %d within %.0f s" % (process.pid, timeout))
-    return lines[0].decode("utf-8", "replace").strip()
-
-
-def stop_process(process: "subprocess.Popen[bytes]", grace: float = 5.0, first: Optional[int] = None) -> None:
-    """Send C{first} if given, then srpy's own sequence: close stdin, terminate, kill (C{grace} s apart)."""
-    from srpy import launcher
-    if first is not None and process.poll() is None:
-        try:
-            process.send_signal(first)
-            process.wait(grace)
-        except (OSError, subprocess.TimeoutExpired):
-            pass
-    launcher.stop_process(process, grace)
-
 
 class Resources:
     """Everything the run starts, so that one C{close} stops it all, whatever happened."""
@@ -333,14 +278,6 @@ def sweep_descendants(grace: float = 5.0) -> List[str]:
 def _default_sigterm() -> None:
     """In a pool worker: die on SIGTERM (Pool.terminate), not unwind like the benchmark's main process."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-def _raise_on_sigterm() -> None:
-    """Make SIGTERM unwind like Ctrl-C, so every C{finally} block stops its processes."""
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt("SIGTERM")
-
-    signal.signal(signal.SIGTERM, handler)
 
 
 # -- measuring --------------------------------------------------------------------------------------
@@ -831,7 +768,7 @@ def startup_srpy(env: Optional[Dict[str, str]] = None) -> Dict[str, float]:
         uris: List[str] = []
         deadline = start + READY_TIMEOUT
         while len(uris) < 2:
-            line = _read_line(process, max(0.1, deadline - time.perf_counter()))
+            line = helper_process.read_line(process, max(0.1, deadline - time.perf_counter()))
             if not line and process.poll() is not None:
                 raise RuntimeError("srpyapp exited with code %s before printing 2 URIs" % process.returncode)
             if line.startswith("PYRO:"):
@@ -858,7 +795,7 @@ def stop_launcher(process: "subprocess.Popen[bytes]") -> None:
         children = psutil.Process(process.pid).children(recursive=True)
     except psutil.Error:
         children = []
-    stop_process(process, first=signal.SIGTERM)
+    helper_process.stop_process(process, first=signal.SIGTERM)
     _, lingering = psutil.wait_procs(children, timeout=5.0)
     for child in lingering:
         try:
@@ -875,15 +812,9 @@ def startup_pyro(env: Optional[Dict[str, str]] = None) -> Dict[str, float]:
     from Pyro5.api import Proxy
 
     start = time.perf_counter()
-    processes = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve", "pyro"],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env) for _ in range(2)]
+    processes = [helper_process.spawn_helper(__file__, "pyro", env) for _ in range(2)]
     try:
-        uris = []
-        for process in processes:
-            words = _read_line(process, READY_TIMEOUT).split()
-            if len(words) != 2 or words[0] != "READY":
-                raise RuntimeError("a Pyro5 daemon failed to start")
-            uris.append(words[1])
+        uris = [helper_process.ready_address(process, "pyro", READY_TIMEOUT) for process in processes]
         printed = time.perf_counter() - start
         for uri in uris:
             with Proxy(uri) as proxy:
@@ -892,7 +823,7 @@ def startup_pyro(env: Optional[Dict[str, str]] = None) -> Dict[str, float]:
         answered = time.perf_counter() - start
     finally:
         for process in processes:
-            stop_process(process)
+            helper_process.stop_process(process)
     return {"answered": answered, "printed": printed}
 
 
@@ -1027,8 +958,8 @@ def run(settings: Settings, skip: Sequence[str]) -> Dict[str, Any]:
         step("bare Pyro5")
         pyro_uris = []
         for _ in range(2):
-            process, uri = start_helper("pyro")
-            resources.add("Pyro5 daemon", lambda p=process: stop_process(p))
+            process, uri = helper_process.start_helper(__file__, "pyro", READY_TIMEOUT)
+            resources.add("Pyro5 daemon", lambda p=process: helper_process.stop_process(p))
             pyro_uris.append(uri)
         bench_pyro(pyro_uris, settings, figures, resources)
         for peer in peers:
@@ -1037,8 +968,8 @@ def run(settings: Settings, skip: Sequence[str]) -> Dict[str, Any]:
                 if peer == "rpyc":
                     addresses = []
                     for _ in range(2):
-                        process, address = start_helper("rpyc")
-                        resources.add("rpyc server", lambda p=process: stop_process(p))
+                        process, address = helper_process.start_helper(__file__, "rpyc", READY_TIMEOUT)
+                        resources.add("rpyc server", lambda p=process: helper_process.stop_process(p))
                         addresses.append(address)
                     bench_rpyc(addresses, settings, figures, resources)
                 elif peer == "dask":
@@ -1239,7 +1170,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     unknown = set(skip) - set(OPTIONAL_PEERS)
     if unknown:
         build_parser().error("unknown peer(s) for --skip: %s" % ", ".join(sorted(unknown)))
-    _raise_on_sigterm()
+    helper_process.raise_on_sigterm()
     figures = run(Settings(options.quick), skip)
     print(report(figures))
     if options.json:

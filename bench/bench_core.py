@@ -45,7 +45,6 @@ import json
 import os
 import pickle
 import platform
-import signal
 import socket
 import statistics
 import struct
@@ -54,6 +53,8 @@ import sys
 import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import helper_process  # bench/helper_process.py, beside this file
 
 ROUNDS = 12
 CALLS = 500
@@ -83,25 +84,6 @@ Sampler = Callable[[], Any]
 
 # -- helper servers (run in child processes) ------------------------------------------------------
 
-def _exit_at_stdin_eof() -> None:
-    """Stop this helper process as soon as its parent closes our stdin (or dies), and only then."""
-    def watch() -> None:
-        try:
-            while sys.stdin.buffer.read(4096):
-                pass
-        except (OSError, ValueError):
-            pass
-        os._exit(0)  # nothing to flush or save: a helper server only answers calls
-
-    threading.Thread(target=watch, name="stdin-watch", daemon=True).start()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
-
-
-def _announce(address: str) -> None:
-    sys.stdout.write("READY %s\n" % address)
-    sys.stdout.flush()
-
-
 def serve_pyro() -> None:
     """A Pyro5 daemon (thread server) exposing an C{eval} method, until stdin closes."""
     from Pyro5.api import Daemon, expose
@@ -118,8 +100,8 @@ def serve_pyro() -> None:
 
     daemon = Daemon(host="127.0.0.1", port=0)
     uri = daemon.register(Evaluator(), PYRO_OBJECT_ID)
-    _exit_at_stdin_eof()
-    _announce(str(uri))
+    helper_process.exit_at_stdin_eof()
+    helper_process.announce(str(uri))
     daemon.requestLoop()
 
 
@@ -174,53 +156,11 @@ def _serve_connection(sock: socket.socket) -> None:
 def serve_raw() -> None:
     """The RPC floor and raw echo server: one thread per connection, until stdin closes."""
     listener = socket.create_server(("127.0.0.1", 0))
-    _exit_at_stdin_eof()
-    _announce("%s:%d" % listener.getsockname()[:2])
+    helper_process.exit_at_stdin_eof()
+    helper_process.announce("%s:%d" % listener.getsockname()[:2])
     while True:
         conn, _ = listener.accept()
         threading.Thread(target=_serve_connection, args=(conn,), daemon=True).start()
-
-
-# -- starting and stopping processes --------------------------------------------------------------
-
-def start_helper(role: str) -> Tuple["subprocess.Popen[bytes]", str]:
-    """Start this file as a helper server; return the process and the address it announced."""
-    command = [sys.executable, os.path.abspath(__file__), "--serve", role]
-    process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    try:
-        return process, _ready_line(process, READY_TIMEOUT)
-    except BaseException:
-        stop_helper(process)
-        raise
-
-
-def _ready_line(process: "subprocess.Popen[bytes]", timeout: float) -> str:
-    """Wait (bounded, on any platform) for the helper's C{READY <address>} line."""
-    lines: List[bytes] = []
-    reader = threading.Thread(target=lambda: lines.append(process.stdout.readline()),  # type: ignore[union-attr]
-                              name="ready-line", daemon=True)
-    reader.start()
-    reader.join(timeout)
-    if not lines:
-        raise RuntimeError("helper server did not start within %.0f s" % timeout)
-    words = lines[0].decode("ascii", "replace").split()
-    if len(words) != 2 or words[0] != "READY":
-        raise RuntimeError("helper server failed to start (exit code %s)" % process.poll())
-    return words[1]
-
-
-def stop_helper(process: "subprocess.Popen[bytes]", grace: float = 3.0) -> None:
-    """Close the helper's stdin (its signal to exit); terminate, then kill, if it lingers."""
-    from srpy.launcher import stop_process
-    stop_process(process, grace)
-
-
-def _raise_on_sigterm() -> None:
-    """Make SIGTERM unwind like Ctrl-C, so every C{finally} block stops its processes."""
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt("SIGTERM")
-
-    signal.signal(signal.SIGTERM, handler)
 
 
 # -- clients --------------------------------------------------------------------------------------
@@ -383,7 +323,7 @@ class Resources:
                 process.kill()
 
     def helper(self, role: str) -> str:
-        process, address = start_helper(role)
+        process, address = helper_process.start_helper(__file__, role, READY_TIMEOUT)
         self.helpers.append(process)
         return address
 
@@ -398,7 +338,7 @@ class Resources:
                 print("warning: closing a client failed: %s" % exc, file=sys.stderr)
         try:
             for process in self.helpers:
-                stop_helper(process)
+                helper_process.stop_process(process, grace=3.0)
         finally:
             if self.engine_process is not None:
                 srpy.stopSubEngine(self.engine_process)
@@ -543,7 +483,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if options.serve:
         (serve_pyro if options.serve == "pyro" else serve_raw)()
         return 0
-    _raise_on_sigterm()
+    helper_process.raise_on_sigterm()
     if options.quick:
         result = run(QUICK_ROUNDS, QUICK_CALLS, QUICK_BULK_REPEATS)
     else:
