@@ -6,6 +6,7 @@ launcher must leave no engine process behind, whatever stopped it (SIGINT, SIGTE
 'quit' typed on its console).
 """
 
+import contextlib
 import os
 import pty
 import re
@@ -358,31 +359,53 @@ def _swallow(function, *args):
         pass
 
 
-def spawn_on_a_tty(args):
-    """Start the launcher with a pseudo-terminal as its stdin; return (process, master fd, uris)."""
+@contextlib.contextmanager
+def on_a_tty(args):
+    """
+    The launcher with a pseudo-terminal as its stdin, once it has printed its URIs: yields
+    (process, master fd, uris, banner lines); afterwards the process is killed if it still runs
+    and the terminal is closed.
+    """
     master, slave = pty.openpty()
     env = dict(os.environ)
     env.pop("SRPY_SECRET", None)
-    process = subprocess.Popen([sys.executable, SRPYAPP] + args, stdin=slave, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
-    os.close(slave)
-    expected = int(args[args.index("-n") + 1]) if "-n" in args else 1
-    uris, banner = [], []
-    while len(uris) < expected:
-        line = process.stdout.readline()
-        if not line:
-            process.kill()
-            raise AssertionError("launcher exited: %s" % process.communicate()[1])
-        (uris if URI_LINE.match(line.strip()) else banner).append(line.strip())
-    return process, master, uris, banner
+    try:
+        try:
+            process = subprocess.Popen([sys.executable, SRPYAPP] + args, stdin=slave, stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+        finally:
+            os.close(slave)
+        try:
+            expected = int(args[args.index("-n") + 1]) if "-n" in args else 1
+            uris, banner = [], []
+            while len(uris) < expected:
+                line = process.stdout.readline()
+                if not line:
+                    process.kill()
+                    raise AssertionError("launcher exited: %s" % process.communicate()[1])
+                (uris if URI_LINE.match(line.strip()) else banner).append(line.strip())
+            yield process, master, uris, banner
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    finally:
+        os.close(master)
+
+
+def assert_stops_cleanly(process, pids):
+    """The launcher exits with code 0 and no traceback, and every engine it started is gone."""
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert "Traceback" not in err and "Fatal Python error" not in err
+    assert wait_gone(pids)
 
 
 @pytest.mark.parametrize("args, word", [(["-b"], "quit"), (["-n", "2"], "quit"), (["-b"], "exit"),
                                         (["-b"], "q"), (["-n", "2"], "  QUIT  ")],
                          ids=["basic-quit", "multi-quit", "basic-exit", "basic-q", "multi-QUIT"])
 def test_quit_on_an_interactive_console(args, word):
-    process, master, uris, banner = spawn_on_a_tty(args)
-    try:
+    with on_a_tty(args) as (process, master, uris, banner):
         assert any("'quit'" in line for line in banner), banner
         pids = [p.pid for p in psutil.Process(process.pid).children(recursive=True)]
         ping_all(uris)
@@ -391,40 +414,22 @@ def test_quit_on_an_interactive_console(args, word):
         assert process.poll() is None
         ping_all(uris)
         os.write(master, word.encode() + b"\n")
-        _, err = process.communicate(timeout=30)
-        assert process.returncode == 0, err
-        assert "Traceback" not in err and "Fatal Python error" not in err
-        assert wait_gone(pids)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-        os.close(master)
+        assert_stops_cleanly(process, pids)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize("args", [["-b"], ["-n", "2"]], ids=["basic", "multi"])
 def test_signal_with_an_interactive_console(args, signum):
     """A launcher on a console stops cleanly on a signal too (its console reader must not hang it)."""
-    process, master, uris, _ = spawn_on_a_tty(args)
-    try:
+    with on_a_tty(args) as (process, _, uris, _):
         pids = [p.pid for p in psutil.Process(process.pid).children(recursive=True)]
         ping_all(uris)
         process.send_signal(signum)
-        _, err = process.communicate(timeout=30)
-        assert process.returncode == 0, err
-        assert "Traceback" not in err and "Fatal Python error" not in err
-        assert wait_gone(pids)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-        os.close(master)
+        assert_stops_cleanly(process, pids)
 
 
 def test_end_of_console_input_does_not_stop_the_launcher():
-    process, master, uris, _ = spawn_on_a_tty(["-b"])
-    try:
+    with on_a_tty(["-b"]) as (process, master, uris, _):
         os.write(master, b"\x04")  # Ctrl-D
         time.sleep(0.3)
         assert process.poll() is None
@@ -432,11 +437,6 @@ def test_end_of_console_input_does_not_stop_the_launcher():
         process.send_signal(signal.SIGTERM)
         process.communicate(timeout=30)
         assert process.returncode == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-        os.close(master)
 
 
 def test_an_engine_that_dies_is_reported(start_launcher):
