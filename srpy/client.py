@@ -125,15 +125,8 @@ class PythonEngine(lite.Engine):
         return value
 
     def _call_with_vars(self, method: str, args: Tuple[Any, ...], variables: Dict[str, Any]) -> Any:
-        if not variables and self.call_timeout is None and self.timeout is None:
-            conn = self._acquire()  # the common call (no variables, no limits): straight to a connection
-            try:
-                value, response = conn.call(method, args + (variables,))
-            finally:
-                self._release(conn)
-            return response[RESULT_BLOB] if response and RESULT_BLOB in response else value
         trailing = []
-        for key, value in variables.items() if variables else ():
+        for key, value in variables.items():
             if type(value) is bytes and len(value) >= BLOB_MIN:
                 variables[key] = BLOB_MARK + str(len(trailing))
                 trailing.append(value)

@@ -132,8 +132,6 @@ def _engine_call(locked: bool) -> Callable[[Callable[..., Any]], Callable[..., A
             finally:
                 if self.timing:
                     call_log.info("%s took %.6f s", name, time.perf_counter() - start)
-            if type(result) is not bytes and current_context.serializer_id == codec.SERIALIZER_ID:
-                return result  # the common case: nothing for _result_as_blob to do
             return _result_as_blob(result)
 
         return expose(wrapper)

@@ -503,9 +503,7 @@ class Connection(object):
     def _receive(self):
         header = self.transport.recv(HEADER.size)
         tag, version, msgtype, serializer_id, flags, seq, data_size, ann_size, _, _, magic = HEADER.unpack(header)
-        if tag != b"PYRO" or version != PROTOCOL_VERSION or magic != MAGIC \
-                or data_size + ann_size > self.max_message_size:
-            self._check_header(tag, version, magic, data_size + ann_size)
+        self._check_header(tag, version, magic, data_size + ann_size)
         if not ann_size and not flags & FLAGS_COMPRESSED:  # the common reply: its data, one more read
             return msgtype, serializer_id, flags, seq, self.transport.recv(data_size), {}
         annotations = {}
