@@ -22,7 +22,7 @@ from . import errors  # noqa: E402
 from .client import PythonEngine, Namespace, RemoteObject  # noqa: E402
 from .errors import (SRPyError, SRPyServerNotFound, AuthenticationError, CommunicationError,  # noqa: E402
                      ConnectionLost, CallTimeout, SerializationError, RemoteError, RemoteSystemExit,
-                     TaskTimeout, EngineDead, NoEnginesError, MissingPackagesError, PeerUnavailable)
+                     TaskTimeout, TaskAborted, EngineDead, NoEnginesError, MissingPackagesError, PeerUnavailable)
 from .launcher import newSubEngine, stopSubEngine, detectNCPUs  # noqa: E402
 from .box import EngBox, MultiRunResult  # noqa: E402
 from .functions import FunctionShippingError  # noqa: E402
@@ -33,6 +33,6 @@ __all__ = [
     "EngBox", "MultiRunResult", "FunctionShippingError", "EngineDead", "NoEnginesError", "MissingPackagesError",
     "PythonEngine", "Namespace", "RemoteObject", "newSubEngine", "stopSubEngine", "detectNCPUs",
     "errors", "SRPyError", "SRPyServerNotFound", "AuthenticationError", "CommunicationError",
-    "ConnectionLost", "CallTimeout", "SerializationError", "RemoteError", "RemoteSystemExit", "TaskTimeout",
+    "ConnectionLost", "CallTimeout", "SerializationError", "RemoteError", "RemoteSystemExit", "TaskTimeout", "TaskAborted",
     "version", "copyright", "__version__",
 ]

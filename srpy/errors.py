@@ -116,6 +116,23 @@ class NotInEngine(SRPyError):
 
 class TaskTimeout(SRPyError, TimeoutError):
     """
-    A call ran longer than its time limit. The engine answered this, then stopped the call the
-    only sure way, by restarting its process (under a launcher given C{--restart}).
+    A call ran longer than its time limit, and the engine stopped it: by interrupting the code
+    where it could, by ending and restarting its process (on the same URI) where the code held
+    the interpreter.
+    """
+
+
+class TaskAborted(SRPyError):
+    """
+    A call was stopped on request (C{EngBox.abort}, C{abort_all}, or a map abandoned by its
+    caller), by the same mechanism as a time limit.
+    """
+
+
+class CallInterrupted(BaseException):
+    """
+    Internal: raised inside a running call's thread on the engine to stop its code (a time limit
+    or an abort). A BaseException, so that user code's C{except Exception} does not swallow it;
+    srpy turns it into L{TaskTimeout} or L{TaskAborted} at the call's boundary. Never raised on
+    the client.
     """
