@@ -212,14 +212,16 @@ class SpawnFuture(concurrent.futures.Future):
 class _Call:
     """A spawned call: where it came from, and what to run."""
 
-    __slots__ = ("id", "origin", "bundle", "args", "kwargs")
+    __slots__ = ("id", "origin", "bundle", "args", "kwargs", "via")
 
-    def __init__(self, call_id: str, origin: str, bundle: Dict[str, Any], args: Any, kwargs: Any) -> None:
+    def __init__(self, call_id: str, origin: str, bundle: Dict[str, Any], args: Any, kwargs: Any,
+                 via: Optional[str] = None) -> None:
         self.id = call_id
         self.origin = origin
         self.bundle = bundle
         self.args = args
         self.kwargs = kwargs
+        self.via = via  # the peer it was taken from, when that is not its origin (it watches us for it)
 
     def wire(self) -> list:
         return [self.id, self.origin, self.bundle, list(self.args), dict(self.kwargs)]
@@ -392,6 +394,11 @@ class Social:
 
     def _deliver(self, call: _Call, outcome: tuple) -> None:
         """Hand the outcome of C{call} to the engine that spawned it (this one, or a peer)."""
+        if call.via is not None:  # the engine we took it from watches us for it: it may stop
+            try:
+                self.call_peer(call.via, "peer_complete", call.id, ("ok", None))
+            except PeerUnavailable:
+                pass  # its origin watches it, and redoes the call if needed
         if call.origin == self.engine.uri:
             self.complete(call.id, outcome)
             return
@@ -439,8 +446,9 @@ class Social:
             count = min(count, max(1, (len(self._queue) + 1) // 2))  # half the queue: both sides keep work
             while self._queue and len(taken) < count:
                 call = self._queue.popleft()
-                if call.origin == self.engine.uri:
-                    self._away[call.id] = (thief, call)
+                # every call handed on is watched here, also one that came from a third engine: its
+                # origin believes we hold it, so if the thief dies, only we can queue it again
+                self._away[call.id] = (thief, call)
                 taken.append(call.wire())
         if taken:
             self._start_watcher()
@@ -466,7 +474,8 @@ class Social:
             return False
         with self._cond:
             for call_id, origin, bundle, args, kwargs in calls:
-                self._queue.appendleft(_Call(call_id, origin, bundle, args, kwargs))
+                via = victim if victim != origin else None
+                self._queue.appendleft(_Call(call_id, origin, bundle, args, kwargs, via))
             self._ensure_worker()
             self._cond.notify_all()
         self._hint_peers()
