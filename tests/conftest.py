@@ -24,6 +24,27 @@ SRPYAPP = os.path.join(ROOT, "srpyapp.py")
 URI_LINE = re.compile(r"^PYRO:\S+@\S+:\d+$")
 
 
+#: marks by node id prefix; the quick loop (pytest -m "not slow and not stress") leaves these out
+_MARKS = {
+    "tests/stress/": ("stress",),
+    "tests/test_hosts.py": ("root", "slow"),
+    "tests/test_lite.py::test_script_under_jython": ("jython", "slow"),
+    "tests/test_bench_smoke.py": ("slow",),
+    "tests/test_bench_box_smoke.py": ("slow",),
+    "tests/test_docs.py::test_api_reference_builds_without_docstring_errors": ("slow",),
+    "tests/test_security.py::test_silent_connection_is_dropped_after_the_handshake_timeout": ("slow",),
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark tests by where they live (see L{_MARKS}), so that a marker selects them from the command line."""
+    for item in items:
+        for prefix, marks in _MARKS.items():
+            if item.nodeid.startswith(prefix):
+                for mark in marks:
+                    item.add_marker(getattr(pytest.mark, mark))
+
+
 def die_with_parent():
     """In a child about to exec: ask Linux to SIGTERM it when the test process dies (even by a timeout)."""
     try:
