@@ -168,6 +168,11 @@ class PythonEngine(lite.Engine):
         started = time.monotonic()
         try:
             return conn.call(method, args, None, annotations, timeout, trailing)
+        except (errors.TaskTimeout, errors.TaskAborted):
+            # the engine may have ended its process to stop the call, and a fresh one starts in
+            # milliseconds, sooner than the pool's check of idle connections: never reuse this one
+            conn.close()
+            raise
         except (errors.ConnectionLost, errors.CallTimeout) as exc:
             error = self._stopped_error(method, time.monotonic() - started, call_id, exc)
             if error is None:
