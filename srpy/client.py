@@ -163,6 +163,8 @@ class PythonEngine(lite.Engine):
         limit = self.call_timeout
         if timeout is None:
             timeout = limit + LIMIT_GRACE if limit is not None else self.timeout
+        elif timeout is lite._NO_TIMEOUT:  # wait(): as long as it takes, whatever the client's timeout
+            timeout = None
         if limit is None and call_id is None and not self._engine_limit():
             return conn.call(method, args, None, annotations, timeout, trailing)  # the common call
         started = time.monotonic()

@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="srpyapp", description="Host srpy engines: Python namespaces that clients run code in. "
                                     "'srpyapp status -h': show what running engines are doing.")
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("-b", "--basic", action="store_true", help="one engine in this process (default)")
+    mode.add_argument("-b", "--basic", action="store_true",
+                      help="one engine, in a process this one keeps (and restarts after a limit) (default)")
     mode.add_argument("-m", "--multi", action="store_true", help="one engine process per core")
     parser.add_argument("-n", "--engines", type=_positive_int, metavar="N",
                         help="number of engine processes (implies --multi)")
@@ -770,12 +771,19 @@ _sub_engines: List["subprocess.Popen[bytes]"] = []
 
 
 def newSubEngine(timeout: float = 30, host: str = "127.0.0.1", name: str = "", group: str = "",
-                 secret: Optional[str] = None, python: Optional[str] = None) -> Tuple[str, "subprocess.Popen[bytes]"]:
+                 secret: Optional[str] = None, python: Optional[str] = None,
+                 max_task_time: Optional[float] = None) -> Tuple[str, "subprocess.Popen[bytes]"]:
     """
     Start one local engine process; return C{(uri, process)} once it answers. The process stops
-    when L{stopSubEngine} is called, when this program exits, or when this process dies.
+    when L{stopSubEngine} is called, when this program exits, or when this process dies. An
+    engine that ends to stop a call (see L{srpy.engine.CallWatch}) serves again at the same URI
+    (where the system can fork: the process keeps its engine in a child it forks again).
+
+    @param max_task_time: stop any call that runs longer than this many seconds (as the
+        launcher's C{--max-task-time}).
     """
-    options = argparse.Namespace(host=host, group=group, debug=False, time=False, insecure=False, pyro_config=None)
+    options = argparse.Namespace(host=host, group=group, debug=False, time=False, insecure=False, pyro_config=None,
+                                 max_task_time=max_task_time)
     secret = secret if secret is not None else os.environ.get("SRPY_SECRET")
     started = spawn_engines([child_command(options, name, 0, python)], secret, timeout)[0]
     _sub_engines.append(started.process)
