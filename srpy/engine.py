@@ -126,8 +126,8 @@ def _engine_call(locked: bool) -> Callable[[Callable[..., Any]], Callable[..., A
                     lock.acquire()
                     try:
                         try:
-                            watch.begin(name, call)
                             try:
+                                watch.begin(name, call)
                                 result = method(self, *args, **kwargs)
                             finally:
                                 watch.end(call)
@@ -470,7 +470,11 @@ class CallWatch:
             faulthandler.cancel_dump_traceback_later()
         else:
             if self._backstop is None:
-                self._backstop = open(os.path.join(self.engine.sandbox, BACKSTOP_FILE), "w")
+                try:
+                    self._backstop = open(os.path.join(self.engine.sandbox, BACKSTOP_FILE), "w")
+                except OSError as exc:  # the sandbox gone (user code removed it): no backstop, never the terminal
+                    log.warning("no backstop for calls that hold the interpreter: %s", exc)
+                    return
             faulthandler.dump_traceback_later(max(0.001, due - time.monotonic()), exit=True, file=self._backstop)
         self._backstop_at = due
 
