@@ -54,6 +54,8 @@ WIRE_FORMAT = WireFormat()
 #: seconds past a call's time limit that the client waits for the engine's own answer (the engine
 #: answers within about 2 s, even when it must end its process)
 LIMIT_GRACE = 8.0
+#: seconds a client waits for a fresh engine after the old one ended its process to stop a call
+RESTART_WAIT = 10.0
 #: engine calls that no limit applies to (they do not take the engine's lock)
 _CONTROL_CALLS = frozenset(["ping", "is_busy", "wait", "benchmark", "whoami", "status", "set_group", "abort"])
 
@@ -67,6 +69,8 @@ class PythonEngine(lite.Engine):
     @ivar ns: attribute-style view of the engine's namespace (L{Namespace}).
     """
 
+    #: until when (monotonic clock) a refused connection may be an engine restarting to stop a call
+    _restart_until = 0.0
     #: time limit of calls that run code (see L{limited}); None: no limit
     call_timeout: Optional[float] = None
     #: the id every call carries (see L{tagged}); None: no id
@@ -174,14 +178,64 @@ class PythonEngine(lite.Engine):
             return conn.call(method, args, None, annotations, timeout, trailing)
         except (errors.TaskTimeout, errors.TaskAborted):
             # the engine may have ended its process to stop the call, and a fresh one starts in
-            # milliseconds, sooner than the pool's check of idle connections: never reuse this one
+            # milliseconds, sooner than the pool's check of idle connections: never reuse this one,
+            # and let new connections wait out the restart (see _connect)
             conn.close()
+            self._base()._expect_restart()
             raise
         except (errors.ConnectionLost, errors.CallTimeout) as exc:
             error = self._stopped_error(method, time.monotonic() - started, call_id, exc)
             if error is None:
                 raise
+            if isinstance(exc, errors.ConnectionLost):
+                self._base()._expect_restart()
+                self._await_restart()
             raise error from None
+
+    def _expect_restart(self) -> None:
+        """
+        A call was stopped, and the engine may be ending its process for it: drop the idle
+        connections (they may reach that process for a few more milliseconds), and let new ones
+        wait out a restart (see L{_connect}).
+        """
+        self._restart_until = time.monotonic() + RESTART_WAIT
+        with self._pool_lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+    def _connect(self) -> Any:
+        """
+        A new connection. Right after a call was stopped (the engine may be ending its process
+        for it), a refused or reset connection is tried again until the fresh engine answers, for
+        up to L{RESTART_WAIT} s: the caller's next call must find the engine serving.
+        """
+        try:
+            return super()._connect()
+        except errors.SRPyServerNotFound:
+            base = self._base()
+            if time.monotonic() >= base._restart_until:
+                raise
+        self._await_restart()
+        return super()._connect()
+
+    def _await_restart(self) -> None:
+        """
+        The engine ended its process to stop a call: wait (up to L{RESTART_WAIT} s) until the
+        fresh engine answers at the same URI, so that the caller's next call finds it serving
+        rather than the old process's closing socket.
+        """
+        base = self._base()
+        deadline, delay = time.monotonic() + RESTART_WAIT, 0.01
+        while time.monotonic() < deadline:
+            try:
+                conn = lite.Engine._connect(base)
+            except errors.SRPyError:
+                time.sleep(delay)
+                delay = min(delay * 2, 0.25)
+                continue
+            base._release(conn)
+            return
 
     def _stopped_error(self, method: str, elapsed: float, call_id: Optional[bytes],
                        exc: BaseException) -> Optional[errors.SRPyError]:

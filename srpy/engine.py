@@ -517,6 +517,10 @@ class CallWatch:
                                     "call into C, such as time.sleep, or code catching BaseException); a fresh "
                                     "engine serves at the same URI, with an empty namespace")
         failure.srpy_traceback = "Stopped at (most recent call last):\n  %s\n" % where
+        try:  # first: no client may connect to this process now that it is going away
+            self.engine.stop_listening()
+        except (AttributeError, OSError) as exc:
+            log.debug("could not close the listening socket before ending: %s", exc)
         if call.reply is not None:
             _reply_now(*call.reply, failure)
         logging.shutdown()

@@ -178,9 +178,20 @@ class EngineServer:
         peers.attach(self.engine)
         self.uri = str(self.daemon.register(self.engine, OBJECT_ID))
         self.engine.uri = self.uri
+        self.engine.stop_listening = self._stop_listening
         os.chdir(self.engine.sandbox)  # tasks open uploaded files by relative path
         self._stop = threading.Event()
         self._ns: Optional[Tuple[str, Optional[str], Optional[int]]] = None
+
+    def _stop_listening(self) -> None:
+        """
+        Close the listening socket (the engine is about to end its process to stop a call): a
+        client that connects meanwhile is refused at once, and tries again until the fresh engine
+        listens, instead of being accepted by a process that is going away.
+        """
+        listener = getattr(self.daemon.transportServer, "sock", None)
+        if listener is not None:
+            listener.close()
 
     def register(self, ns_host: Optional[str], ns_port: Optional[int]) -> None:
         """Register this engine in the Pyro5 name server (removed again when it stops)."""

@@ -142,6 +142,7 @@ def test_code_holding_the_interpreter_ends_the_engine_and_a_fresh_one_serves_at_
         sandbox = eng.eval("__import__('os').getcwd()")
         with pytest.raises(TaskTimeout, match="held the interpreter"):
             eng.limited(1).exe(HOLDS_THE_GIL)
+        assert eng.eval("2 + 2") == 4, "the very next call finds the fresh engine serving"
         assert wait_gone([pid])
         new_pid = serving_again(item.uri, pid)
         assert eng.eval("1 + 1") == 2 and eng.get() == [], "the same client goes on, with a fresh namespace"
@@ -162,6 +163,7 @@ def test_code_that_does_not_stop_when_interrupted_ends_the_engine(hosted):
             with pytest.raises(TaskTimeout, match="did not stop when interrupted") as info:
                 eng.limited(1).exe(code)
             assert "<srpy exec" in info.value.remote_traceback
+            assert eng.eval("2 + 2") == 4, "the very next call finds the fresh engine serving"
             serving_again(item.uri, pid)
             assert eng.eval("3 * 3") == 9
     log = item.finish()
