@@ -204,7 +204,8 @@ def _check_uri_file(path: str) -> None:
     if os.path.isdir(path):
         raise SRPyError("-u %s: that is a directory; give the name of a file to write" % path)
     if not os.path.isdir(directory):
-        raise SRPyError("-u %s: the directory %s does not exist" % (path, directory))
+        why = "is not a directory" if os.path.exists(directory) else "does not exist"
+        raise SRPyError("-u %s: %s %s" % (path, directory, why))
     try:  # the file is written as a temporary file renamed into place: the directory must take new files
         handle, probe = tempfile.mkstemp(prefix=".srpy-uri-check-", dir=directory)
     except OSError as exc:
