@@ -171,6 +171,8 @@ def check_values(parser: argparse.ArgumentParser, options: argparse.Namespace) -
     """
     if options.basic and options.engines:
         parser.error("-b/--basic hosts one engine in this process; -n N needs -m/--multi (or no -b)")
+    if options.python and not (options.multi or options.engines or options.restart or options.max_task_time):
+        parser.error("--python needs engine processes: use it with -m or -n N")
     count = engine_count(options)
     if options.port and options.port + count - 1 > 65535:
         parser.error("--port %d with %d engines needs ports %d to %d, past the last port, 65535: use a lower "

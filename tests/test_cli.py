@@ -93,6 +93,8 @@ def assert_one_line_error(code, out, err, left, option, exit_code):
     (["-n", "2", "--secret="], "--secret"),
     (["--tls-key", "key.pem"], "--tls-cert"),
     (["--tls-require-client-cert"], "--tls-ca"),
+    (["--python", sys.executable], "--python needs engine processes"),
+    (["-b", "--restart", "--python", sys.executable, "-n", "2"], "-b/--basic"),
 ], ids=lambda value: " ".join(value) if isinstance(value, list) else None)
 def test_a_wrong_value_is_refused_before_anything_starts(args, option):
     assert_one_line_error(*run_cli(*args), option=option, exit_code=2)
