@@ -19,7 +19,9 @@ setup(
     license_files=["LICENSES/BSD-3-Clause.txt"],
     packages=find_packages(include=["srpy", "srpy.*"]),
     py_modules=["srpyapp"],
-    python_requires=">=3.8",
+    # 3.9: ast.unparse ships functions by source (functions.py); 3.10's packages_distributions and
+    # sys.stdlib_module_names are used where present (shipping.py), with fallbacks. 3.8 cannot run it.
+    python_requires=">=3.9",
     install_requires=["Pyro5>=5.15,<6", "serpent>=1.41", "psutil>=5.8"],
     extras_require={
         "test": ["pytest>=7", "pytest-timeout>=2.1", "trustme>=1.0", "pydoctor>=23.9"],
@@ -29,6 +31,7 @@ setup(
     entry_points={"console_scripts": ["srpyapp = srpy.launcher:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3 :: Only",
         "License :: OSI Approved :: BSD License",
         "Topic :: System :: Distributed Computing",
     ],

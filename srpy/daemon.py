@@ -23,8 +23,8 @@ from Pyro5 import serializers as pyro_serializers
 from Pyro5 import server as pyro_server
 from Pyro5.callcontext import current_context
 
-from . import codec, lite
-from .security import SecureDaemon, note_bad_input
+from . import codec, errors, lite
+from .security import SecureDaemon, note_bad_input, note_too_large
 
 _WAITALL = getattr(socket, "MSG_WAITALL", 0)
 _INVOKE = lite.MSG_INVOKE
@@ -63,17 +63,50 @@ class EngineDaemon(SecureDaemon):
         tag, version, msgtype, serializer_id, flags, seq, data_size, ann_size, _, _, magic = lite.HEADER.unpack(header)
         if tag != b"PYRO" or magic != lite.MAGIC or version != lite.PROTOCOL_VERSION:
             raise pyro_errors.ProtocolError("invalid message or protocol version")
+        limit = pyro_config.MAX_MESSAGE_SIZE
+        if msgtype == _INVOKE and data_size + ann_size > limit and ann_size <= limit:
+            annotations = _annotations(_read(conn, ann_size), ann_size) if ann_size else {}
+            _discard(conn, data_size + _trailing_size(annotations))
+            self._refuse_too_large(conn, serializer_id, flags, seq, data_size + ann_size, "message")
+            return
         if msgtype != _INVOKE or serializer_id != codec.SERIALIZER_ID or flags != _FAST_FLAGS:
             super().handleRequest(_Replay(conn, header))
             return
-        if data_size + ann_size > pyro_config.MAX_MESSAGE_SIZE:
-            raise pyro_errors.ProtocolError("message too large (%d, max=%d)"
-                                            % (data_size + ann_size, pyro_config.MAX_MESSAGE_SIZE))
+        if data_size + ann_size > limit:  # annotations alone over the limit: too broken to answer
+            raise pyro_errors.ProtocolError("message too large (%d, max=%d)" % (data_size + ann_size, limit))
         payload = _read(conn, data_size + ann_size) if data_size + ann_size else b""
         annotations = _annotations(payload, ann_size) if ann_size else {}
         if annotations:
-            _check_trailing(annotations)
+            raw = _trailing_size(annotations)
+            if raw > limit:
+                _discard(conn, raw)
+                self._refuse_too_large(conn, serializer_id, flags, seq, raw, "raw bytes")
+                return
         self._serve(conn, seq, payload, ann_size, annotations)
+
+    def _refuse_too_large(self, conn: Any, serializer_id: int, flags: int, seq: int, size: int, what: str) -> None:
+        """
+        Answer a call whose message (or raw bytes) exceeded C{MAX_MESSAGE_SIZE}, already read and
+        dropped, with an error that names both sizes; the connection stays in step and open. A
+        serializer this daemon cannot answer in ends the connection instead.
+        """
+        limit = pyro_config.MAX_MESSAGE_SIZE
+        text = ("message too large: this call sends %d bytes%s, more than this engine's limit of %d bytes "
+                "(%.6g MB: srpyapp --max-message-size, or MAX_MESSAGE_SIZE in its -p file). Send the data "
+                "in smaller parts, or give the engine a larger limit"
+                % (size, "" if what == "message" else " of raw data", limit, limit / (1024 * 1024)))
+        note_too_large(conn, text)
+        if flags & lite.FLAGS_ONEWAY:
+            return
+        if serializer_id == codec.SERIALIZER_ID:
+            data = _exception_reply(errors.ProtocolError(text))
+        elif serializer_id in pyro_serializers.serializers_by_id:  # a type Pyro5's own clients rebuild
+            data = pyro_serializers.serializers_by_id[serializer_id].dumps(pyro_errors.MessageTooLargeError(text))
+        else:
+            raise pyro_errors.ProtocolError(text)
+        header = lite.HEADER.pack(b"PYRO", lite.PROTOCOL_VERSION, lite.MSG_RESULT, serializer_id,
+                                  lite.FLAGS_EXCEPTION, seq, len(data), 0, _EMPTY_CORRELATION, 0, lite.MAGIC)
+        conn.send(header + data)
 
     def _serve(self, conn: Any, seq: int, payload: bytes, ann_size: int, annotations: Dict[str, Any]) -> None:
         current_context.client = conn
@@ -127,16 +160,25 @@ def _read(conn: Any, size: int) -> bytes:
     return conn.recv(size)
 
 
-def _check_trailing(annotations: Dict[str, Any]) -> None:
-    """Refuse (closing the connection) a call announcing more raw bytes than a message may hold."""
+def _trailing_size(annotations: Dict[str, Any]) -> int:
+    """How many raw bytes a call announces after its message (srpy's C{SRAW} annotation)."""
     sizes = annotations.get(lite.TRAILING)
     if sizes is None:
-        return
+        return 0
     count = len(sizes) // 8
-    total = sum(struct.unpack("!%dQ" % count, bytes(sizes[:count * 8])))
-    if total > pyro_config.MAX_MESSAGE_SIZE:
-        raise pyro_errors.ProtocolError("call announces %d raw bytes, more than the limit of %d"
-                                        % (total, pyro_config.MAX_MESSAGE_SIZE))
+    return sum(struct.unpack("!%dQ" % count, bytes(sizes[:count * 8])))
+
+
+#: bytes read at a time when dropping a refused message: the limit is on memory, not on what is sent
+_DISCARD_CHUNK = 1 << 20
+
+
+def _discard(conn: Any, size: int) -> None:
+    """Read and drop C{size} bytes from C{conn}, a chunk at a time."""
+    while size > 0:
+        step = min(size, _DISCARD_CHUNK)
+        conn.recv(step)
+        size -= step
 
 
 def _annotations(payload: bytes, size: int) -> Dict[str, memoryview]:

@@ -683,6 +683,7 @@ class Engine(object):
 
     connect_timeout = 5.0
     timeout = None
+    _closed = False  # set by close(): from then on every call raises instead of reconnecting
 
     def __init__(self, uri, secret=None, serializer=None, ssl_context=None, connect_timeout=None,
                  transport_factory=None, timeout=None):
@@ -711,10 +712,21 @@ class Engine(object):
         self._release(self._connect())  # fail now, not at the first call, when nothing answers
 
     def _connect(self):
-        return Connection(self.uri, self._secret, self._serializer, self.connect_timeout,
-                          self._ssl_context, self._transport_factory)
+        try:
+            return Connection(self.uri, self._secret, self._serializer, self.connect_timeout,
+                              self._ssl_context, self._transport_factory)
+        except CommunicationError as exc:
+            # Pyro5 refuses the handshake with this reason when the URI's object is not served there
+            if "unknown object" not in str(exc):
+                raise
+            raise SRPyServerNotFound(self.uri, "something answers at that address, but it serves no object "
+                                     "named %r (an srpy engine's URI is PYRO:%s@HOST:PORT)"
+                                     % (parse_uri(self.uri)[0], ENGINE_OBJECT))
 
     def _acquire(self):
+        if self._closed:
+            raise ConnectionLost("this %s was closed: make a new one to call the engine at %s again"
+                                 % (type(self).__name__, self.uri))
         while True:
             with self._pool_lock:
                 if not self._idle:
@@ -727,6 +739,9 @@ class Engine(object):
 
     def _release(self, conn):
         if conn.broken:
+            return
+        if self._closed:  # closed while this call was under way: nothing goes back to the pool
+            conn.close()
             return
         conn.released = _clock()
         with self._pool_lock:
@@ -753,7 +768,11 @@ class Engine(object):
         return self._call(method, *(args + (variables,)))
 
     def close(self):
-        """Close every pooled connection (the engine keeps running)."""
+        """
+        Close every pooled connection (the engine keeps running). Calls under way finish; any later
+        call raises L{ConnectionLost}. Closing again does nothing.
+        """
+        self._closed = True
         with self._pool_lock:
             idle, self._idle = self._idle, []
         for conn in idle:

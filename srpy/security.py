@@ -81,6 +81,11 @@ def note_bad_input(conn: Any, exc: BaseException, stage: str) -> None:
                       type(exc).__name__, exc)
 
 
+def note_too_large(conn: Any, text: str) -> None:
+    """Report in one line (within L{BAD_INPUT_LIMIT}) that a call from a client was refused for its size."""
+    input_log.warning("refused a call from %s: %s", _peer(conn), text)
+
+
 def is_loopback(host: str) -> bool:
     """
     True when C{host} names only this machine.

@@ -680,7 +680,7 @@ def test_silent_listener_raises_server_not_found_within_the_connect_timeout():
 
 def test_not_an_engine_at_the_uri(engine_uri):
     host, port = address(engine_uri)
-    with pytest.raises(errors.CommunicationError, match="unknown object"):
+    with pytest.raises(errors.SRPyServerNotFound, match="serves no object named 'not.the.engine'"):
         srpy.PythonEngine("PYRO:not.the.engine@%s:%d" % (host, port))
     assert_serving(engine_uri)
 

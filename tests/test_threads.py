@@ -246,17 +246,23 @@ def test_lite_engine_is_thread_safe_too(engine_uri):
 
 def test_close_while_other_threads_call(engine_uri):
     eng = srpy.PythonEngine(engine_uri)
-    stop = threading.Event()
+    done = []
 
     def work(index):
-        while not stop.is_set():
-            assert eng.eval("1 + 1") == 2
+        try:
+            while True:
+                assert eng.eval("1 + 1") == 2
+                done.append(index)
+        except srpy.ConnectionLost as exc:  # once closed, a call raises: it never reconnects
+            assert "was closed" in str(exc)
 
     worker = Background(run_threads, work, 4)
-    time.sleep(0.2)
-    eng.close()  # closes idle connections; calls under way finish, later ones reconnect
-    time.sleep(0.2)
-    stop.set()
+    deadline = time.monotonic() + 30
+    while len(done) < 20 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    eng.close()  # closes idle connections; calls under way finish, later ones raise
     worker.result()
-    assert eng.ping() == "pong"
-    eng.close()
+    assert len(done) >= 20
+    with pytest.raises(srpy.ConnectionLost, match="this PythonEngine was closed"):
+        eng.ping()
+    eng.close()  # closing again does nothing
