@@ -102,9 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--python", metavar="PATH", default=None,
                         help="host the engine processes in this Python (a virtualenv's, say); it must have srpy")
     parser.add_argument("--restart", action="store_true",
-                        help="restart an engine that dies or stops a runaway call (with back-off), on the same port")
+                        help="restart an engine that crashes (with back-off), on the same port; an engine that ends "
+                             "to stop a call over its time limit restarts without this flag")
     parser.add_argument("--max-task-time", type=_positive_number, metavar="SECONDS", default=None,
-                        help="stop any call that runs longer (the engine restarts: implies supervision)")
+                        help="stop any call that runs longer: its code is interrupted, or, if it holds the "
+                             "interpreter, the engine restarts on the same port")
     parser.add_argument("--max-memory", type=_positive_number, metavar="MB", default=None,
                         help="memory each engine may use beyond its start-up size; a call that needs more "
                              "gets MemoryError")
