@@ -19,7 +19,8 @@ The client side of one engine: L{PythonEngine}, with SRPy's whole surface.
 0
 """
 
-import copy
+import collections
+import os
 import statistics
 import struct
 import time
@@ -50,8 +51,11 @@ class WireFormat:
 
 
 WIRE_FORMAT = WireFormat()
-#: seconds past a call's time limit that the client waits for the engine's own answer
-LIMIT_GRACE = 5.0
+#: seconds past a call's time limit that the client waits for the engine's own answer (the engine
+#: answers within about 2 s, even when it must end its process)
+LIMIT_GRACE = 8.0
+#: engine calls that no limit applies to (they do not take the engine's lock)
+_CONTROL_CALLS = frozenset(["ping", "is_busy", "wait", "benchmark", "whoami", "status", "set_group", "abort"])
 
 
 class PythonEngine(lite.Engine):
@@ -65,6 +69,8 @@ class PythonEngine(lite.Engine):
 
     #: time limit of calls that run code (see L{limited}); None: no limit
     call_timeout: Optional[float] = None
+    #: the id every call carries (see L{tagged}); None: no id
+    call_id: Optional[bytes] = None
 
     def __init__(self, uri: Any, name: str = "", group: str = "", secret: Optional[str] = None,
                  connect_timeout: float = 5.0, ssl_context: Any = None) -> None:
@@ -81,45 +87,149 @@ class PythonEngine(lite.Engine):
         _, self.ip, self.port = lite.parse_uri(uri)
         self.hostname = self.info.get("Hostname", "")
         self.ns = Namespace(self)
+        self._aborted: "collections.OrderedDict[bytes, None]" = collections.OrderedDict()  # ids asked to stop
 
-    # -- transport with bulk bytes ------------------------------------------------------------------
+    # -- limits, call ids, abort -------------------------------------------------------------------
 
     def limited(self, seconds: Optional[float]) -> "PythonEngine":
         """
-        This engine, with a time limit on every call that runs code: a call that overruns it fails
-        with L{srpy.errors.TaskTimeout}, and the engine stops the code by restarting (under a
-        launcher given C{--restart}). Shares this client's connections.
+        A view of this engine whose calls that run code have a time limit of C{seconds} (None: no
+        limit), also through its C{ns}, its L{associateFunction} results and the remote objects
+        they return. A call that overruns it fails with L{srpy.errors.TaskTimeout}: the engine
+        interrupts the code and keeps its namespace, or, if the code holds the interpreter (a long
+        C call), ends and restarts its process at the same URI. The view shares this client's
+        connections; closing it leaves this client open.
 
         >>> # eng.limited(5).exe("while True: pass")   -> TaskTimeout after 5 s
         """
-        view = copy.copy(self)
-        view.call_timeout = seconds
-        return view
+        return _View(self._base(), seconds, self.call_id)
 
-    def _limits(self, timeout: Optional[float]) -> Tuple[Optional[Dict[str, bytes]], Optional[float]]:
-        if self.call_timeout is None:
-            return None, timeout
-        annotations = {lite.CALL_TIMEOUT: struct.pack("!d", self.call_timeout)}
-        return annotations, timeout if timeout is not None else self.call_timeout + LIMIT_GRACE
+    def tagged(self, call_id: Optional[bytes]) -> "PythonEngine":
+        """
+        A view of this engine whose calls carry C{call_id} (see L{new_call_id}), so that
+        L{abort}C{(call_id)} stops the one running. Keeps this view's limit.
+        """
+        return _View(self._base(), self.call_timeout, call_id)
 
-    def _limited_invoke(self, method: str, args: Tuple[Any, ...], annotations: Any, timeout: Optional[float],
-                        trailing: Any = ()) -> Tuple[Any, Any]:
-        """C{_invoke}; a connection lost after the call's limit means the engine stopped it by ending."""
-        if self.call_timeout is None:
-            return self._invoke(method, args, None, annotations, timeout, trailing)
+    @staticmethod
+    def new_call_id() -> bytes:
+        """A fresh id for a call (8 random bytes), for L{tagged}, L{call_on} and L{abort}."""
+        return os.urandom(8)
+
+    def abort(self, call_id: bytes, timeout: Optional[float] = 5.0) -> bool:
+        """
+        Stop the engine's running call that carries C{call_id}, exactly as a time limit would: its
+        caller gets L{srpy.errors.TaskAborted}. Returns True if that call was running, False if
+        not (it already ended, or has not begun: a call with that id that begins later is refused
+        with TaskAborted). Code that holds the interpreter (a long C call) cannot even read the
+        request until it lets go, or until its own time limit ends it.
+
+        @raise CallTimeout: the engine did not answer within C{timeout} seconds.
+        """
+        base = self._base()
+        base._aborted[bytes(call_id)] = None
+        while len(base._aborted) > 1024:
+            base._aborted.popitem(last=False)
+        return bool(base._invoke("abort", (bytes(call_id),), None, None, timeout)[0])
+
+    def call_annotations(self, call_id: Optional[bytes] = None) -> Optional[Dict[str, bytes]]:
+        """The annotations of a call through this view: its time limit and its id (None if neither)."""
+        call_id = call_id if call_id is not None else self.call_id
+        if self.call_timeout is None and call_id is None:
+            return None
+        annotations = {}
+        if self.call_timeout is not None:
+            annotations[lite.CALL_TIMEOUT] = struct.pack("!d", self.call_timeout)
+        if call_id is not None:
+            if len(call_id) != 8:
+                raise ValueError("a call id is 8 bytes, not %d" % len(call_id))
+            annotations[lite.CALL_ID] = bytes(call_id)
+        return annotations
+
+    def call_on(self, conn: Any, method: str, args: Tuple[Any, ...] = (), call_id: Optional[bytes] = None,
+                timeout: Optional[float] = None, trailing: Any = ()) -> Tuple[Any, Any]:
+        """
+        Make the call C{method(*args)} on C{conn} (a connection of this engine's, see
+        C{_acquire}), with this view's limit and C{call_id}; return C{(value, response
+        annotations)}. A connection lost, or no answer, after the call's limit (this view's, or
+        the engine's C{--max-task-time}) raises L{srpy.errors.TaskTimeout}; lost after
+        L{abort}C{(call_id)}, L{srpy.errors.TaskAborted}.
+
+        @param timeout: seconds to wait for the answer (default: the limit and a grace, or the
+            client's C{timeout}).
+        """
+        call_id = call_id if call_id is not None else self.call_id
+        annotations = self.call_annotations(call_id)
+        limit = self.call_timeout
+        if timeout is None:
+            timeout = limit + LIMIT_GRACE if limit is not None else self.timeout
+        elif timeout is lite._NO_TIMEOUT:  # wait(): as long as it takes, whatever the client's timeout
+            timeout = None
+        if limit is None and call_id is None and not self._engine_limit():
+            return conn.call(method, args, None, annotations, timeout, trailing)  # the common call
         started = time.monotonic()
         try:
-            return self._invoke(method, args, None, annotations, timeout, trailing)
-        except errors.ConnectionLost:
-            if self.call_timeout is None or time.monotonic() - started < self.call_timeout:
+            return conn.call(method, args, None, annotations, timeout, trailing)
+        except (errors.TaskTimeout, errors.TaskAborted):
+            # the engine may have ended its process to stop the call, and a fresh one starts in
+            # milliseconds, sooner than the pool's check of idle connections: never reuse this one
+            conn.close()
+            raise
+        except (errors.ConnectionLost, errors.CallTimeout) as exc:
+            error = self._stopped_error(method, time.monotonic() - started, call_id, exc)
+            if error is None:
                 raise
-            raise errors.TaskTimeout("the call %s() ran longer than its limit of %s s: the engine at %s ended "
-                                     "itself to stop it (its code held the interpreter, e.g. a long C call)"
-                                     % (method, self.call_timeout, self.uri)) from None
+            raise error from None
+
+    def _stopped_error(self, method: str, elapsed: float, call_id: Optional[bytes],
+                       exc: BaseException) -> Optional[errors.SRPyError]:
+        """What a call that lost its connection (or its answer) after C{elapsed} s really met, if a limit or an abort."""
+        if method in _CONTROL_CALLS or method.startswith("peer_"):
+            return None
+        if call_id is not None and call_id in self._base()._aborted:
+            return errors.TaskAborted("the call %s() was aborted: the engine at %s ended its process to stop it "
+                                      "(the code held the interpreter); a fresh engine serves at the same URI"
+                                      % (method, self.uri))
+        limits = [(self.call_timeout, "its time limit"), (self._engine_limit(), "the engine's --max-task-time")]
+        hit = [(limit, which) for limit, which in limits if limit and elapsed >= limit]
+        if not hit:
+            return None
+        limit, which = min(hit)
+        if isinstance(exc, errors.CallTimeout):
+            return errors.TaskTimeout("the call %s() ran longer than %s of %g s, and the engine at %s did not "
+                                      "answer within %g s more" % (method, which, limit, self.uri, LIMIT_GRACE))
+        return errors.TaskTimeout("the call %s() ran longer than %s of %g s and held the interpreter (a long C "
+                                  "call, such as a huge integer power or a catastrophic regex): the engine at %s "
+                                  "ended its process to stop it; a fresh engine serves at the same URI, with an "
+                                  "empty namespace" % (method, which, limit, self.uri))
+
+    def _engine_limit(self) -> Optional[float]:
+        info = getattr(self._base(), "info", None)
+        return info.get("Max Task Time") if info else None
+
+    def _base(self) -> "PythonEngine":
+        return self
+
+    # -- transport with bulk bytes ------------------------------------------------------------------
+
+    def _limits(self, timeout: Optional[float]) -> Tuple[Optional[Dict[str, bytes]], Optional[float]]:
+        """This view's annotations, and how long to wait for an answer (kept for the scheduler)."""
+        annotations = self.call_annotations()
+        if self.call_timeout is None:
+            return annotations, timeout
+        return annotations, timeout if timeout is not None else self.call_timeout + LIMIT_GRACE
+
+    def _limited_invoke(self, method: str, args: Tuple[Any, ...], timeout: Optional[float],
+                        trailing: Any = ()) -> Tuple[Any, Any]:
+        """C{_invoke}, through L{call_on}: a pooled connection, this view's limit and call id."""
+        conn = self._acquire()
+        try:
+            return self.call_on(conn, method, args, timeout=timeout, trailing=trailing)
+        finally:
+            self._release(conn)
 
     def _call(self, method: str, *args: Any, timeout: Optional[float] = None) -> Any:
-        annotations, timeout = self._limits(timeout)
-        value, annotations = self._limited_invoke(method, args, annotations, timeout)
+        value, annotations = self._limited_invoke(method, args, timeout)
         if annotations and RESULT_BLOB in annotations:
             return annotations[RESULT_BLOB]
         return value
@@ -130,8 +240,7 @@ class PythonEngine(lite.Engine):
             if type(value) is bytes and len(value) >= BLOB_MIN:
                 variables[key] = BLOB_MARK + str(len(trailing))
                 trailing.append(value)
-        annotations, timeout = self._limits(None)
-        value, response = self._limited_invoke(method, args + (variables,), annotations, timeout, trailing)
+        value, response = self._limited_invoke(method, args + (variables,), None, trailing)
         if response and RESULT_BLOB in response:
             return response[RESULT_BLOB]
         return value
@@ -213,6 +322,65 @@ class PythonEngine(lite.Engine):
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+class _View(PythonEngine):
+    """
+    L{PythonEngine.limited} and L{PythonEngine.tagged}: the same engine and connections, with a
+    time limit and a call id of its own. Everything but those (and C{ns}) is the original's: the
+    view reads and sets the original's attributes, and calls go through the original's pool.
+    Closing a view only closes the view.
+    """
+
+    _OWN = frozenset(["_original", "call_timeout", "call_id", "ns", "_view_closed"])
+
+    def __init__(self, original: PythonEngine, seconds: Optional[float], call_id: Optional[bytes]) -> None:
+        # no PythonEngine.__init__: a view opens no connection and asks the engine nothing
+        if seconds is not None and not seconds > 0:
+            raise ValueError("a time limit is a number of seconds above 0, not %r" % (seconds,))
+        if call_id is not None and len(call_id) != 8:
+            raise ValueError("a call id is 8 bytes, not %d" % len(call_id))
+        object.__setattr__(self, "_original", original)
+        object.__setattr__(self, "call_timeout", seconds)
+        object.__setattr__(self, "call_id", call_id)
+        object.__setattr__(self, "ns", Namespace(self))
+        object.__setattr__(self, "_view_closed", False)
+
+    def __getattr__(self, name: str) -> Any:  # only for what the view does not hold itself
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self._original, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self._OWN:
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self._original, name, value)
+
+    def _base(self) -> PythonEngine:
+        return self._original
+
+    def _acquire(self) -> Any:
+        if self._view_closed:
+            raise errors.SRPyError("this view of %s (limited or tagged) is closed" % self.uri)
+        return self._original._acquire()
+
+    def _release(self, conn: Any) -> None:
+        self._original._release(conn)
+
+    def _invoke(self, method: str, args: Any = (), kwargs: Any = None, annotations: Any = None,
+                timeout: Any = None, trailing: Any = ()) -> Any:
+        if self._view_closed:
+            raise errors.SRPyError("this view of %s (limited or tagged) is closed" % self.uri)
+        return self._original._invoke(method, args, kwargs, annotations, timeout, trailing)
+
+    def close(self) -> None:
+        """Close this view; the engine client it was made from stays open."""
+        object.__setattr__(self, "_view_closed", True)
+
+    def __repr__(self) -> str:
+        return "<PythonEngine %s on %s, limited to %s s>" % (
+            self.info.get("PythonEngine ID", self.uri), self.hostname, self.call_timeout)
 
 
 def _remote_callable(engine: PythonEngine, path: str, description: Dict[str, Any]) -> Callable[..., Any]:

@@ -12,7 +12,9 @@ and what user code prints goes to the engine's log, not to any client.
 """
 
 import builtins
+import collections
 import contextlib
+import ctypes
 import faulthandler
 import functools
 import importlib
@@ -25,6 +27,7 @@ import struct
 import shutil
 import socket
 import sys
+import sysconfig
 import tarfile
 import tempfile
 import threading
@@ -92,7 +95,11 @@ def _user_traceback(exc: BaseException) -> str:
 
 
 def _engine_call(locked: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Wrap an exposed method: the lock (if C{locked}), call logging, blobs, and user exceptions."""
+    """
+    Wrap an exposed method: the lock (if C{locked}), call logging, blobs, user exceptions, and the
+    call's time limit and abort (L{CallWatch}): a locked call stopped by either ends with
+    L{errors.TaskTimeout} or L{errors.TaskAborted}, sent back as its ordinary reply.
+    """
 
     def decorate(method: Callable[..., Any]) -> Callable[..., Any]:
         name = method.__name__
@@ -106,26 +113,47 @@ def _engine_call(locked: bool) -> Callable[[Callable[..., Any]], Callable[..., A
             if self.debug:
                 call_log.info("call %s%s", name, _short(args))
             start = time.perf_counter() if self.timing else 0.0
+            call = None
             try:
                 if locked:
+                    watch = self._watch
+                    # a record only for a call with a limit or an id: the common call stays cheap
+                    call = watch.record(name, annotations) if annotations or watch.max_task_time else None
                     lock = self._lock
                     lock.acquire()
                     try:
-                        self._watch.begin(name)
                         try:
-                            result = method(self, *args, **kwargs)
+                            watch.begin(name, call)
+                            try:
+                                result = method(self, *args, **kwargs)
+                            finally:
+                                watch.end(call)
+                        except errors.CallInterrupted as exc:
+                            # the watchdog stopped this call (CallWatch only ever interrupts a call
+                            # it has a record of); it may have landed inside end() itself: end again
+                            watch.end(call)
+                            raise watch.stopped(call, exc) from None
                         finally:
-                            self._watch.end()
                             self.calls += 1
                             _flush_output()
                     finally:
                         lock.release()
                 else:
                     result = method(self, *args, **kwargs)
+                if call is not None and call.reason:  # user code swallowed the interrupt: still stopped
+                    raise self._watch.stopped(call, None)
+            except (errors.TaskTimeout, errors.TaskAborted) as exc:
+                if call is None or not call.reason:  # user code raised one itself
+                    exc.srpy_traceback = _user_traceback(exc)
+                raise
             except Exception as exc:
+                if call is not None and call.reason:  # the interrupt, turned into something else by user code
+                    raise self._watch.stopped(call, exc) from None
                 exc.srpy_traceback = _user_traceback(exc)
                 raise
             except BaseException as exc:  # SystemExit, KeyboardInterrupt from user code: keep serving
+                if call is not None and call.reason:
+                    raise self._watch.stopped(call, exc) from None
                 stand_in = _stand_in_type(type(exc).__name__)(*exc.args)
                 stand_in.srpy_traceback = _user_traceback(exc)
                 raise stand_in from None
@@ -249,99 +277,272 @@ def capture_output() -> None:
         sys.stdin = io.StringIO()
 
 
-#: exit code of an engine that ended itself because a call overran its time limit
+#: exit code of an engine that ended itself to stop a call it could not interrupt
 EXIT_RUNAWAY = 75
-#: seconds past a call's limit after which faulthandler ends an engine whose code holds the GIL
+#: seconds an interrupted call has to end before the engine ends its process to stop it
+INTERRUPT_GRACE = 1.0
+#: seconds past a call's limit (or its abort) after which faulthandler's own C thread ends an
+#: engine whose code holds the interpreter (so that not even the watchdog thread can run)
 BACKSTOP_GRACE = 2.0
+#: the file, in an engine's sandbox, that faulthandler's backstop writes the stacks to
+BACKSTOP_FILE = ".srpy-backstop.txt"
 #: annotation carrying a call's time limit (seconds, as a big-endian double)
 CALL_TIMEOUT = lite.CALL_TIMEOUT
+#: annotation naming a call so that L{Engine.abort} can stop it
+CALL_ID = lite.CALL_ID
+#: how many ids of calls aborted before they began an engine remembers
+_EARLY_ABORTS = 256
+
+# PyThreadState_SetAsyncExc(thread id, exception): raise an exception in another thread at its next
+# bytecode; with NULL (here None through a void pointer), take back one not yet raised
+_raise_in = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.py_object)(
+    ("PyThreadState_SetAsyncExc", ctypes.pythonapi))
+_unraise_in = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)(
+    ("PyThreadState_SetAsyncExc", ctypes.pythonapi))
+
+
+class _Call:
+    """One locked call that has a time limit or an id: what the watchdog needs to stop it."""
+
+    __slots__ = ("name", "limit", "source", "call_id", "thread", "started", "reply", "reason", "stopped_at",
+                 "active")
+
+    def __init__(self, name: str, limit: Optional[float], source: str, call_id: Optional[bytes]) -> None:
+        self.name, self.limit, self.source, self.call_id = name, limit, source, call_id
+        self.thread = 0
+        self.started = 0.0
+        self.reply: Optional[tuple] = None
+        self.reason: Optional[str] = None  # why it is being stopped: "limit" or "abort"
+        self.stopped_at = 0.0
+        self.active = False
+
+    def due(self) -> Optional[float]:
+        """When the watchdog must act next: interrupt at the limit, end the process a grace later."""
+        if self.reason:
+            return self.stopped_at + INTERRUPT_GRACE
+        return self.started + self.limit if self.limit is not None else None
+
+    def backstop(self) -> Optional[float]:
+        if self.reason:
+            return self.stopped_at + BACKSTOP_GRACE
+        return self.started + self.limit + BACKSTOP_GRACE if self.limit is not None else None
 
 
 class CallWatch:
     """
-    Which locked call runs, since when, and its time limit: the call's own (sent by the client) or
-    the engine's C{max_task_time}. A call that overruns it cannot be stopped from inside Python, so
-    the watchdog answers the caller with L{TaskTimeout} on the call's connection and ends the
-    engine process (exit code L{EXIT_RUNAWAY}); a supervising launcher (C{--restart}) starts it
-    again on the same port.
+    Which locked call runs, since when, and how it is stopped when it overruns its time limit (the
+    client's, or the engine's C{max_task_time}, whichever is shorter) or is aborted (L{Engine.abort}):
+
+     1. the watchdog raises L{errors.CallInterrupted} in the call's thread: Python code stops at
+        once, the call's wrapper turns it into L{errors.TaskTimeout} (or L{errors.TaskAborted}),
+        the caller gets it as its reply, and the engine serves on with its namespace intact;
+     2. a call still running L{INTERRUPT_GRACE} later (blocked in C, as in C{time.sleep}, or
+        code that swallows the interrupt) gets that reply from the watchdog on its connection,
+        and the engine process ends (exit L{EXIT_RUNAWAY}); its supervisor starts a fresh one at
+        the same URI;
+     3. code that holds the interpreter (a long C call: C{10**10**7}, a catastrophic regex) lets
+        no Python thread run, not even the watchdog: faulthandler's C thread ends the process
+        L{BACKSTOP_GRACE} after the limit, writing the stacks to L{BACKSTOP_FILE} in the sandbox
+        (never to the terminal); the supervisor logs one line of it and restarts the engine. The
+        caller sees its connection lost after the limit, which the client reports as TaskTimeout.
+
+    An interrupt is only ever raised while its call runs (set and cleared under one lock), and
+    cleared, if not yet delivered, when the call ends.
     """
 
     def __init__(self, engine: "Engine", max_task_time: Optional[float]) -> None:
         self.engine = engine
-        self.max_task_time = max_task_time
+        self.max_task_time = max_task_time or None
         self.current: Optional[str] = None
         self._started = 0.0
-        self._limit: Optional[float] = None
-        self._reply: Optional[tuple] = None
+        self._calls: List[_Call] = []  # the running calls that have a record (nested: see released_if_mine)
+        self._early: "collections.OrderedDict[bytes, None]" = collections.OrderedDict()
         self._cond = threading.Condition()
         self._thread: Optional[threading.Thread] = None
+        self._backstop: Any = None
+        self._backstop_at: Optional[float] = None
 
-    def begin(self, name: str) -> None:
-        sent = current_context.annotations.get(CALL_TIMEOUT) if current_context.annotations else None
-        limit = struct.unpack("!d", bytes(sent))[0] if sent else None
-        if self.max_task_time and (limit is None or limit > self.max_task_time):
-            limit = self.max_task_time
-        if limit is None:  # the common case: nothing for the watchdog to do, no lock to take
-            self.current, self._started = name, time.monotonic()
+    def record(self, name: str, annotations: Any) -> Optional[_Call]:
+        """A record for the call about to run, if it has a limit or an id; None if it has neither."""
+        sent = annotations.get(CALL_TIMEOUT) if annotations else None
+        limit = struct.unpack("!d", bytes(sent))[0] if sent and len(sent) == 8 else None
+        source = "its time limit"
+        if limit is not None and not limit > 0:  # NaN, zero or negative: no limit of the caller's
+            limit = None
+        if self.max_task_time and (limit is None or limit >= self.max_task_time):
+            limit, source = self.max_task_time, "the engine's --max-task-time"
+        call_id = annotations.get(CALL_ID) if annotations else None
+        if limit is None and call_id is None:
+            return None
+        return _Call(name, limit, source, bytes(call_id) if call_id is not None else None)
+
+    def begin(self, name: str, call: Optional[_Call]) -> None:
+        self.current, self._started = name, time.monotonic()
+        if call is None:  # the common case: nothing for the watchdog to do, no lock to take
             return
-        # the backstop, for code that holds the GIL (a long C call) so that no Python thread runs:
-        # faulthandler's own C thread dumps the stacks and ends the process a little later
-        faulthandler.dump_traceback_later(limit + BACKSTOP_GRACE, exit=True, file=sys.__stderr__)
         with self._cond:
-            self.current, self._started, self._limit = name, time.monotonic(), limit
-            self._reply = (current_context.client, current_context.seq, current_context.serializer_id)
-            if limit is not None:
-                if self._thread is None:
-                    self._thread = threading.Thread(target=self._run, name="srpy-watchdog", daemon=True)
-                    self._thread.start()
-                self._cond.notify_all()
+            call.thread = threading.get_ident()
+            call.started = self._started
+            call.reply = (current_context.client, current_context.seq, current_context.serializer_id)
+            call.active = True
+            self._calls.append(call)
+            if call.call_id is not None and call.call_id in self._early:  # aborted before it began
+                del self._early[call.call_id]
+                call.reason, call.stopped_at = "abort", call.started
+                raise errors.CallInterrupted()
+            if call.limit is not None:
+                self._wake()
 
-    def end(self) -> None:
-        if self._limit is None:
+    def end(self, call: Optional[_Call]) -> None:
+        """The call ended (safe to call twice): no interrupt for it may arrive after this returns."""
+        if call is None:
             self.current = None
             return
-        faulthandler.cancel_dump_traceback_later()
         with self._cond:
-            self.current, self._limit, self._reply = None, None, None
-            self._cond.notify_all()
+            if not call.active:
+                return
+            call.active = False
+            if call.reason:  # an interrupt not yet delivered must not hit whatever this thread runs next
+                _unraise_in(call.thread, None)
+            self._calls.remove(call)
+            self.current = self._calls[-1].name if self._calls else None
+            if self._backstop_at is not None:
+                self._arm_backstop()
+
+    def abort(self, call_id: bytes) -> bool:
+        """Stop the running call named C{call_id}; True if one runs. An id that comes later is refused."""
+        with self._cond:
+            for call in self._calls:
+                if call.call_id == call_id:
+                    if not call.reason:
+                        self._stop(call, "abort", time.monotonic())
+                        self._wake()
+                    return True
+            self._early[call_id] = None  # its call may still be on its way, or waiting for the lock
+            while len(self._early) > _EARLY_ABORTS:
+                self._early.popitem(last=False)
+            return False
+
+    def stopped(self, call: _Call, exc: Optional[BaseException]) -> errors.SRPyError:
+        """The error a stopped call ends with, its traceback showing where the code was stopped."""
+        failure = self._error(call, "stopped it by interrupting its code (the namespace is kept)")
+        if exc is not None:
+            failure.srpy_traceback = _user_traceback(exc).replace(
+                "srpy.errors.CallInterrupted", type(failure).__name__ + " (stopped here)")
+        else:
+            failure.srpy_traceback = "%s: %s\n" % (type(failure).__name__, failure)
+        return failure
 
     def running_for(self) -> float:
         return time.monotonic() - self._started if self.current else 0.0
 
     def limit_now(self) -> Optional[float]:
-        return self._limit
+        calls = self._calls
+        return calls[-1].limit if calls else None
+
+    # -- the watchdog ---------------------------------------------------------------------------------
+
+    def _error(self, call: _Call, how: str) -> errors.SRPyError:
+        if call.reason == "abort":
+            return errors.TaskAborted("the call %s() was aborted: engine %s %s" % (call.name, self.engine.name, how))
+        return errors.TaskTimeout("the call %s() ran longer than %s of %s s: engine %s %s"
+                                  % (call.name, call.source, _seconds(call.limit), self.engine.name, how))
+
+    def _wake(self) -> None:
+        """(Under the lock.) Start the watchdog thread, or make it look again; arm the backstop."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="srpy-call-watch", daemon=True)
+            self._thread.start()
+        self._cond.notify_all()
+        self._arm_backstop()
+
+    def _arm_backstop(self) -> None:
+        """(Under the lock.) faulthandler's timer at the earliest backstop of the running calls."""
+        due = min((at for at in (call.backstop() for call in self._calls) if at is not None), default=None)
+        if due == self._backstop_at:
+            return
+        if due is None:
+            faulthandler.cancel_dump_traceback_later()
+        else:
+            if self._backstop is None:
+                self._backstop = open(os.path.join(self.engine.sandbox, BACKSTOP_FILE), "w")
+            faulthandler.dump_traceback_later(max(0.001, due - time.monotonic()), exit=True, file=self._backstop)
+        self._backstop_at = due
+
+    def close(self) -> None:
+        """Disarm the backstop and close its file (the engine is stopping)."""
+        with self._cond:
+            faulthandler.cancel_dump_traceback_later()
+            self._backstop_at = None
+            if self._backstop is not None:
+                self._backstop.close()
+                self._backstop = None
 
     def _run(self) -> None:
         with self._cond:
             while True:
-                if self._limit is None:
-                    self._cond.wait()
-                    continue
-                left = self._started + self._limit - time.monotonic()
-                if left > 0:
-                    self._cond.wait(left)
-                    continue
-                self._runaway()
+                now = time.monotonic()
+                for call in list(self._calls):
+                    due = call.due()
+                    if due is not None and now >= due:
+                        if call.reason:
+                            self._end_process(call)  # never returns
+                        self._stop(call, "limit", now)
+                dues = [d for d in (call.due() for call in self._calls) if d is not None]
+                self._cond.wait(max(0.0, min(dues) - time.monotonic()) if dues else None)
 
-    def _runaway(self) -> None:
-        """The current call overran its limit: tell its caller, then end this process."""
-        name, limit = self.current, self._limit
-        log.critical("call %s ran longer than its limit of %s s; the engine stops (exit %d) so that it "
-                     "can be restarted. It was at:\n%s", name, limit, EXIT_RUNAWAY, self._stack())
-        exc = errors.TaskTimeout("the call %s() ran longer than its limit of %s s: engine %s stopped it by "
-                                 "restarting" % (name, limit, self.engine.name))
-        stack = self._stack()
-        user = stack.find('File "' + functions.SOURCE_PREFIX)
-        exc.srpy_traceback = "Stopped at (most recent call last):\n  " + (stack[user:] if user >= 0 else stack)
-        if self._reply is not None:
-            _reply_now(*self._reply, exc)
+    def _stop(self, call: _Call, reason: str, now: float) -> None:
+        """(Under the lock.) Interrupt C{call}'s code; the escalation follows at C{call.due()}."""
+        call.reason, call.stopped_at = reason, now
+        log.warning("call %s() %s: interrupting it", call.name,
+                    "was aborted" if reason == "abort" else "ran past %s of %s s" % (call.source, _seconds(call.limit)))
+        _raise_in(call.thread, errors.CallInterrupted)
+        self._arm_backstop()
+
+    def _end_process(self, call: _Call) -> None:
+        """The interrupted call is still running: answer its caller, then end this process."""
+        where = _innermost_user_frame(sys._current_frames().get(call.thread))
+        log.critical("call %s() did not stop when interrupted (at %s); the engine process ends (exit %d) so "
+                     "that a fresh one serves at %s", call.name, where, EXIT_RUNAWAY, self.engine.uri)
+        failure = self._error(call, "ended its process to stop it (the code did not stop when interrupted: a long "
+                                    "call into C, such as time.sleep, or code catching BaseException); a fresh "
+                                    "engine serves at the same URI, with an empty namespace")
+        failure.srpy_traceback = "Stopped at (most recent call last):\n  %s\n" % where
+        if call.reply is not None:
+            _reply_now(*call.reply, failure)
         logging.shutdown()
         os._exit(EXIT_RUNAWAY)
 
-    def _stack(self) -> str:
-        owner = self.engine.lock.owner
-        frame = sys._current_frames().get(owner) if owner is not None else None
-        return "".join(traceback.format_stack(frame)) if frame is not None else "(no stack)"
+
+def _seconds(value: Optional[float]) -> str:
+    return "%g" % value if value is not None else "?"
+
+
+def _innermost_user_frame(frame: Any) -> str:
+    """C{File "...", line N, in name} of the innermost frame of user code in a thread's stack."""
+    entries = []
+    while frame is not None:
+        entries.append((frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name))
+        frame = frame.f_back
+    return user_frame(entries)
+
+
+_STDLIB = os.path.abspath(sysconfig.get_paths()["stdlib"]) + os.sep
+
+
+def user_frame(entries: Sequence[Tuple[str, Any, str]]) -> str:
+    """
+    The innermost frame of user code among C{entries} (C{(file, line, function)}, innermost first),
+    as C{File "...", line N, in name}: code sent as text or outside srpy and the standard library;
+    else the innermost frame outside srpy; else the innermost frame.
+    """
+    def own(filename: str) -> bool:
+        return os.path.abspath(filename).startswith(_SRPY_DIR) and not filename.startswith(functions.SOURCE_PREFIX)
+
+    choice = next((e for e in entries if e[0].startswith(functions.SOURCE_PREFIX)
+                   or not (own(e[0]) or os.path.abspath(e[0]).startswith(_STDLIB))), None)
+    choice = choice or next((e for e in entries if not own(e[0])), None) or (entries[0] if entries else None)
+    return 'File "%s", line %s, in %s' % choice if choice else "(no stack)"
 
 
 def _reply_now(conn: Any, seq: int, serializer_id: int, exc: BaseException) -> None:
@@ -431,6 +632,7 @@ class Engine:
 
     def close(self) -> None:
         """Remove the sandbox directory (called when the engine process stops)."""
+        self._watch.close()
         if self.sandbox in sys.path:
             sys.path.remove(self.sandbox)
         shutil.rmtree(self.sandbox, ignore_errors=True)
@@ -779,6 +981,23 @@ class Engine:
         return "pong"
 
     @_engine_call(locked=False)
+    def abort(self, call_id: Any) -> bool:
+        """
+        Stop the running call whose annotation C{SCID} is C{call_id} (8 bytes, or their 16 hex
+        digits), as a time limit would: its caller gets L{errors.TaskAborted}. True if that call
+        runs; False if not (an id that never ran or already ended; if its call begins later, it is
+        refused with TaskAborted).
+        """
+        if isinstance(call_id, str):
+            try:
+                call_id = bytes.fromhex(call_id)
+            except ValueError:
+                raise ValueError("a call id is 8 bytes or 16 hex digits, not %r" % (call_id,)) from None
+        if not isinstance(call_id, (bytes, bytearray)) or len(call_id) != 8:
+            raise ValueError("a call id is 8 bytes or 16 hex digits, not %r" % (call_id,))
+        return self._watch.abort(bytes(call_id))
+
+    @_engine_call(locked=False)
     def is_busy(self) -> bool:
         """True while a locked call runs."""
         return self._lock.locked()
@@ -823,6 +1042,7 @@ class Engine:
             "Memory Available": memory.available,
             "Busy": self._lock.locked(),
             "Current Call": self._watch.current or "",
+            "Max Task Time": self._watch.max_task_time,
             "Calls": self.calls,
             "srpy Version": __version__,
             "Python Executable": sys.executable,

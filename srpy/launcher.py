@@ -18,8 +18,10 @@ import collections
 import atexit
 import logging
 import os
+import re
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -30,7 +32,7 @@ import psutil
 from Pyro5 import config as pyro_config
 
 from . import __version__, codec, copyright, discovery, lite, peers
-from .engine import EXIT_RUNAWAY, OBJECT_ID, Engine, capture_output
+from .engine import BACKSTOP_FILE, EXIT_RUNAWAY, OBJECT_ID, Engine, capture_output, user_frame
 from .errors import SRPyError
 from .daemon import EngineDaemon
 from .security import check_listen_policy, client_tls
@@ -62,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="srpyapp", description="Host srpy engines: Python namespaces that clients run code in. "
                                     "'srpyapp status -h': show what running engines are doing.")
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("-b", "--basic", action="store_true", help="one engine in this process (default)")
+    mode.add_argument("-b", "--basic", action="store_true",
+                      help="one engine, in a process this one keeps (and restarts after a limit) (default)")
     mode.add_argument("-m", "--multi", action="store_true", help="one engine process per core")
     parser.add_argument("-n", "--engines", type=_positive_int, metavar="N",
                         help="number of engine processes (implies --multi)")
@@ -256,7 +259,13 @@ def _start_server(options: argparse.Namespace, name: str, port: int) -> EngineSe
 
 
 def run_child(options: argparse.Namespace) -> int:
-    """An engine process started by a launcher: report readiness on stdout, stop at stdin's end."""
+    """
+    An engine process started by a launcher or L{newSubEngine}: report readiness on stdout, stop
+    at stdin's end. Where the system can fork, this process is the engine's L{Keeper}, so that an
+    engine that ends to stop a call serves again at once at the same URI.
+    """
+    if _CAN_FORK:
+        return Keeper(options, options.name, options.port).run(_report_to_launcher, watch_stdin="eof")
     out = sys.stdout
     stopping = threading.Event()
     _on_signals(stopping.set)  # before READY: a signal that comes early still stops us cleanly
@@ -275,6 +284,347 @@ def run_child(options: argparse.Namespace) -> int:
     gc.freeze()  # what start-up built lives as long as the engine: keep the collector off it
     server.serve()
     return 0
+
+
+def _report_to_launcher(uri: Optional[str], sandbox: str, failure: str = "") -> None:
+    """The child's one line to its launcher: ready (URI and sandbox) or failed (why)."""
+    line = "%s %s %s\n" % (READY, uri, sandbox) if uri else "%s %s\n" % (FAILED, failure)
+    os.write(1, line.encode("utf-8"))
+    os.dup2(2, 1)  # nothing else may ever block on the launcher's pipe
+
+
+#: True where an engine process can fork its engine (and so restart it by itself)
+_CAN_FORK = hasattr(os, "fork") and hasattr(os, "waitpid")
+#: seconds between the keeper's tries to start a fresh engine that failed to start (port not yet free)
+_RESTART_RETRIES = (0.1, 0.3, 1.0, 2.0, 5.0)
+
+
+class Keeper:
+    """
+    One engine, hosted in a forked child process (an I{incarnation}), started again when it
+    ends to stop a call. How the pieces fit::
+
+        launcher / newSubEngine --stdin, stdout--> keeper --fork--> incarnation (the engine)
+                                                     ^  stop pipe (EOF: stop) -->|
+                                                     |<-- report pipe: READY uri sandbox
+
+     - the keeper imports srpy, then forks before it ever starts a thread, so each incarnation
+       starts in milliseconds from an already loaded interpreter;
+     - an incarnation that exits with L{EXIT_RUNAWAY} (its watchdog ended it) or whose
+       faulthandler backstop fired (L{engine.BACKSTOP_FILE} in its sandbox is not empty) is
+       replaced at once on the same port: a limit's restart needs no flag and is no crash;
+     - any other exit is passed through as the keeper's own exit code (a signal N as 128+N),
+       so that a supervising launcher's C{--restart} (with back-off) handles real crashes;
+     - each dead incarnation's sandbox is removed; the stacks faulthandler wrote become one
+       log line (the innermost user frame);
+     - stdin's end (C{watch_stdin="eof"}), SIGTERM or SIGINT stop the incarnation (end of its
+       stop pipe, then SIGTERM, then SIGKILL) and the keeper; an incarnation also dies with its
+       keeper (Linux's parent-death signal, else the stop pipe's end).
+
+    The keeper itself stays single-threaded (a selector over stdin, the report pipe and a
+    signal wake-up pipe), so that forking it again later is safe.
+    """
+
+    def __init__(self, options: argparse.Namespace, name: str, port: int) -> None:
+        self.options = options
+        # a name that outlives incarnations: the name server entry and whoami stay the same
+        self.name = name or "engine-%d@%s" % (os.getpid(), socket.gethostname())
+        self.port = port
+        self.uri = ""
+        self.pid = 0
+        self.sandbox = ""
+        self.stopping = False
+        self.exit_code: Optional[int] = None
+        self._stop_w = -1
+        self._report = -1
+        self._buffer = b""
+        self._ready = False
+        self._restarting = False  # the incarnation under way replaces one that ended for a limit
+        self._retry = 0
+        self._fork_at: Optional[float] = None
+        self._kill_at: List[Tuple[float, int]] = []
+        self._selector = selectors.DefaultSelector()
+
+    # -- the loop ------------------------------------------------------------------------------------
+
+    def run(self, on_ready: Any, watch_stdin: Optional[str] = None) -> int:
+        """
+        Serve until stopped; returns the exit code. C{on_ready(uri, sandbox, failure)} is called
+        once, when the first incarnation is ready (or failed: uri None). C{watch_stdin}: "eof"
+        stops at stdin's end; "console" stops on a line 'quit', 'exit' or 'q'; None: not read.
+        """
+        self._on_ready = on_ready
+        wake_r, wake_w = os.pipe()
+        for fd in (wake_r, wake_w):
+            os.set_blocking(fd, False)
+        previous = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        handlers = {signum: signal.signal(signum, self._on_signal)
+                    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)}
+        self._selector.register(wake_r, selectors.EVENT_READ, "wake")
+        if watch_stdin:
+            try:
+                self._selector.register(0, selectors.EVENT_READ, watch_stdin)
+            except (OSError, ValueError):
+                pass  # no stdin to watch
+        self._private = [wake_r, wake_w]
+        gc.freeze()  # what start-up built is shared with each incarnation: keep the collector off it
+        try:
+            self._fork()
+            while self.exit_code is None:
+                self._step()
+            return self.exit_code
+        finally:
+            self._end_incarnation()
+            signal.set_wakeup_fd(previous)
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
+            self._selector.close()
+            os.close(wake_r)
+            os.close(wake_w)
+
+    def stop(self) -> None:
+        """Stop the incarnation, then return from L{run} (safe from a signal handler)."""
+        self.stopping = True
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if signum != signal.SIGCHLD:
+            self.stopping = True  # the wake-up pipe makes the loop look
+
+    def _step(self) -> None:
+        if self.pid:
+            self._reap()
+        if self.exit_code is not None:
+            return
+        now = time.monotonic()
+        if self.stopping:
+            if not self.pid:
+                self.exit_code = 0
+                return
+            if self._stop_w >= 0:  # first ask nicely: the end of its stop pipe
+                os.close(self._stop_w)
+                self._stop_w = -1
+                self._kill_at = [(now + STOP_GRACE / 2, signal.SIGTERM), (now + STOP_GRACE, signal.SIGKILL)]
+            while self._kill_at and now >= self._kill_at[0][0]:
+                _, signum = self._kill_at.pop(0)
+                _signal_process(self.pid, signum)
+        elif self._fork_at is not None and now >= self._fork_at:
+            self._fork_at = None
+            self._fork()
+        waits = [at for at, _ in self._kill_at] + ([self._fork_at] if self._fork_at is not None else [])
+        timeout = max(0.0, min(waits) - now) if waits else 1.0
+        for key, _ in self._selector.select(timeout):
+            if key.data == "wake":
+                _drain(key.fd)
+            elif key.data == "report":
+                self._read_report()
+            else:
+                self._read_stdin(key.fd, key.data)
+
+    def _read_stdin(self, fd: int, mode: str) -> None:
+        try:
+            data = os.read(fd, 4096)
+        except OSError:
+            data = b""
+        if not data:
+            self._selector.unregister(fd)
+            if mode == "eof":  # the launcher is gone (or stopped us): stop
+                self.stopping = True
+            return  # end of a console's input does not stop a launcher
+        if mode == "console" and any(line.strip().lower() in (b"quit", b"exit", b"q") for line in data.splitlines()):
+            self.stopping = True
+
+    def _read_report(self) -> None:
+        try:
+            data = os.read(self._report, 4096)
+        except OSError:
+            data = b""
+        if not data:
+            self._close_report()
+            return
+        self._buffer += data
+        if b"\n" not in self._buffer:
+            return
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        words = line.decode("utf-8", "replace").split(" ", 2)
+        if words[0] == READY and len(words) == 3:
+            self.uri, self.sandbox = words[1], words[2]
+            self.port = lite.parse_uri(self.uri)[2]
+            self._restarting = False
+            if not self._ready:
+                self._ready = True
+                self._on_ready(self.uri, self.sandbox)
+            else:
+                log.info("engine %s serves again (pid %d)", self.uri, self.pid)
+        elif words[0] == FAILED:
+            reason = line.decode("utf-8", "replace")[len(FAILED) + 1:]
+            if not self._ready:
+                self._on_ready(None, "", reason)
+                self.exit_code = 1
+            else:
+                log.error("engine %s could not start again: %s", self.uri, reason)
+
+    # -- incarnations ---------------------------------------------------------------------------------
+
+    def _fork(self) -> None:
+        report_r, report_w = os.pipe()
+        stop_r, stop_w = os.pipe()
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()  # or the child would write what the keeper buffered a second time
+        keeper = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # the incarnation
+            code = 1
+            try:
+                os.close(report_r)
+                os.close(stop_w)
+                for fd in self._private + ([self._stop_w] if self._stop_w >= 0 else []):
+                    os.close(fd)
+                self._selector.close()
+                code = _incarnation(self.options, self.name, self.port, report_w, stop_r, keeper)
+            except BaseException:  # noqa: B902 - nothing may unwind into the keeper's stack
+                log.exception("engine process failed")
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        os.close(report_w)
+        os.close(stop_r)
+        self.pid, self._stop_w, self._report, self._buffer = pid, stop_w, report_r, b""
+        self._selector.register(report_r, selectors.EVENT_READ, "report")
+
+    def _reap(self) -> None:
+        try:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            pid, status = self.pid, 0
+        if pid == 0:
+            return
+        code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+        dead = self.pid
+        backstop = _read_backstop(self.sandbox)
+        self._end_incarnation()
+        if self.stopping:
+            self.exit_code = 0
+        elif not self._ready:  # died before it could say why
+            self._on_ready(None, "", "exited with code %s" % code)
+            self.exit_code = code if code > 0 else 1
+        elif code == EXIT_RUNAWAY or backstop is not None:
+            if backstop is not None:
+                log.warning("engine %s (pid %d) ended itself: a call held the interpreter past its time limit, "
+                            "at %s; a fresh engine starts at the same URI", self.uri, dead, backstop)
+            self._restarting, self._retry = True, 0
+            self._fork()  # at once, on the same port: no back-off for a limit
+        elif self._restarting and self._retry < len(_RESTART_RETRIES):
+            # the fresh engine could not start (its port not free yet, say): try again shortly
+            self._fork_at = time.monotonic() + _RESTART_RETRIES[self._retry]
+            self._retry += 1
+        else:
+            log.error("engine %s (pid %d) died with exit code %s", self.uri, dead, code)
+            self.exit_code = code if code >= 0 else 128 - code
+
+    def _end_incarnation(self) -> None:
+        """Forget the incarnation that ended: its pipes, its sandbox; stop it if it still runs."""
+        if self.pid:
+            try:
+                if os.waitpid(self.pid, os.WNOHANG)[0] == 0:
+                    _signal_process(self.pid, signal.SIGKILL)
+                    os.waitpid(self.pid, 0)
+            except ChildProcessError:
+                pass
+        if self._stop_w >= 0:
+            os.close(self._stop_w)
+            self._stop_w = -1
+        self._close_report()
+        _remove_tree(self.sandbox)
+        self.pid, self.sandbox, self._kill_at = 0, "", []
+
+    def _close_report(self) -> None:
+        if self._report >= 0:
+            self._selector.unregister(self._report)
+            os.close(self._report)
+            self._report = -1
+
+
+def _incarnation(options: argparse.Namespace, name: str, port: int, report: int, stop: int, keeper: int) -> int:
+    """The forked engine: serve until the stop pipe (its stdin now) ends or a signal comes."""
+    _die_with_parent()
+    os.dup2(stop, 0)
+    os.close(stop)
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    stopping = threading.Event()
+    _on_signals(stopping.set)
+    if os.getppid() != keeper:  # the keeper died before the parent-death signal was set
+        return 0
+    try:
+        server = _start_server(options, name, port)
+    except Exception as exc:  # whatever stops the engine from starting, the keeper must hear it
+        os.write(report, ("%s %s\n" % (FAILED, exc)).encode("utf-8"))
+        return 1
+    os.write(report, ("%s %s %s\n" % (READY, server.uri, server.engine.sandbox)).encode("utf-8"))
+    os.close(report)
+    os.dup2(2, 1)  # nothing may block on the launcher's pipe or print on its console
+    capture_output()
+    threading.Thread(target=_stop_at_eof, args=(stopping,), name="srpy-parent-watch", daemon=True).start()
+    threading.Thread(target=_stop_when_set, args=(stopping, server), name="srpy-stopper", daemon=True).start()
+    gc.freeze()
+    server.serve()
+    return 0
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel kill this process when the keeper dies, however it dies."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # the stop pipe's end still stops the engine
+
+
+def _signal_process(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except (BlockingIOError, InterruptedError):
+        pass
+
+
+_FRAME_LINE = re.compile(r'^\s*File "(.*)", line (\S+) in (.*)$')
+
+
+def _read_backstop(sandbox: str) -> Optional[str]:
+    """
+    If faulthandler's backstop fired in the engine whose sandbox this is: the innermost user frame
+    of the thread that ran the call (one line; the file itself goes with the sandbox). Else None.
+    """
+    path = os.path.join(sandbox, BACKSTOP_FILE) if sandbox else ""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            text = handle.read(1 << 20)
+    except OSError:
+        return None
+    if not text.strip():
+        return None
+    # one block per thread, innermost frame first; the call's thread is the one inside srpy's wrapper
+    blocks = [[(m.group(1), m.group(2), m.group(3)) for m in map(_FRAME_LINE.match, block.splitlines()) if m]
+              for block in re.split(r"\n(?=Thread 0x|Current thread 0x)", text)]
+    calls = [b for b in blocks if any(f[2] == "wrapper" and os.path.basename(f[0]) == "engine.py" for f in b)]
+    chosen = (calls or [b for b in blocks if b] or [[]])[0]
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+    return user_frame(chosen)
 
 
 def _stop_at_eof(stopping: threading.Event) -> None:
@@ -421,12 +771,19 @@ _sub_engines: List["subprocess.Popen[bytes]"] = []
 
 
 def newSubEngine(timeout: float = 30, host: str = "127.0.0.1", name: str = "", group: str = "",
-                 secret: Optional[str] = None, python: Optional[str] = None) -> Tuple[str, "subprocess.Popen[bytes]"]:
+                 secret: Optional[str] = None, python: Optional[str] = None,
+                 max_task_time: Optional[float] = None) -> Tuple[str, "subprocess.Popen[bytes]"]:
     """
     Start one local engine process; return C{(uri, process)} once it answers. The process stops
-    when L{stopSubEngine} is called, when this program exits, or when this process dies.
+    when L{stopSubEngine} is called, when this program exits, or when this process dies. An
+    engine that ends to stop a call (see L{srpy.engine.CallWatch}) serves again at the same URI
+    (where the system can fork: the process keeps its engine in a child it forks again).
+
+    @param max_task_time: stop any call that runs longer than this many seconds (as the
+        launcher's C{--max-task-time}).
     """
-    options = argparse.Namespace(host=host, group=group, debug=False, time=False, insecure=False, pyro_config=None)
+    options = argparse.Namespace(host=host, group=group, debug=False, time=False, insecure=False, pyro_config=None,
+                                 max_task_time=max_task_time)
     secret = secret if secret is not None else os.environ.get("SRPY_SECRET")
     started = spawn_engines([child_command(options, name, 0, python)], secret, timeout)[0]
     _sub_engines.append(started.process)
@@ -451,17 +808,21 @@ def _stop_sub_engines() -> None:
 class Supervisor:
     """
     Runs the launcher's engines until asked to stop. An engine that dies is reported; with
-    C{restart}, it is started again on the same port (so its URI stays valid), after a back-off
-    that doubles with each quick death (0.5 s up to L{MAX_BACKOFF}) and resets once it has run a minute.
+    C{crashes}, it is started again on the same port (so its URI stays valid), after a back-off
+    that doubles with each quick death (0.5 s up to L{MAX_BACKOFF}) and resets once it has run a
+    minute. An engine that ended to stop a call is no crash: where the system can fork, its
+    L{Keeper} starts it again by itself; elsewhere this supervisor does, at once, with or without
+    C{crashes}.
     """
 
     def __init__(self, engines: List[EngineProcess], uri_file: Optional[str], stop_ns: Any = None,
-                 restart: Optional[Any] = None) -> None:
+                 restart: Optional[Any] = None, crashes: bool = False) -> None:
         self.engines = engines
         self.uri_file = uri_file
         self.stop_ns = stop_ns or (lambda: None)
         self.stopping = threading.Event()
         self.restart = restart  # restart(index, port) -> EngineProcess, or None: no restarts
+        self.crashes = crashes
         self.restarts: Dict[int, int] = collections.defaultdict(int)
         self._started: Dict[int, float] = collections.defaultdict(time.monotonic)
         self._due: Dict[int, float] = {}
@@ -477,15 +838,22 @@ class Supervisor:
 
     def _died(self, index: int, engine: EngineProcess) -> None:
         code = engine.process.returncode
-        reason = "stopped a runaway call" if code == EXIT_RUNAWAY else "died with exit code %s" % code
-        log.error("engine %s (pid %d) %s", engine.uri, engine.pid, reason)
+        backstop = _read_backstop(engine.sandbox)
+        runaway = code == EXIT_RUNAWAY or backstop is not None  # only where there is no keeper
+        if runaway:
+            log.warning("engine %s (pid %d) ended itself to stop a call%s; a fresh engine starts at the same URI",
+                        engine.uri, engine.pid, " that held the interpreter, at %s" % backstop if backstop else "")
+        elif _CAN_FORK and code >= 0:
+            log.debug("engine process %s (pid %d) ended with exit code %s", engine.uri, engine.pid, code)  # its keeper said why
+        else:
+            log.error("engine %s (pid %d) died with exit code %s", engine.uri, engine.pid, code)
         _remove_tree(engine.sandbox)
-        if self.restart is None:
+        if self.restart is None or not (runaway or self.crashes):
             return
         if time.monotonic() - self._started[index] > 60:
             self.restarts[index] = 0
-        delay = min(MAX_BACKOFF, 0.5 * 2 ** self.restarts[index]) if code != EXIT_RUNAWAY else 0.0
-        self.restarts[index] += 1
+        delay = 0.0 if runaway else min(MAX_BACKOFF, 0.5 * 2 ** self.restarts[index])
+        self.restarts[index] += 0 if runaway else 1
         self._due[index] = time.monotonic() + delay
         log.info("restarting engine %s in %.1f s", engine.uri, delay)
 
@@ -515,10 +883,7 @@ class Supervisor:
             log.debug("engine %s stopped (exit code %s)", engine.uri, code)
         self.stop_ns()
         if self.uri_file:
-            try:
-                os.remove(self.uri_file)
-            except FileNotFoundError:
-                pass
+            _remove_file(self.uri_file)
 
 
 def _remove_tree(path: str) -> None:
@@ -565,8 +930,7 @@ def run_multi(options: argparse.Namespace, count: int) -> int:
         check_python(options.python)
     commands = [child_command(options, names[i], ports[i], options.python) for i in range(count)]
     stop_ns = _maybe_start_ns(options)
-    restart = _restarter(options, names) if options.restart or options.max_task_time else None
-    supervisor = Supervisor([], options.uri_file, stop_ns, restart)
+    supervisor = Supervisor([], options.uri_file, stop_ns, _restarter(options, names), crashes=options.restart)
     _on_signals(supervisor.stop)  # from here on a signal is a clean stop, even while engines start
     try:
         supervisor.engines = engines = spawn_engines(commands, options.secret, options.ready_timeout)
@@ -619,32 +983,39 @@ def _maybe_start_ns(options: argparse.Namespace) -> Any:
 
 
 def run_basic(options: argparse.Namespace) -> int:
-    """Serve one engine in this process until stopped (a supervised child, when it must restart)."""
-    if options.restart or options.max_task_time:
-        return run_multi(options, 1)  # a runaway call is stopped by restarting: that needs a supervisor
+    """
+    Serve one engine until stopped: in a child process this one forks and keeps (a L{Keeper}), so
+    that an engine that ends to stop a call serves again at the same URI. With C{--restart} or
+    C{--start-ns}, or where the system cannot fork, the engine is a supervised child process
+    instead (L{run_multi} with one engine).
+    """
     if options.python:
         raise SRPyError("--python needs engine processes: use it with -m or -n N")
-    stop_ns = _maybe_start_ns(options)
-    try:
-        server = _start_server(options, options.name, options.port)
-    except BaseException:
-        stop_ns()
-        raise
-    _on_signals(server.stop)  # before the URI is out: a client may signal as soon as it reads it
-    print(_banner(1, options))
-    print(server.uri)
-    sys.stdout.flush()
-    capture_output()
-    try:
+    if options.restart or options.start_ns or not _CAN_FORK:
+        return run_multi(options, 1)
+
+    def ready(uri: Optional[str], sandbox: str, failure: str = "") -> None:
+        if uri is None:
+            raise SRPyError(failure)
+        print(_banner(1, options))
+        print(uri)
+        sys.stdout.flush()
         if options.uri_file:
-            _write_uri_file(options.uri_file, [server.uri])
-        _watch_quit(server.stop)
-        server.serve()
+            _write_uri_file(options.uri_file, [uri])
+
+    console = sys.__stdin__ is not None and sys.__stdin__.isatty()
+    try:
+        return Keeper(options, options.name, options.port).run(ready, watch_stdin="console" if console else None)
     finally:
-        stop_ns()
-        if options.uri_file and os.path.exists(options.uri_file):
-            os.remove(options.uri_file)
-    return 0
+        if options.uri_file:
+            _remove_file(options.uri_file)
+
+
+def _remove_file(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
 
 
 def configure_logging(debug: bool) -> None:

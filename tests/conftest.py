@@ -131,11 +131,18 @@ def wait_gone(pids, timeout=10):
     """True once none of the pids is running (zombies count as gone)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        alive = [p for p in pids if _running(p)]
         if not alive:
             return True
         time.sleep(0.05)
     return False
+
+
+def _running(pid):
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:  # gone (and reaped) between the two looks
+        return False
 
 
 @pytest.fixture(scope="session", autouse=True)

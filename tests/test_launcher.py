@@ -43,7 +43,13 @@ def ping_all(uris, **options):
 
 
 def engine_pids(launcher):
+    """Every process the launcher started: each engine's keeper and the engine it forked."""
     return [p.pid for p in launcher.children()]
+
+
+def keepers(launcher):
+    """The launcher's own children: one engine process (a keeper, see srpy.launcher.Keeper) per engine."""
+    return psutil.Process(launcher.process.pid).children()
 
 
 def read_stderr_until(launcher, pattern, timeout=20):
@@ -119,15 +125,16 @@ def test_bad_pyro_config_setting(tmp_path):
 
 # -- basic mode ----------------------------------------------------------------------------------
 
-def test_basic_mode_is_the_default_and_runs_in_the_launcher(start_launcher):
+def test_basic_mode_is_the_default_and_keeps_one_engine(start_launcher):
+    """Basic mode: the launcher is the engine's keeper; the engine runs in the one process it forked."""
     for args in ([], ["-b"], ["--basic"]):
         launcher = start_launcher(args)
         assert len(launcher.uris) == 1
         assert any("srpy %s" % srpy.__version__ in line for line in launcher.banner)
         with srpy.PythonEngine(launcher.uris[0]) as eng:
-            assert eng.whoami()["PID"] == launcher.process.pid
+            pid = eng.whoami()["PID"]
             assert eng.eval("a+b", a=2, b=3) == 5
-        assert launcher.children() == []
+        assert [p.pid for p in launcher.children()] == [pid]
         code, err = launcher.stop()
         assert code == 0, err
 
@@ -145,7 +152,8 @@ def test_host_port_name_group(start_launcher):
 def test_localhost_by_default(start_launcher):
     launcher = start_launcher([])
     assert "@127.0.0.1:" in launcher.uris[0]
-    process = psutil.Process(launcher.process.pid)
+    with srpy.PythonEngine(launcher.uris[0]) as eng:
+        process = psutil.Process(eng.whoami()["PID"])
     listing = getattr(process, "net_connections", None) or process.connections  # psutil < 6
     listening = [conn.laddr.ip for conn in listing(kind="tcp") if conn.status == psutil.CONN_LISTEN]
     assert listening and set(listening) == {"127.0.0.1"}
@@ -222,7 +230,7 @@ def test_uri_file_multi_written_only_once_every_engine_answers(tmp_path):
         assert len(uris) == 2 and all(URI_LINE.match(u) for u in uris)
         ping_all(uris)
         kids = [p.pid for p in psutil.Process(process.pid).children(recursive=True)]
-        assert len(kids) == 2
+        assert len(psutil.Process(process.pid).children()) == 2  # one process per engine (it forks the engine)
         printed = [line.strip() for line in process.stdout.read1().decode().splitlines() if line.startswith("PYRO:")]
         assert printed == uris
     finally:
@@ -239,11 +247,12 @@ def test_multi_mode_n2(start_launcher):
     launcher = start_launcher(["-n", "2", "--name", "w", "--group", "g"], count=2)
     assert len(set(launcher.uris)) == 2
     kids = launcher.children()
-    assert len(kids) == 2
+    assert len(keepers(launcher)) == 2
     engines = [srpy.PythonEngine(uri) for uri in launcher.uris]
     try:
         infos = [eng.whoami() for eng in engines]
-        assert sorted(i["PID"] for i in infos) == sorted(k.pid for k in kids)
+        assert {i["PID"] for i in infos} <= {k.pid for k in kids}
+        assert sorted(psutil.Process(i["PID"]).ppid() for i in infos) == sorted(k.pid for k in keepers(launcher))
         assert sorted(i["Name"] for i in infos) == ["w-1", "w-2"]
         assert {i["Group"] for i in infos} == {"g"}
         engines[0].set(only_here=1)  # one namespace per engine process
@@ -260,7 +269,7 @@ def test_multi_mode_n2(start_launcher):
 def test_multi_mode_one_engine_per_core(start_launcher):
     cores = srpy.detectNCPUs()
     launcher = start_launcher(["-m"], count=cores)
-    assert len(launcher.children()) == cores
+    assert len(keepers(launcher)) == cores
     ping_all(launcher.uris)
     assert launcher.stop()[0] == 0
 
@@ -288,7 +297,7 @@ def _busy(port):
 def test_signal_stops_multi_launcher_and_every_engine(start_launcher, signum):
     launcher = start_launcher(["-n", "2"], count=2)
     pids = engine_pids(launcher)
-    assert len(pids) == 2
+    assert len(keepers(launcher)) == 2 and len(pids) == 4
     ping_all(launcher.uris)
     code, err = launcher.stop(signum)
     assert code == 0, err
@@ -323,7 +332,7 @@ def test_sigkill_of_the_launcher_stops_every_engine(start_launcher):
     launcher = start_launcher(["-n", "2"], count=2)
     kids = launcher.children()
     pids = [k.pid for k in kids]
-    assert len(pids) == 2
+    assert len(keepers(launcher)) == 2 and len(pids) == 4
     ping_all(launcher.uris)
     launcher.send(signal.SIGKILL)
     launcher.process.wait(10)

@@ -1,4 +1,4 @@
-"""Issue 6: TLS, limits, runaway calls stopped by restarting, supervision with --restart, status."""
+"""Issue 6: TLS, memory and message limits, supervision with --restart, status (time limits: test_limits.py)."""
 
 import os
 import socket
@@ -70,44 +70,7 @@ def test_tls_options_are_checked():
     assert done.returncode != 0 and "--tls-key" in done.stderr
 
 
-def test_runaway_call_is_stopped_and_engine_comes_back(start_launcher):
-    launcher = start_launcher(["-n", "1", "--restart"], count=1)
-    engine = srpy.PythonEngine(launcher.uris[0])
-    engine.set(kept=1)
-    first_pid = engine.info["PID"]
-    started = time.monotonic()
-    with pytest.raises(srpy.errors.TaskTimeout) as info:
-        engine.limited(1.0).exe("while True:\n    pass")
-    assert time.monotonic() - started < 6
-    assert "while True" in info.value.remote_traceback
-    assert wait_gone([first_pid])
-    assert _answers(engine), "the launcher restarts the engine on the same URI"
-    assert engine.whoami()["PID"] != first_pid and engine.eval("1 + 1") == 2
-    assert engine.get() == [], "a restarted engine starts with a fresh namespace"
-    engine.close()
-
-
-def test_runaway_c_call_holding_the_interpreter_is_stopped(start_launcher):
-    launcher = start_launcher(["-n", "1", "--restart"], count=1)
-    engine = srpy.PythonEngine(launcher.uris[0])
-    started = time.monotonic()
-    with pytest.raises(srpy.errors.TaskTimeout):  # catastrophic backtracking: C code that keeps the GIL
-        engine.limited(1.0).eval("__import__('re').match(r'(a+)+$', 'a' * 64 + 'b')")
-    assert time.monotonic() - started < 15
-    assert _answers(engine, within=20) and engine.eval("2 * 21") == 42
-    engine.close()
-    code, err = launcher.stop()
-    assert "Fatal Python error: Timeout" in err or "Timeout (0:00:0" in err, err[-2000:]
-
-
-def test_max_task_time_applies_to_every_call(start_launcher):
-    launcher = start_launcher(["-n", "1", "--max-task-time", "1"], count=1)
-    engine = srpy.PythonEngine(launcher.uris[0])
-    with pytest.raises(srpy.errors.TaskTimeout):
-        engine.exe("import time\ntime.sleep(30)")
-    assert _answers(engine)
-    assert engine.eval("sum(range(10))") == 45, "short calls are untouched"
-    engine.close()
+# runaway calls, time limits and their restarts: see test_limits.py
 
 
 def test_killed_engine_is_restarted_with_back_off(start_launcher):
