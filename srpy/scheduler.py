@@ -198,6 +198,7 @@ class MapJob:
         self.source_error: Optional[BaseException] = None  # what reading the source raised
         self.changed = threading.Condition(threading.Lock())
         self.scheduler: Optional["Scheduler"] = None
+        self.current: Optional[List[Any]] = None  # the results the consumer is stepping through
 
     @property
     def remaining(self) -> int:
@@ -256,6 +257,8 @@ class MapIterator(itertools.chain):
         """Stop the map: no more results; what has not run is cancelled, what runs is stopped."""
         self._gen.close()
         self._job.scheduler.abandon(self._job)
+        if self._job.current is not None:
+            self._job.current.clear()  # the results of the chunk being stepped through end too
 
     def __enter__(self) -> "MapIterator":
         return self
@@ -284,12 +287,11 @@ def _chunk_results(job: MapJob, deadline: Optional[float]) -> Iterator[List[Any]
             if exc is not None:
                 raise exc
             outcome = future.result()
-            if outcome[0] == "ok":
+            if outcome[0] in ("ok", "part"):
+                job.current = outcome[1]  # what close() empties: the chain steps through it
                 yield outcome[1]
-                continue
-            if outcome[0] == "part":
-                yield outcome[1]
-            raise outcome[-1]
+            if outcome[0] != "ok":
+                raise outcome[-1]
     except BaseException:  # GeneratorExit (close, dropped), a timeout, a failed item, Ctrl-C: stop the rest
         scheduler.abandon(job)
         if job.progress is not None:
@@ -471,7 +473,7 @@ class Scheduler:
             error = RuntimeError("cannot schedule new work after shutdown: the imap's iterable was not read to its end")
         else:
             try:
-                fresh = list(itertools.islice(job.source, want))
+                fresh.extend(itertools.islice(job.source, want))  # what came before a failure is kept
             except Exception as exc:  # the iterable itself failed: the consumer gets it after what came before
                 error = exc
         with self._cond:
@@ -747,12 +749,8 @@ class Scheduler:
             if self._watchdog is None:
                 self._watchdog = start_thread(self._watch, name="srpy-watchdog")
         try:
-            limits, limit_wait = engine.limited(timeout)._limits(None) if timeout else (None, None)
-            if call_id is not None:
-                limits = dict(limits or {})
-                limits[lite.CALL_ID] = call_id
-            value, annotations = conn.call(method, args, None, limits,
-                                           engine.timeout if timeout is None else limit_wait)
+            view = engine.limited(timeout) if timeout else engine
+            value, annotations = view.call_on(conn, method, args, call_id=call_id)
         finally:
             with self._cond:
                 if self._calls.get(id(slot)) is entry:
@@ -903,7 +901,7 @@ class Scheduler:
 
         def send(index: int, slot: Slot, call_id: bytes) -> None:
             try:
-                answers[index] = bool(slot.engine._call("abort", call_id, timeout=ANSWER_TIMEOUT))
+                answers[index] = slot.engine.abort(call_id, timeout=ANSWER_TIMEOUT)
             except Exception as exc:  # an engine that cannot take it: the call runs on, its result is dropped
                 log.info("could not abort a call on %s: %s", slot.uri, exc)
 
