@@ -828,18 +828,22 @@ class Engine:
         """
         Run C{tasks}, each C{[hash, 'call', [args, kwargs]]}, C{[hash, 'map', [args, args, ...]]} or
         C{[hash, 'map1', [arg, arg, ...]]} (a map over one iterable: items sent as they are),
-        with functions sent earlier by L{define}. Returns the outcomes, already serialized:
-        C{('ok', value)}, C{('err', exception)}, or for a map that failed part-way
-        C{('part', values, exception)}. Whatever a task raises (C{SystemExit},
+        with functions sent earlier by L{define}. Returns, already serialized, C{(outcomes,
+        seconds)}: one outcome per task, C{('ok', value)}, C{('err', exception)}, or for a map
+        that failed part-way C{('part', values, exception)}; and the seconds the tasks ran here
+        (what the client learns each function's speed from: the round trip is not the
+        function's). Whatever a task raises (C{SystemExit},
         C{KeyboardInterrupt}, any C{BaseException}) is its own outcome, except srpy's
         L{CallInterrupted<srpy.errors.CallInterrupted>}, which stops the whole call. A value that
         cannot travel fails only its own task (a map's chunk: from that value on).
         """
+        start = time.perf_counter()
         outcomes = [self._run_task(task) for task in tasks]
+        seconds = time.perf_counter() - start
         try:
-            return codec.dumps(outcomes)
+            return codec.dumps((outcomes, seconds))
         except (TypeError, ValueError):
-            return codec.dumps([_travelling(outcome, task[1]) for outcome, task in zip(outcomes, tasks)])
+            return codec.dumps(([_travelling(outcome, task[1]) for outcome, task in zip(outcomes, tasks)], seconds))
 
     def _run_task(self, task: Sequence[Any]) -> tuple:
         fn_hash, kind, payload = task

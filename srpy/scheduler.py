@@ -23,8 +23,9 @@ Data flow::
    function has been measured at no more than L{SHORT_TASK} s a call. A function not measured
    yet, or a longer one, travels one task at a time, so every task that has not started stays
    in the queue, pending and cancellable, until an idle engine takes it.
- - B{Speed is learned per function} (seconds per item, a moving average per function and engine,
-   seeded box-wide): a map of a cheap function says nothing about a long one submitted next.
+ - B{Speed is learned per function} (seconds per item as the engine measured it, without the
+   round trip; a moving average per function and engine, seeded box-wide): a map of a cheap
+   function says nothing about a long one submitted next.
    A map's chunks aim at L{TARGET_SECONDS} of work and at the engine's fair share of what is
    pending, so small items travel by thousands per round trip and long ones one at a time;
    with an explicit C{chunksize}, several chunks of that size may share one round trip.
@@ -680,10 +681,8 @@ class Scheduler:
             if failure is not None:
                 self._definition_failed(batch, failure)
                 return
-            start = time.perf_counter()
             raw = self._watched_call(slot, "run_batch", [task.wire() for task in batch], timeout=timeout,
                                      call_id=call_id)
-            elapsed = time.perf_counter() - start
         except SerializationError:
             self._split_unsendable(batch)
             return
@@ -712,8 +711,9 @@ class Scheduler:
                 raise  # not the engine's: the dispatcher ends, loudly
             self._fail(batch, exc)
             return
-        self._observe(slot, fn_hash, elapsed, sum(task.size for task in batch))
-        self._deliver(slot, batch, codec.loads(raw))
+        outcomes, seconds = codec.loads(raw)
+        self._observe(slot, fn_hash, seconds, sum(task.size for task in batch))
+        self._deliver(slot, batch, outcomes)
 
     def _define(self, slot: Slot, batch: List[Task], call_id: bytes) -> Optional[Dict[str, Any]]:
         """Send the functions C{slot}'s engine does not know yet; what failed, if anything (see L{Engine.define})."""
