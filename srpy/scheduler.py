@@ -615,7 +615,8 @@ class Scheduler:
         size = self._size(per_item, job.remaining, (self._share(slot, fn_hash), idle), probe=32)
         if not job.chunksize:
             return [job.cut(size)]
-        count = max(1, size // job.chunksize) if per_item is not None else 1
+        # a chunk with a time limit travels alone (the limit is the call's)
+        count = max(1, size // job.chunksize) if per_item is not None and not job.timeout else 1
         chunks = []
         while job.remaining and len(chunks) < min(count, MAX_BATCH):
             chunks.append(job.cut(job.chunksize))
