@@ -69,7 +69,7 @@ import threading
 import time
 import weakref
 from concurrent.futures import CancelledError, Future, InvalidStateError
-from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional
+from typing import Any, Callable, Deque, Dict, Iterator, List, Optional
 
 from . import codec, lite
 from .errors import (CallTimeout, CommunicationError, EngineDead, MissingPackagesError, NoEnginesError,
