@@ -71,6 +71,8 @@ class PythonEngine(lite.Engine):
     call_timeout: Optional[float] = None
     #: the id every call carries (see L{tagged}); None: no id
     call_id: Optional[bytes] = None
+    #: the engine's own limit on every call (its whoami 'Max Task Time'); None: none
+    _max_task_time: Optional[float] = None
 
     def __init__(self, uri: Any, name: str = "", group: str = "", secret: Optional[str] = None,
                  connect_timeout: float = 5.0, ssl_context: Any = None) -> None:
@@ -204,8 +206,7 @@ class PythonEngine(lite.Engine):
                                   "empty namespace" % (method, which, limit, self.uri))
 
     def _engine_limit(self) -> Optional[float]:
-        info = getattr(self._base(), "info", None)
-        return info.get("Max Task Time") if info else None
+        return self._max_task_time
 
     def _base(self) -> "PythonEngine":
         return self
@@ -222,6 +223,8 @@ class PythonEngine(lite.Engine):
     def _limited_invoke(self, method: str, args: Tuple[Any, ...], timeout: Optional[float],
                         trailing: Any = ()) -> Tuple[Any, Any]:
         """C{_invoke}, through L{call_on}: a pooled connection, this view's limit and call id."""
+        if self.call_timeout is None and self.call_id is None and self._max_task_time is None:
+            return self._invoke(method, args, None, None, timeout, trailing)  # the common call, straight
         conn = self._acquire()
         try:
             return self.call_on(conn, method, args, timeout=timeout, trailing=trailing)
@@ -271,6 +274,7 @@ class PythonEngine(lite.Engine):
     def whoami(self) -> Dict[str, Any]:
         """The engine's description: SRPy's keys plus name, group, cores, load, memory and more."""
         self.info = self._call("whoami")
+        self._max_task_time = self.info.get("Max Task Time")
         return self.info
 
     def benchmark(self, cycles: Optional[int] = None, pings: int = 5) -> Tuple[float, float, bool]:
@@ -359,6 +363,10 @@ class _View(PythonEngine):
 
     def _base(self) -> PythonEngine:
         return self._original
+
+    @property
+    def _max_task_time(self) -> Optional[float]:  # type: ignore[override]
+        return self._original._max_task_time
 
     def _acquire(self) -> Any:
         if self._view_closed:

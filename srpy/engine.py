@@ -8,7 +8,10 @@ answers them while user code runs.
 
 User code never takes the engine down: an exception, a syntax error, C{sys.exit()} or
 C{KeyboardInterrupt} goes back to the caller (same builtin type, with the engine-side traceback),
-and what user code prints goes to the engine's log, not to any client.
+and what user code prints goes to the engine's log, not to any client. A call over its time limit,
+or aborted (L{Engine.abort}), is stopped by L{CallWatch}: interrupted where it runs, or, if its
+code cannot be interrupted, by ending the process (which its keeper, L{srpy.launcher.Keeper},
+replaces at once at the same URI).
 """
 
 import builtins
@@ -123,8 +126,8 @@ def _engine_call(locked: bool) -> Callable[[Callable[..., Any]], Callable[..., A
                     lock.acquire()
                     try:
                         try:
-                            watch.begin(name, call)
                             try:
+                                watch.begin(name, call)
                                 result = method(self, *args, **kwargs)
                             finally:
                                 watch.end(call)
@@ -425,7 +428,9 @@ class CallWatch:
 
     def stopped(self, call: _Call, exc: Optional[BaseException]) -> errors.SRPyError:
         """The error a stopped call ends with, its traceback showing where the code was stopped."""
-        failure = self._error(call, "stopped it by interrupting its code (the namespace is kept)")
+        early = call.reason == "abort" and call.stopped_at == call.started
+        failure = self._error(call, "refused it (it was aborted before it began)" if early
+                              else "stopped it by interrupting its code (the namespace is kept)")
         if exc is not None:
             failure.srpy_traceback = _user_traceback(exc).replace(
                 "srpy.errors.CallInterrupted", type(failure).__name__ + " (stopped here)")
@@ -465,7 +470,11 @@ class CallWatch:
             faulthandler.cancel_dump_traceback_later()
         else:
             if self._backstop is None:
-                self._backstop = open(os.path.join(self.engine.sandbox, BACKSTOP_FILE), "w")
+                try:
+                    self._backstop = open(os.path.join(self.engine.sandbox, BACKSTOP_FILE), "w")
+                except OSError as exc:  # the sandbox gone (user code removed it): no backstop, never the terminal
+                    log.warning("no backstop for calls that hold the interpreter: %s", exc)
+                    return
             faulthandler.dump_traceback_later(max(0.001, due - time.monotonic()), exit=True, file=self._backstop)
         self._backstop_at = due
 

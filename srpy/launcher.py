@@ -1,8 +1,8 @@
 """
 Hosting engines: C{python srpyapp.py} (or C{srpyapp}) and L{newSubEngine}.
 
-Basic mode (C{-b}, the default) serves one engine in the launcher's own process. Multi mode (C{-m},
-or C{-n N}) starts one engine process per core (or N) and supervises them.
+Basic mode (C{-b}, the default) serves one engine, in a process the launcher forks and keeps.
+Multi mode (C{-m}, or C{-n N}) starts one engine process per core (or N) and supervises them.
 
 How a child engine starts and stops, with no files polled and no orphans:
  - the launcher starts C{python -m srpy --child ...} with pipes for stdin and stdout;
@@ -10,6 +10,16 @@ How a child engine starts and stops, with no files polled and no orphans:
    C{SRPY-FAILED <reason>}) on stdout; the launcher waits for that line with a timeout;
  - the child treats end-of-file on its stdin as "stop": when the launcher exits, however it
    exits (even SIGKILL), the pipe closes and every child stops by itself.
+
+How an engine comes back after a time limit ended it (L{srpy.engine.CallWatch}): the engine
+process is a L{Keeper} that forks the engine itself and forks a fresh one, on the same port,
+when the engine ends to stop a call; any other end is passed on, for the L{Supervisor} to report
+and (with C{--restart}, after a back-off) restart. Without C{fork} (Windows), the supervisor
+restarts such an engine itself, at once::
+
+    srpyapp (basic) = Keeper ---fork---> engine
+    srpyapp -n N    = Supervisor --exec--> N x (python -m srpy --child = Keeper ---fork---> engine)
+    newSubEngine()  ---------------------exec--> (python -m srpy --child = Keeper ---fork---> engine)
 """
 
 import argparse
@@ -381,10 +391,6 @@ class Keeper:
             self._selector.close()
             os.close(wake_r)
             os.close(wake_w)
-
-    def stop(self) -> None:
-        """Stop the incarnation, then return from L{run} (safe from a signal handler)."""
-        self.stopping = True
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if signum != signal.SIGCHLD:

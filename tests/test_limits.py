@@ -260,7 +260,7 @@ def test_abort_before_the_call_begins_refuses_it(basic_uri):
     with srpy.PythonEngine(basic_uri) as eng:
         call_id = eng.new_call_id()
         assert eng.abort(call_id) is False
-        with pytest.raises(TaskAborted):
+        with pytest.raises(TaskAborted, match="aborted before it began"):
             eng.tagged(call_id).exe("import time\ntime.sleep(30)")
         assert eng.ping() == "pong"
 

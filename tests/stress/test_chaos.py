@@ -77,12 +77,17 @@ def executions(log_dir):
 
 
 def engine_processes(launcher):
-    """{pid: port it listens on, or None while it starts} of the launcher's engine processes."""
+    """
+    {pid: port it listens on, or None while it starts} of the launcher's engines: the processes
+    that serve, not their keepers (the processes the launcher started, which fork them).
+    """
     found = {}
     for child in launcher.children():
         try:
             if "--child" not in child.cmdline() or child.status() == psutil.STATUS_ZOMBIE:
                 continue
+            if any(grandchild.status() != psutil.STATUS_ZOMBIE for grandchild in child.children()):
+                continue  # a keeper: its engine is its child
             ports = [c.laddr.port for c in child.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN]
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
