@@ -22,9 +22,8 @@ import threading
 import time
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
-from . import discovery, functions
+from . import discovery, functions, scheduler as scheduling
 from .client import PythonEngine
-from . import scheduler as scheduling
 from .errors import NoEnginesError, SRPyServerNotFound
 from .progress import ProgressBar
 from .scheduler import MapIterator, MapJob, Scheduler, Task, missing_packages
