@@ -377,8 +377,9 @@ class EngBox(concurrent.futures.Executor):
         Stop the task behind C{future} (a future of this box): one that has not started is
         cancelled; one that runs is stopped on its engine, by the same mechanism as time limits,
         and its future fails with L{TaskAborted<srpy.errors.TaskAborted>} (short tasks sent in
-        the same batch go back to the queue and run again). Returns False if the task had ended
-        already, or is not this box's.
+        the same batch go back to the queue and run again). Waits (a few seconds at most) until
+        the engine has stopped it. Returns True if the task was cancelled or stopped, False if it
+        had ended (or ended meanwhile with its result), or is not this box's.
         """
         scheduler = self._scheduler
         return scheduler.abort(future) if scheduler is not None else False

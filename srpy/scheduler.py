@@ -69,6 +69,7 @@ import threading
 import time
 import weakref
 from concurrent.futures import CancelledError, Future, InvalidStateError
+from concurrent.futures import TimeoutError as FutureTimeout  # the builtin one from Python 3.11 on
 from typing import Any, Callable, Deque, Dict, Iterator, List, Optional
 
 from . import codec, lite
@@ -98,6 +99,8 @@ REJOIN_PROBE = 2.0
 HEARTBEAT = 1.0
 #: seconds an engine with a call under way has to answer a ping (or an abort) before it counts as vanished
 ANSWER_TIMEOUT = 5.0
+#: seconds EngBox.abort waits for a running task's engine to stop it
+ABORT_WAIT = 10.0
 #: functions whose speed a box remembers (the oldest are forgotten past this)
 _SPEED_MEMORY = 1024
 _SMOOTHING = 0.5
@@ -812,8 +815,10 @@ class Scheduler:
     def abort(self, future: Future) -> bool:
         """
         Stop the task of C{future} (one of this box's): cancelled if it has not started, stopped
-        on its engine (its future fails with L{TaskAborted}) if it runs. Other tasks that shared
-        its batch go back to the queue. False if it had ended already (or is not this box's).
+        on its engine (its future fails with L{TaskAborted}) if it runs; waits up to
+        L{ABORT_WAIT} s for the engine to stop it. Other tasks that shared its batch go back to
+        the queue. True if the task was cancelled or stopped; False if it had ended (or ended
+        meanwhile with its result), or is not this box's.
         """
         if getattr(future, "_srpy_owner", None) is not self or future.done():
             return False
@@ -836,7 +841,16 @@ class Scheduler:
                     calls.append((slot, slot.call_id))
         if not calls:
             return False
-        return any(self._send_aborts(calls))
+        # the engine's answer alone cannot tell "ended already" from "not begun yet, so refused
+        # when it begins" (between define and run_batch): what happens to the future does
+        answers = self._send_aborts(calls)
+        try:
+            exc = future.exception(timeout=ABORT_WAIT)
+        except FutureTimeout:  # the engine takes its time to end the code: it said whether it is on it
+            return any(answers)
+        except CancelledError:
+            return True
+        return isinstance(exc, TaskAborted)
 
     def abort_all(self, wait: Optional[float] = ANSWER_TIMEOUT) -> int:
         """
