@@ -84,6 +84,8 @@ QUICK_PRIMES_REPEATS = 1
 STARTUP_REPEATS = 3
 QUICK_STARTUP_REPEATS = 1
 IPP_CHUNKSIZE = 1_000
+MAP_CHUNKSIZE = 1_000  # srpy's map and Pool's map, each with this chunksize, side by side
+PARTS = ("submit", "map", "primes", "startup")
 RUN_LIMIT = 600.0  # seconds; then the watchdog unwinds the run (and kills what lingers a minute later)
 READY_TIMEOUT = 60.0
 CALL_TIMEOUT = 120.0  # the longest any single wait of a peer may take
@@ -389,7 +391,8 @@ def _joined(parts: Sequence[Sequence[int]]) -> List[int]:
 
 # -- srpy ---------------------------------------------------------------------------------------------
 
-def bench_srpy(uris: List[str], settings: Settings, figures: Dict[str, Any], resources: Resources) -> None:
+def bench_srpy(uris: List[str], settings: Settings, figures: Dict[str, Any], resources: Resources,
+               parts: Sequence[str] = ("submit", "map")) -> None:
     """srpy's rows of the submit and map workloads, on a fresh EngBox of the two engines."""
     import srpy
 
@@ -408,6 +411,12 @@ def bench_srpy(uris: List[str], settings: Settings, figures: Dict[str, Any], res
     figures["map"].append(measure("srpy EngBox.map, chunksize=n/2", "srpy",
                                   lambda k: list(box.map(square, data, chunksize=(n + 1) // 2)),
                                   n, repeats, expected, srpy=True, note="for reference"))
+    figures["map"].append(measure("srpy EngBox.map, chunksize=%d" % MAP_CHUNKSIZE, "srpy",
+                                  lambda k: list(box.map(square, data, chunksize=MAP_CHUNKSIZE)),
+                                  n, repeats, expected, srpy=True, note="vs Pool's same chunksize"))
+    if "submit" not in parts:
+        figures["srpy_stats"] = box.stats()
+        return
 
     def submit_all(count: int) -> List[int]:
         futures = [box.submit(square, i) for i in range(count)]
@@ -420,8 +429,12 @@ def bench_srpy(uris: List[str], settings: Settings, figures: Dict[str, Any], res
 
 # -- multiprocessing ----------------------------------------------------------------------------------
 
-def bench_multiprocessing(pool: Any, settings: Settings, figures: Dict[str, Any]) -> None:
-    """multiprocessing.Pool(2): apply_async per item; map with its default chunksize and one chunk per worker."""
+def bench_multiprocessing(pool: Any, settings: Settings, figures: Dict[str, Any],
+                          parts: Sequence[str] = ("submit", "map")) -> None:
+    """
+    multiprocessing.Pool(2): apply_async per item; map with its default chunksize, with
+    C{MAP_CHUNKSIZE} and with one chunk per worker.
+    """
     n, repeats = settings.items, settings.repeats
     data = list(range(n))
     expected = sum(x * x for x in data)
@@ -430,12 +443,17 @@ def bench_multiprocessing(pool: Any, settings: Settings, figures: Dict[str, Any]
         pending = [pool.apply_async(square, (i,)) for i in range(count)]
         return [result.get(CALL_TIMEOUT) for result in pending]
 
-    items = adaptive_items("Pool.apply_async", submit_all, settings)
-    figures["submit"].append(measure("multiprocessing Pool(2).apply_async", "multiprocessing", submit_all,
-                                     items, repeats))
+    if "submit" in parts:
+        items = adaptive_items("Pool.apply_async", submit_all, settings)
+        figures["submit"].append(measure("multiprocessing Pool(2).apply_async", "multiprocessing", submit_all,
+                                         items, repeats))
+    if "map" not in parts:
+        return
     pool.map(square, data)  # warm-up
     figures["map"].append(measure("multiprocessing Pool(2).map, default chunks", "multiprocessing",
                                   lambda k: pool.map(square, data), n, repeats, expected))
+    figures["map"].append(measure("multiprocessing Pool(2).map, chunksize=%d" % MAP_CHUNKSIZE, "multiprocessing",
+                                  lambda k: pool.map(square, data, chunksize=MAP_CHUNKSIZE), n, repeats, expected))
     half = (n + 1) // 2
     figures["map"].append(measure("multiprocessing Pool(2).map, 1 chunk/worker", "multiprocessing",
                                   lambda k: pool.map(square, data, chunksize=half), n, repeats, expected))
@@ -698,13 +716,18 @@ def bench_primes(uris: List[str], engine_pids: List[int], pools: Dict[int, Any],
     """
     16 sum-of-primes tasks on 1 and on 2 engines (and pool workers), in turns; seconds of each
     repeat, and how busy the workers were (their CPU seconds / (workers x wall seconds)): below 1
-    with 2 workers means the machine did not give them both cores.
+    with 2 workers means the machine did not give them both cores. On 2 engines, four ways (W3 of
+    issue 10), each right after a map of the cheap C{square} (speed is learned per function, so
+    that map must not make the long tasks look short): submitted at once on a box that has run
+    them before; submitted at once on a fresh box (C{burst}, the first time it sees the
+    function); C{EngBox.map} with srpy's own chunking; and with C{chunksize=1}.
     """
     import srpy
     from srpy.benchmark import sum_of_primes
 
     limit = settings.primes_limit
     expected = sum_of_primes(limit)
+    cheap = list(range(settings.items))
     boxes = {1: srpy.EngBox(uris[:1]), 2: srpy.EngBox(uris[:2])}
     for box in boxes.values():
         resources.add("srpy EngBox", box.close)
@@ -715,40 +738,78 @@ def bench_primes(uris: List[str], engine_pids: List[int], pools: Dict[int, Any],
             return [future.result(CALL_TIMEOUT) for future in futures]
         return run
 
+    def burst() -> List[int]:
+        box = burst_box[0]
+        futures = [box.submit(sum_of_primes, limit) for _ in range(PRIMES_TASKS)]
+        return [future.result(CALL_TIMEOUT) for future in futures]
+
+    def mapped(chunksize: Optional[int]) -> Callable[[], List[int]]:
+        def run() -> List[int]:
+            return list(boxes[2].map(sum_of_primes, [limit] * PRIMES_TASKS, chunksize=chunksize))
+        return run
+
     def on_pool(count: int) -> Callable[[], List[int]]:
         def run() -> List[int]:
             pending = [pools[count].apply_async(sum_of_primes, (limit,)) for _ in range(PRIMES_TASKS)]
             return [result.get(CALL_TIMEOUT) for result in pending]
         return run
 
+    def before(key: str) -> None:
+        """Untimed: what comes right before a measure (a cheap map; a fresh box for the burst)."""
+        if key == "srpy_2_burst":
+            burst_box[0] = srpy.EngBox(uris[:2])
+            resources.add("srpy EngBox", burst_box[0].close)
+            list(burst_box[0].map(square, cheap))
+        elif key.startswith("srpy_2"):
+            list(boxes[2].map(square, cheap))
+
+    def after(key: str) -> None:
+        if key == "srpy_2_burst":
+            resources.close_one(burst_box[0].close)
+
+    burst_box: List[Any] = [None]
     for count in (1, 2):  # warm-up: defines the function, measures the engines; one task per worker
         for future in [boxes[count].submit(sum_of_primes, limit) for _ in range(count)]:
             future.result(CALL_TIMEOUT)
         for result in [pools[count].apply_async(sum_of_primes, (limit,)) for _ in range(count)]:
             result.get(CALL_TIMEOUT)
-    workers = {"srpy_1": engine_pids[:1], "srpy_2": engine_pids[:2],
-               "mp_1": [worker.pid for worker in pools[1]._pool], "mp_2": [worker.pid for worker in pools[2]._pool]}
+    pair, mp_pair = engine_pids[:2], [worker.pid for worker in pools[2]._pool]
+    workers = {"srpy_1": engine_pids[:1], "srpy_2": pair, "srpy_2_burst": pair, "srpy_2_map": pair,
+               "srpy_2_map1": pair, "mp_1": [worker.pid for worker in pools[1]._pool], "mp_2": mp_pair}
+    actions = (("srpy_1", on_box(1)), ("srpy_2", on_box(2)), ("srpy_2_burst", burst),
+               ("srpy_2_map", mapped(None)), ("srpy_2_map1", mapped(1)), ("mp_1", on_pool(1)), ("mp_2", on_pool(2)))
     seconds: Dict[str, List[float]] = {key: [] for key in workers}
     busy: Dict[str, List[float]] = {key: [] for key in workers}
+    shares: Dict[str, List[List[int]]] = {key: [] for key in workers if key.startswith("srpy_2")}
     for _ in range(settings.primes_repeats):
-        for key, action in (("srpy_1", on_box(1)), ("srpy_2", on_box(2)), ("mp_1", on_pool(1)), ("mp_2", on_pool(2))):
+        for key, action in actions:
+            before(key)
+            box = burst_box[0] if key == "srpy_2_burst" else boxes[2]
+            done_before = box.stats() if key in shares else {}
             used = cpu_seconds(workers[key])
             elapsed, results = timed(action)
             used = cpu_seconds(workers[key]) - used
             if results != [expected] * PRIMES_TASKS:
                 raise RuntimeError("%s returned wrong sums of primes" % key)
+            if key in shares:  # what each engine did of these 16 (map items and tasks count one each)
+                done = box.stats()
+                shares[key].append(sorted(done[uri] - done_before.get(uri, 0)
+                                          for uri in done))
+            after(key)
             seconds[key].append(elapsed)
             busy[key].append(used / (len(workers[key]) * elapsed))
-    shares = sorted(boxes[2].stats().values())  # tasks each engine of the 2-engine box ran, warm-up included
     for box in boxes.values():
         resources.close_one(box.close)
     medians = {key: statistics.median(values) for key, values in seconds.items()}
+    speedup = {key: medians["srpy_1"] / medians[key] for key in workers if key.startswith("srpy_2")}
+    speedup["srpy"] = speedup.pop("srpy_2")
+    speedup["mp"] = medians["mp_1"] / medians["mp_2"]
     return {
         "tasks": PRIMES_TASKS, "limit": limit, "seconds": seconds, "median_seconds": medians,
-        "tasks_per_engine_2": shares, "load_average_after": _load(),
+        "tasks_per_engine_2": shares["srpy_2"][-1], "tasks_per_engine": shares, "load_average_after": _load(),
         "workers_busy": busy, "workers_busy_median": {key: statistics.median(v) for key, v in busy.items()},
         "best_seconds": {key: min(values) for key, values in seconds.items()},
-        "speedup": {"srpy": medians["srpy_1"] / medians["srpy_2"], "mp": medians["mp_1"] / medians["mp_2"]},
+        "speedup": speedup,
         "speedup_per_repeat": {
             "srpy": [a / b for a, b in zip(seconds["srpy_1"], seconds["srpy_2"])],
             "mp": [a / b for a, b in zip(seconds["mp_1"], seconds["mp_2"])]},
@@ -927,17 +988,22 @@ def installed_peers(skip: Sequence[str]) -> Tuple[List[str], Dict[str, str]]:
     return peers, skipped
 
 
-def run(settings: Settings, skip: Sequence[str]) -> Dict[str, Any]:
-    """Start everything, measure, stop everything; return the figures."""
+def run(settings: Settings, skip: Sequence[str], parts: Sequence[str] = PARTS) -> Dict[str, Any]:
+    """Start everything, measure the C{parts} asked for, stop everything; return the figures."""
     import multiprocessing
 
     import srpy
 
     peers, skipped = installed_peers(skip)
+    if set(parts) != set(PARTS):  # a partial run measures srpy and multiprocessing only
+        for peer in peers:
+            skipped[peer] = "skipped (--only)"
+        peers = []
     for peer, reason in skipped.items():
         print("note: %s %s" % (peer, reason), flush=True)
     figures: Dict[str, Any] = {"machine": machine(), "settings": settings.as_dict(), "submit": [], "map": [],
-                               "peers": peers, "skipped": dict(skipped), "failed": {}, "startup_samples": {}}
+                               "peers": peers, "skipped": dict(skipped), "failed": {}, "startup_samples": {},
+                               "parts": list(parts)}
     resources = Resources(RUN_LIMIT)
     try:
         pools = {count: multiprocessing.Pool(count, initializer=_default_sigterm)  # forked before srpy's threads
@@ -949,19 +1015,23 @@ def run(settings: Settings, skip: Sequence[str]) -> Dict[str, Any]:
             uri, process = srpy.newSubEngine()
             resources.add("srpy engine", lambda p=process: srpy.stopSubEngine(p))
             engines.append(uri)
-            engine_pids.append(process.pid)
+            with srpy.PythonEngine(uri) as engine:  # the engine's own process (its keeper is process)
+                engine_pids.append(engine.info["PID"])
 
-        step("srpy")
-        bench_srpy(engines, settings, figures, resources)
-        step("multiprocessing")
-        bench_multiprocessing(pools[2], settings, figures)
-        step("bare Pyro5")
-        pyro_uris = []
-        for _ in range(2):
-            process, uri = helper_process.start_helper(__file__, "pyro", READY_TIMEOUT)
-            resources.add("Pyro5 daemon", lambda p=process: helper_process.stop_process(p))
-            pyro_uris.append(uri)
-        bench_pyro(pyro_uris, settings, figures, resources)
+        rates = [part for part in ("submit", "map") if part in parts]
+        if rates:
+            step("srpy")
+            bench_srpy(engines, settings, figures, resources, rates)
+            step("multiprocessing")
+            bench_multiprocessing(pools[2], settings, figures, rates)
+        if set(rates) == {"submit", "map"}:
+            step("bare Pyro5")
+            pyro_uris = []
+            for _ in range(2):
+                process, uri = helper_process.start_helper(__file__, "pyro", READY_TIMEOUT)
+                resources.add("Pyro5 daemon", lambda p=process: helper_process.stop_process(p))
+                pyro_uris.append(uri)
+            bench_pyro(pyro_uris, settings, figures, resources)
         for peer in peers:
             step(peer)
             try:
@@ -981,11 +1051,13 @@ def run(settings: Settings, skip: Sequence[str]) -> Dict[str, Any]:
             except Exception as exc:  # a broken peer is reported, the run goes on
                 figures["failed"][peer] = "%s: %s" % (type(exc).__name__, exc)
                 print("  note: %s failed: %s: %s" % (peer, type(exc).__name__, exc), flush=True)
-        step("primes (%d tasks of sum_of_primes(%d), 1 vs 2 workers)" % (PRIMES_TASKS, settings.primes_limit))
-        figures["primes"] = bench_primes(engines, engine_pids, pools, settings, resources)
-        step("start-up")
-        figures["startup"] = bench_startup([p for p in peers if p not in figures["failed"]], settings,
-                                           figures["startup_samples"])
+        if "primes" in parts:
+            step("primes (%d tasks of sum_of_primes(%d), 1 vs 2 workers)" % (PRIMES_TASKS, settings.primes_limit))
+            figures["primes"] = bench_primes(engines, engine_pids, pools, settings, resources)
+        if "startup" in parts:
+            step("start-up")
+            figures["startup"] = bench_startup([p for p in peers if p not in figures["failed"]], settings,
+                                               figures["startup_samples"])
     finally:
         resources.close()
     figures["targets"] = verdicts(figures)
@@ -997,33 +1069,54 @@ def step(name: str) -> None:
     print("measuring %s ..." % name, file=sys.stderr, flush=True)
 
 
+def _row(figures: Dict[str, Any], label: str) -> Optional[Row]:
+    return next((r for r in figures["map"] if r["label"] == label), None)
+
+
 def verdicts(figures: Dict[str, Any]) -> Dict[str, Any]:
-    """The issue's four targets against this run's figures."""
-    submit = next(r for r in figures["submit"] if r["srpy"])
-    warm_map = next(r for r in figures["map"] if r["label"] == "srpy EngBox.map, warm")
-    peer_maps = [r for r in figures["map"] if not r["srpy"]]
-    best_peer = max(peer_maps, key=lambda r: r["median"]) if peer_maps else None
-    speedup = figures["primes"]["speedup"]["srpy"]
-    startup = figures["startup"].get("srpy")
-    targets = {
-        "submit_rate": {"value": submit["median"], "target": ">= {:,.0f}/s".format(TARGET_SUBMIT),
-                        "pass": submit["median"] >= TARGET_SUBMIT},
-        "map_rate": {"value": warm_map["median"], "target": ">= {:,.0f}/s".format(TARGET_MAP),
-                     "pass": warm_map["median"] >= TARGET_MAP},
-        "map_vs_peers": {"value": warm_map["median"] / best_peer["median"] if best_peer else None,
-                         "best_peer": best_peer["label"] if best_peer else None,
-                         "best_peer_median": best_peer["median"] if best_peer else None,
-                         "best_vs_best": (warm_map["best"] / max(r["best"] for r in peer_maps)) if peer_maps else None,
-                         "target": "> 1.00x (medians)",
-                         "pass": best_peer is None or warm_map["median"] > best_peer["median"]},
-        "primes_speedup": {"value": speedup, "target": ">= %.2f" % TARGET_SPEEDUP, "pass": speedup >= TARGET_SPEEDUP},
-        "startup": {"value": startup["median"] if startup else None, "target": "<= %.1f s" % TARGET_STARTUP,
-                    "pass": bool(startup) and startup["median"] <= TARGET_STARTUP},
-    }
-    uncached = figures["startup"].get("srpy_no_bytecode")
-    if uncached:
-        targets["startup_no_bytecode"] = {"value": uncached["median"], "target": "<= %.1f s" % TARGET_STARTUP,
-                                          "pass": uncached["median"] <= TARGET_STARTUP}
+    """The targets of issues 3 and 10 against this run's figures (those of the parts it measured)."""
+    targets: Dict[str, Any] = {}
+    submit = next((r for r in figures["submit"] if r["srpy"]), None)
+    if submit is not None:
+        targets["submit_rate"] = {"value": submit["median"], "target": ">= {:,.0f}/s".format(TARGET_SUBMIT),
+                                  "pass": submit["median"] >= TARGET_SUBMIT}
+    warm_map = _row(figures, "srpy EngBox.map, warm")
+    if warm_map is not None:
+        peer_maps = [r for r in figures["map"] if not r["srpy"]]
+        best_peer = max(peer_maps, key=lambda r: r["median"]) if peer_maps else None
+        targets["map_rate"] = {"value": warm_map["median"], "target": ">= {:,.0f}/s".format(TARGET_MAP),
+                               "pass": warm_map["median"] >= TARGET_MAP}
+        targets["map_vs_peers"] = {
+            "value": warm_map["median"] / best_peer["median"] if best_peer else None,
+            "best_peer": best_peer["label"] if best_peer else None,
+            "best_peer_median": best_peer["median"] if best_peer else None,
+            "best_vs_best": (warm_map["best"] / max(r["best"] for r in peer_maps)) if peer_maps else None,
+            "target": "> 1.00x (medians)", "pass": best_peer is None or warm_map["median"] > best_peer["median"]}
+        for key, mine, theirs in (
+                ("map_vs_pool_default", "srpy EngBox.map, warm", "multiprocessing Pool(2).map, default chunks"),
+                ("map_vs_pool_chunksize", "srpy EngBox.map, chunksize=%d" % MAP_CHUNKSIZE,
+                 "multiprocessing Pool(2).map, chunksize=%d" % MAP_CHUNKSIZE)):
+            a, b = _row(figures, mine), _row(figures, theirs)
+            if a is not None and b is not None:
+                targets[key] = {"value": a["median"] / b["median"], "target": ">= 1.00x (medians)",
+                                "pass": a["median"] >= b["median"]}
+    primes = figures.get("primes")
+    if primes is not None:
+        speedup = primes["speedup"]
+        targets["primes_speedup"] = {"value": speedup["srpy"], "target": ">= %.2f" % TARGET_SPEEDUP,
+                                     "pass": speedup["srpy"] >= TARGET_SPEEDUP}
+        for key in ("srpy_2_burst", "srpy_2_map", "srpy_2_map1"):
+            ratio = speedup[key] / speedup["mp"]
+            targets["w3_" + key[7:]] = {"value": speedup[key], "vs_mp": ratio,
+                                        "target": ">= 0.95 x Pool's (%.2f)" % speedup["mp"], "pass": ratio >= 0.95}
+    startup = figures.get("startup", {}).get("srpy")
+    if "startup" in figures:
+        targets["startup"] = {"value": startup["median"] if startup else None, "target": "<= %.1f s" % TARGET_STARTUP,
+                              "pass": bool(startup) and startup["median"] <= TARGET_STARTUP}
+        uncached = figures["startup"].get("srpy_no_bytecode")
+        if uncached:
+            targets["startup_no_bytecode"] = {"value": uncached["median"], "target": "<= %.1f s" % TARGET_STARTUP,
+                                              "pass": uncached["median"] <= TARGET_STARTUP}
     return targets
 
 
@@ -1081,54 +1174,52 @@ def rate_table(title: str, rows: List[Row], reference: Row) -> List[str]:
 
 
 def report(figures: Dict[str, Any]) -> str:
-    """The run's figures as text tables."""
+    """The run's figures as text tables (of the parts it measured)."""
     info, settings = figures["machine"], figures["settings"]
     versions = ", ".join("%s %s" % (k, v) for k, v in info["versions"].items() if v)
     lines = ["srpy EngBox benchmark - %s; %s cores (%s); %s; load average at start %s"
              % (versions, info["cpus"], info["processor"], info["date"], info["load_average_at_start"]),
              "%d repeats per measure; rates in tasks/s; 'srpy x' = srpy's median / that row's median"
              % settings["repeats"], ""]
-    submit_ref = next(r for r in figures["submit"] if r["srpy"])
-    lines += rate_table("per-item submit of square(x), end to end (submit all, then wait for all)",
-                        figures["submit"], submit_ref)
-    lines.append("")
-    map_ref = next(r for r in figures["map"] if r["label"] == "srpy EngBox.map, warm")
-    lines += rate_table("map of square over %d items" % settings["items"], figures["map"], map_ref)
-    primes = figures["primes"]
-    med, best, busy = primes["median_seconds"], primes["best_seconds"], primes["workers_busy_median"]
-    lines += ["", "primes: %d tasks of sum_of_primes(%d), submitted at once, all awaited (seconds)"
-              % (primes["tasks"], primes["limit"]),
-              "  %-40s %9s %9s %9s %11s %11s" % ("system", "1 worker", "2 workers", "speed-up", "best 1/2",
-                                                  "busy 1/2"),
-              "  %-40s %9.3f %9.3f %8.3fx %11s %11s" % (
-                  "srpy EngBox (1 vs 2 engines)", med["srpy_1"], med["srpy_2"], primes["speedup"]["srpy"],
-                  "%.2f/%.2f" % (best["srpy_1"], best["srpy_2"]),
-                  "%.2f/%.2f" % (busy["srpy_1"], busy["srpy_2"])),
-              "  %-40s %9.3f %9.3f %8.3fx %11s %11s" % (
-                  "multiprocessing Pool(1) vs Pool(2)", med["mp_1"], med["mp_2"], primes["speedup"]["mp"],
-                  "%.2f/%.2f" % (best["mp_1"], best["mp_2"]), "%.2f/%.2f" % (busy["mp_1"], busy["mp_2"])),
-              "  (busy = the workers' CPU seconds / (workers x wall seconds), median: below 1.00 the machine"
-              " did not give them their cores)",
-              "  (srpy's speed-up / multiprocessing's, what the machine gave at the time: %.2f; tasks per engine"
-              % (primes["speedup"]["srpy"] / primes["speedup"]["mp"]),
-              "   in the 2-engine box, warm-up included: %s; load average after: %s)"
-              % ("/".join(str(n) for n in primes["tasks_per_engine_2"]), primes["load_average_after"])]
-    lines += ["", "start-up: spawn until both workers answer (seconds)",
-              "  %-46s %10s %10s %10s" % ("system", "median", "best", "srpy x")]
-    startup = figures["startup"]
-    srpy_start = startup.get("srpy")
-    for key, entry in startup.items():
-        ratio = "-" if key == "srpy" or not srpy_start else "%.2fx" % (entry["median"] / srpy_start["median"])
-        extra = ("   (URIs printed after %.3f s)" % entry["printed_median"]) if "printed_median" in entry else ""
-        lines.append("  %-46s %10.3f %10.3f %10s%s" % (entry["label"], entry["median"], entry["best"], ratio, extra))
-    lines.append("  (srpy x for start-up = that row's time / srpy's: above 1 means srpy is faster)")
+    submit_ref = next((r for r in figures["submit"] if r["srpy"]), None)
+    if submit_ref is not None:
+        lines += rate_table("per-item submit of square(x), end to end (submit all, then wait for all)",
+                            figures["submit"], submit_ref)
+        lines.append("")
+    map_ref = _row(figures, "srpy EngBox.map, warm")
+    if map_ref is not None:
+        lines += rate_table("map of square over %d items" % settings["items"], figures["map"], map_ref)
+        cs_ref = _row(figures, "srpy EngBox.map, chunksize=%d" % MAP_CHUNKSIZE)
+        cs_pool = _row(figures, "multiprocessing Pool(2).map, chunksize=%d" % MAP_CHUNKSIZE)
+        if cs_ref is not None and cs_pool is not None:
+            lines.append("  (chunksize=%d: srpy %s/s vs Pool(2) %s/s, %.2fx)" % (
+                MAP_CHUNKSIZE, _rate(cs_ref["median"]), _rate(cs_pool["median"]), cs_ref["median"] / cs_pool["median"]))
+    primes = figures.get("primes")
+    if primes is not None:
+        lines += primes_table(primes)
+    if "startup" in figures:
+        lines += ["", "start-up: spawn until both workers answer (seconds)",
+                  "  %-46s %10s %10s %10s" % ("system", "median", "best", "srpy x")]
+        startup = figures["startup"]
+        srpy_start = startup.get("srpy")
+        for key, entry in startup.items():
+            ratio = "-" if key == "srpy" or not srpy_start else "%.2fx" % (entry["median"] / srpy_start["median"])
+            extra = ("   (URIs printed after %.3f s)" % entry["printed_median"]) if "printed_median" in entry else ""
+            lines.append("  %-46s %10.3f %10.3f %10s%s" % (entry["label"], entry["median"], entry["best"], ratio,
+                                                           extra))
+        lines.append("  (srpy x for start-up = that row's time / srpy's: above 1 means srpy is faster)")
     for peer, reason in figures["skipped"].items():
         lines.append("note: %s %s" % (peer, reason))
     for peer, reason in figures["failed"].items():
         lines.append("note: %s failed: %s" % (peer, reason))
     lines += ["", "targets (issue 3, this run)"]
     names = {"submit_rate": "submit throughput (median)", "map_rate": "map throughput, warm (median)",
-             "map_vs_peers": "map ahead of every peer's best", "primes_speedup": "primes speed-up 1 -> 2 engines",
+             "map_vs_peers": "map ahead of every peer's best",
+             "map_vs_pool_default": "map, own chunks vs Pool's default",
+             "map_vs_pool_chunksize": "map, chunksize=%d vs Pool's same" % MAP_CHUNKSIZE,
+             "primes_speedup": "primes speed-up 1 -> 2 engines",
+             "w3_burst": "W3 speed-up, burst after a cheap map", "w3_map": "W3 speed-up, map, own chunking",
+             "w3_map1": "W3 speed-up, map, chunksize=1",
              "startup": "start-up of srpyapp -n 2 (median)",
              "startup_no_bytecode": "  the same, recompiled at each start"}
     for key, target in figures["targets"].items():
@@ -1144,9 +1235,37 @@ def report(figures: Dict[str, Any]) -> str:
         extra = "   (best peer: %s, %s/s; best vs best %.2fx)" % (
             target["best_peer"], _rate(target["best_peer_median"]), target["best_vs_best"]) \
             if key == "map_vs_peers" and target["best_peer"] else ""
-        lines.append("  %-36s %14s   target %-16s %s%s" % (names[key], shown, target["target"],
+        if key.startswith("w3_"):
+            extra = "   (%.2fx Pool's)" % target["vs_mp"]
+        lines.append("  %-40s %14s   target %-24s %s%s" % (names[key], shown, target["target"],
                                                            "PASS" if target["pass"] else "FAIL", extra))
     return "\n".join(lines)
+
+
+def primes_table(primes: Dict[str, Any]) -> List[str]:
+    """The primes workload's table: 1 vs 2 workers, and srpy's four ways on 2 engines (W3)."""
+    med, best, busy = primes["median_seconds"], primes["best_seconds"], primes["workers_busy_median"]
+    speedup, shares = primes["speedup"], primes["tasks_per_engine"]
+    lines = ["", "primes: %d tasks of sum_of_primes(%d), all awaited (seconds); srpy's 2-engine rows each right "
+             "after a map of square" % (primes["tasks"], primes["limit"]),
+             "  %-44s %9s %9s %9s %11s %11s  %s" % ("system", "1 worker", "2 workers", "speed-up", "best 1/2",
+                                                     "busy 1/2", "tasks per engine (last)")]
+    rows = (("srpy EngBox (1 vs 2 engines)", "srpy_2", "srpy"),
+            ("srpy, burst of submits on a fresh box", "srpy_2_burst", "srpy_2_burst"),
+            ("srpy EngBox.map, own chunking", "srpy_2_map", "srpy_2_map"),
+            ("srpy EngBox.map, chunksize=1", "srpy_2_map1", "srpy_2_map1"))
+    for label, key, speed in rows:
+        lines.append("  %-44s %9.3f %9.3f %8.3fx %11s %11s  %s" % (
+            label, med["srpy_1"], med[key], speedup[speed], "%.2f/%.2f" % (best["srpy_1"], best[key]),
+            "%.2f/%.2f" % (busy["srpy_1"], busy[key]), "/".join(str(n) for n in shares[key][-1])))
+    lines += ["  %-44s %9.3f %9.3f %8.3fx %11s %11s" % (
+                  "multiprocessing Pool(1) vs Pool(2)", med["mp_1"], med["mp_2"], speedup["mp"],
+                  "%.2f/%.2f" % (best["mp_1"], best["mp_2"]), "%.2f/%.2f" % (busy["mp_1"], busy["mp_2"])),
+              "  (busy = the workers' CPU seconds / (workers x wall seconds), median: below 1.00 the machine"
+              " did not give them their cores)",
+              "  (srpy's speed-up / multiprocessing's, what the machine gave at the time: %.2f; load average after: %s)"
+              % (speedup["srpy"] / speedup["mp"], primes["load_average_after"])]
+    return lines
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1156,6 +1275,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE as JSON")
     parser.add_argument("--skip", default="", metavar="PEERS",
                         help="comma-separated optional peers not to measure: %s" % ",".join(OPTIONAL_PEERS))
+    parser.add_argument("--only", default=",".join(PARTS), metavar="PARTS",
+                        help="comma-separated parts to measure (default all): %s; a partial run measures srpy "
+                             "and multiprocessing only" % ",".join(PARTS))
     parser.add_argument("--serve", choices=("pyro", "rpyc"), help=argparse.SUPPRESS)
     return parser
 
@@ -1170,8 +1292,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     unknown = set(skip) - set(OPTIONAL_PEERS)
     if unknown:
         build_parser().error("unknown peer(s) for --skip: %s" % ", ".join(sorted(unknown)))
+    parts = [name.strip() for name in options.only.split(",") if name.strip()]
+    if not parts or set(parts) - set(PARTS):
+        build_parser().error("--only takes parts among: %s" % ", ".join(PARTS))
     helper_process.raise_on_sigterm()
-    figures = run(Settings(options.quick), skip)
+    figures = run(Settings(options.quick), skip, parts)
     print(report(figures))
     if options.json:
         with open(options.json, "w", encoding="utf-8") as handle:

@@ -15,7 +15,6 @@ C{concurrent.futures.Executor}.
 
 import concurrent.futures
 import io
-import itertools
 import logging
 import os
 import tarfile
@@ -23,11 +22,11 @@ import threading
 import time
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
-from . import discovery, functions
+from . import discovery, functions, scheduler as scheduling
 from .client import PythonEngine
 from .errors import NoEnginesError, SRPyServerNotFound
 from .progress import ProgressBar
-from .scheduler import MapJob, Scheduler, Task, missing_packages
+from .scheduler import MapIterator, MapJob, Scheduler, Task, missing_packages
 
 log = logging.getLogger("srpy.box")
 
@@ -44,6 +43,9 @@ class EngBox(concurrent.futures.Executor):
 
     As an executor: C{submit}, C{map}, C{shutdown}, C{with EngBox(...) as box:}; futures are
     C{concurrent.futures.Future}s, so C{as_completed}, C{wait} and C{cancel} work as documented.
+    What C{multiprocessing} users reach for: C{imap} (lazy, bounded memory), C{imap_unordered},
+    C{starmap}. C{abort(future)} and C{abort_all()} stop work that already runs. Exit and Ctrl-C
+    behave as in C{concurrent.futures} (see L{srpy.scheduler}).
 
     An engine that dies while running the box's work leaves the box (its work goes to the others);
     if it answers again within a minute, as an engine restarted by C{srpyapp --restart} does on the
@@ -52,8 +54,14 @@ class EngBox(concurrent.futures.Executor):
     @ivar task_timeout: seconds any one submitted task may run (None: no limit).
     """
 
-    def __init__(self, engines: Optional[Iterable[EngineLike]] = None, secret: Optional[str] = None,
+    def __init__(self, engines: Union[EngineLike, Iterable[EngineLike], None] = None, secret: Optional[str] = None,
                  task_timeout: Optional[float] = None, ssl_context: Any = None) -> None:
+        """
+        @param engines: L{PythonEngine}s or URIs to connect to; one URI string or engine alone
+            means that one engine.
+        """
+        if isinstance(engines, (str, PythonEngine)):
+            engines = [engines]
         self._engines: List[PythonEngine] = []
         self._away: List[PythonEngine] = []  # left the box by dying; may rejoin if they answer again
         self._secret = secret
@@ -264,6 +272,8 @@ class EngBox(concurrent.futures.Executor):
 
     def _get_scheduler(self) -> Scheduler:
         with self._lock:
+            if scheduling._exiting:
+                raise RuntimeError("cannot schedule new work after interpreter shutdown")
             if self._shut:
                 raise RuntimeError("cannot schedule new work after shutdown")
             if self._scheduler is None:
@@ -300,26 +310,96 @@ class EngBox(concurrent.futures.Executor):
         return future
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: Optional[float] = None,
-            chunksize: Optional[int] = None, progress: bool = False) -> Iterator[Any]:
+            chunksize: Optional[int] = None, progress: bool = False) -> MapIterator:
         """
         Like the builtin map, over the engines: results in order, computed in chunks whose size
-        srpy picks per engine from what it measures (or C{chunksize}, if given). C{timeout} counts
-        from this call, as in C{concurrent.futures}. C{progress=True} draws a live progress line
-        (rate, ETA) on stderr. An exception raised by C{fn} is raised when its result is reached.
+        srpy picks from what it measures of C{fn} (or C{chunksize}, if given). The iterables are
+        read at once, as C{concurrent.futures} does. C{timeout} counts from this call: a result
+        not there by then raises C{TimeoutError} (one already there is returned). C{progress=True}
+        draws a live progress line (rate, ETA) on stderr. An exception raised by C{fn} is raised
+        when its result is reached. Breaking out of the results (and dropping them), their
+        C{close()}, a timeout or an exception cancels the rest and stops its chunks still running.
         """
         bundle = functions.pack(fn)
         single = len(iterables) == 1
         items = list(iterables[0]) if single else list(zip(*iterables))
-        if chunksize is not None and chunksize < 1:
-            raise ValueError("chunksize must be >= 1")
+        _check_chunksize(chunksize)
         bar = ProgressBar(len(items)) if progress and items else None
-        job = MapJob(bundle, items, chunksize, self.task_timeout, bar, "map1" if single else "map")
+        job = MapJob(bundle, "map1" if single else "map", items, chunksize, self.task_timeout, bar)
+        return self._start_map(job, timeout)
+
+    def starmap(self, fn: Callable[..., Any], iterable: Iterable[Iterable[Any]],
+                chunksize: Optional[int] = None, timeout: Optional[float] = None) -> List[Any]:
+        """
+        C{[fn(*args) for args in iterable]} over the engines, as C{multiprocessing.Pool.starmap}
+        (a list, once every result is in; C{chunksize} as for L{map}).
+        """
+        bundle = functions.pack(fn)
+        _check_chunksize(chunksize)
+        job = MapJob(bundle, "map", [tuple(args) for args in iterable], chunksize, self.task_timeout)
+        return list(self._start_map(job, timeout))
+
+    def imap(self, fn: Callable[..., Any], iterable: Iterable[Any], chunksize: Optional[int] = None, *,
+             buffersize: Optional[int] = None, timeout: Optional[float] = None) -> MapIterator:
+        """
+        Lazy L{map} over one iterable, as C{multiprocessing.Pool.imap}: the iterable is read in
+        this thread as the results are taken, at most C{buffersize} items ahead of them (default:
+        L{IMAP_BUFFER<srpy.scheduler.IMAP_BUFFER>}, or two chunks per engine if more), so an
+        endless iterable runs in bounded memory. Results come in order.
+        """
+        return self._imap(fn, iterable, chunksize, buffersize, timeout, ordered=True)
+
+    def imap_unordered(self, fn: Callable[..., Any], iterable: Iterable[Any], chunksize: Optional[int] = None, *,
+                       buffersize: Optional[int] = None, timeout: Optional[float] = None) -> MapIterator:
+        """L{imap}, with the results in the order they complete (a chunk's results stay together, in order)."""
+        return self._imap(fn, iterable, chunksize, buffersize, timeout, ordered=False)
+
+    def _imap(self, fn: Callable[..., Any], iterable: Iterable[Any], chunksize: Optional[int],
+              buffersize: Optional[int], timeout: Optional[float], ordered: bool) -> MapIterator:
+        bundle = functions.pack(fn)
+        _check_chunksize(chunksize)
+        if buffersize is not None and buffersize < 1:
+            raise ValueError("buffersize must be >= 1")
+        window = buffersize or max(scheduling.IMAP_BUFFER, 2 * len(self) * (chunksize or 1))
+        job = MapJob(bundle, "map1", [], chunksize, self.task_timeout, source=iter(iterable),
+                     window=window, ordered=ordered)
+        return self._start_map(job, timeout)
+
+    def _start_map(self, job: MapJob, timeout: Optional[float]) -> MapIterator:
         deadline = None if timeout is None else time.monotonic() + timeout
-        self._get_scheduler().put_map(job)
-        return _results(job, deadline)
+        scheduler = self._get_scheduler()
+        scheduler.put_map(job)
+        scheduler.feed(job)  # an imap starts on what it reads now
+        return scheduling.results(job, deadline)
+
+    def abort(self, future: concurrent.futures.Future) -> bool:
+        """
+        Stop the task behind C{future} (a future of this box): one that has not started is
+        cancelled; one that runs is stopped on its engine, by the same mechanism as time limits,
+        and its future fails with L{TaskAborted<srpy.errors.TaskAborted>} (short tasks sent in
+        the same batch go back to the queue and run again). Waits (a few seconds at most) until
+        the engine has stopped it. Returns True if the task was cancelled or stopped, False if it
+        had ended (or ended meanwhile with its result), or is not this box's.
+        """
+        scheduler = self._scheduler
+        return scheduler.abort(future) if scheduler is not None else False
+
+    def abort_all(self) -> int:
+        """
+        Stop all of this box's work: queued tasks are cancelled, maps cut nothing more (their
+        iterators raise L{TaskAborted<srpy.errors.TaskAborted>}), running calls are stopped on
+        their engines (their futures fail with TaskAborted). The box takes new work afterwards.
+        Returns how many tasks and chunks it ended.
+        """
+        scheduler = self._scheduler
+        return scheduler.abort_all() if scheduler is not None else 0
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Stop taking work; optionally cancel queued work; optionally wait for running work."""
+        """
+        Stop taking work. C{cancel_futures=True} cancels what has not started (queued tasks, the
+        chunks of maps not cut yet); C{wait=True} waits for the rest. With C{wait=False} it
+        returns at once, and the accepted work still runs (interpreter exit waits for it).
+        """
         with self._lock:
             self._shut = True
             scheduler = self._scheduler
@@ -337,44 +417,9 @@ class EngBox(concurrent.futures.Executor):
             engine.close()
 
 
-def _results(job: MapJob, deadline: Optional[float]) -> Iterator[Any]:
-    """A map's results in order, chunk by chunk as the chunks complete (items stepped through at C speed)."""
-    return itertools.chain.from_iterable(_chunk_results(job, deadline))
-
-
-def _chunk_results(job: MapJob, deadline: Optional[float]) -> Iterator[List[Any]]:
-    """Yield a map's chunks of results in order; cancel what is left when the caller stops early."""
-    index = 0
-    try:
-        while True:
-            with job.changed:
-                while index >= len(job.chunks):
-                    if job.next >= len(job.items) or job.cancelled:
-                        if job.progress is not None:
-                            job.progress.close()
-                        if job.next < len(job.items):  # never end a cancelled map as if it were whole
-                            raise concurrent.futures.CancelledError("the map was cancelled (shutdown with "
-                                                                    "cancel_futures=True) before all its items ran")
-                        return
-                    if not job.changed.wait(_remaining(deadline)):
-                        raise TimeoutError("map results not ready within its timeout")
-                future = job.chunks[index]
-            outcome = future.result(_remaining(deadline))
-            index += 1
-            yield outcome[1]
-            if outcome[0] == "part":
-                raise outcome[2]
-    finally:
-        job.cancel()
-
-
-def _remaining(deadline: Optional[float]) -> Optional[float]:
-    if deadline is None:
-        return None
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise TimeoutError("map results not ready within its timeout")
-    return left
+def _check_chunksize(chunksize: Optional[int]) -> None:
+    if chunksize is not None and chunksize < 1:
+        raise ValueError("chunksize must be >= 1")
 
 
 def _parallel(items: Sequence[Any], action: Callable[[Any], Any]) -> List[Any]:
@@ -387,9 +432,7 @@ def _parallel(items: Sequence[Any], action: Callable[[Any], Any]) -> List[Any]:
         except Exception as exc:  # each item's failure is its own result
             results[i] = (items[i], exc)
 
-    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(items))]
-    for thread in threads:
-        thread.start()
+    threads = [scheduling.start_thread(run, i, name="srpy-parallel") for i in range(len(items))]
     for thread in threads:
         thread.join()
     return results
@@ -441,8 +484,7 @@ class _MultiRun:
             result = MultiRunResult(engines)
             if self._parallel:
                 for engine in engines:
-                    threading.Thread(target=_call_into, args=(result, engine, method, args, kwargs),
-                                     daemon=True).start()
+                    scheduling.start_thread(_call_into, result, engine, method, args, kwargs, name="srpy-mrp")
             else:
                 for engine in engines:
                     _call_into(result, engine, method, args, kwargs)

@@ -813,25 +813,50 @@ class Engine:
     # -- tasks (the executor's wire interface) ------------------------------------------------------
 
     @_engine_call(locked=True)
-    def define(self, fn_hash: str, bundle: Dict[str, Any]) -> None:
-        """Build a shipped function (see L{srpy.functions}) and keep it under C{fn_hash}."""
-        if fn_hash not in self._functions:
+    def define(self, fn_hash: str, bundle: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+        """
+        Build a shipped function (see L{srpy.functions}) and keep it under C{fn_hash}. Returns None
+        once it is defined; if building it failed, what failed and of which kind, so that the
+        client never guesses from message text: C{{'kind': kind, 'error': exception, 'module':
+        name or None}}, where kind is C{'missing'} (a module it imports is not installed here:
+        C{module} names it), C{'transient'} (C{MemoryError} or C{OSError}: trying again may
+        work) or C{'broken'} (anything else: the same bundle fails the same way everywhere).
+        """
+        if fn_hash in self._functions:
+            return None
+        try:
             self._functions[fn_hash] = functions.build(bundle, self._install_files)
+            return None
+        except errors.CallInterrupted:  # a limit or an abort stops the call itself
+            raise
+        except BaseException as exc:  # whatever building raised is the definition's outcome, not the call's
+            exc.srpy_traceback = _user_traceback(exc)
+            if isinstance(exc, ModuleNotFoundError):
+                return {"kind": "missing", "error": exc, "module": exc.name}
+            kind = "transient" if isinstance(exc, (MemoryError, OSError)) else "broken"
+            return {"kind": kind, "error": exc, "module": None}
 
     @_engine_call(locked=True)
     def run_batch(self, tasks: List[Any]) -> bytes:
         """
         Run C{tasks}, each C{[hash, 'call', [args, kwargs]]}, C{[hash, 'map', [args, args, ...]]} or
         C{[hash, 'map1', [arg, arg, ...]]} (a map over one iterable: items sent as they are),
-        with functions sent earlier by L{define}. Returns the outcomes, already serialized:
-        C{('ok', value)}, C{('err', exception)}, or for a map that failed part-way
-        C{('part', values, exception)}. A value that cannot travel fails only its own task.
+        with functions sent earlier by L{define}. Returns, already serialized, C{(outcomes,
+        seconds)}: one outcome per task, C{('ok', value)}, C{('err', exception)}, or for a map
+        that failed part-way C{('part', values, exception)}; and the seconds the tasks ran here
+        (what the client learns each function's speed from: the round trip is not the
+        function's). Whatever a task raises (C{SystemExit},
+        C{KeyboardInterrupt}, any C{BaseException}) is its own outcome, except srpy's
+        L{CallInterrupted<srpy.errors.CallInterrupted>}, which stops the whole call. A value that
+        cannot travel fails only its own task (a map's chunk: from that value on).
         """
+        start = time.perf_counter()
         outcomes = [self._run_task(task) for task in tasks]
+        seconds = time.perf_counter() - start
         try:
-            return codec.dumps(outcomes)
+            return codec.dumps((outcomes, seconds))
         except (TypeError, ValueError):
-            return codec.dumps([_travelling(outcome) for outcome in outcomes])
+            return codec.dumps(([_travelling(outcome, task[1]) for outcome, task in zip(outcomes, tasks)], seconds))
 
     def _run_task(self, task: Sequence[Any]) -> tuple:
         fn_hash, kind, payload = task
@@ -844,10 +869,20 @@ class Engine:
             except Exception as exc:
                 exc.srpy_traceback = _user_traceback(exc)
                 return ("err", exc)
+            except errors.CallInterrupted:  # the engine stops this call: never a task's outcome
+                raise
+            except BaseException as exc:  # SystemExit, KeyboardInterrupt...: the task's own outcome
+                exc.srpy_traceback = _user_traceback(exc)
+                return ("err", exc)
         results: List[Any] = []
         try:  # extend() keeps what was computed before a failure; map/starmap loop at C speed
             results.extend(map(fn, payload) if kind == "map1" else itertools.starmap(fn, payload))
         except Exception as exc:
+            exc.srpy_traceback = _user_traceback(exc)
+            return ("part", results, exc)
+        except errors.CallInterrupted:
+            raise
+        except BaseException as exc:
             exc.srpy_traceback = _user_traceback(exc)
             return ("part", results, exc)
         return ("ok", results)
@@ -1059,13 +1094,30 @@ class Engine:
         self.group = group
 
 
-def _travelling(outcome: tuple) -> tuple:
-    """C{outcome}, or an error outcome naming why its value cannot travel."""
+def _travelling(outcome: tuple, kind: str = "call") -> tuple:
+    """
+    C{outcome}, or one that says why its value cannot travel: an error outcome for a call; for a
+    map's chunk, the values before the first one that cannot travel, then a L{SerializationError}
+    naming its type and position.
+    """
     try:
         codec.dumps(outcome)
         return outcome
     except (TypeError, ValueError) as exc:
-        return ("err", exc if isinstance(exc, errors.SerializationError) else errors.SerializationError(str(exc)))
+        if kind == "call" or outcome[0] == "err":
+            return ("err", _serialization_error(exc))
+    values = outcome[1]
+    for index, value in enumerate(values):
+        try:
+            codec.dumps(value)
+        except (TypeError, ValueError) as exc:
+            error = errors.SerializationError("a result of the map cannot travel back: %s" % exc)
+            return ("part", values[:index], error)
+    return ("part", values, _serialization_error(ValueError("the chunk's error cannot travel")))
+
+
+def _serialization_error(exc: BaseException) -> errors.SerializationError:
+    return exc if isinstance(exc, errors.SerializationError) else errors.SerializationError(str(exc))
 
 
 def _check_source(source: Any) -> None:

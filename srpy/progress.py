@@ -39,13 +39,14 @@ class ProgressBar:
                 self._drawn = now
                 self._draw(now)
 
-    def close(self) -> None:
-        """Draw the final line (everything done) and end it."""
+    def close(self, complete: bool = True) -> None:
+        """Draw the final line and end it: everything done, or (C{complete=False}) as far as it got."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            self.done = max(self.done, self.total)
+            if complete:
+                self.done = max(self.done, self.total)
             self._draw(time.monotonic())
             self.stream.write("\n")
             self.stream.flush()

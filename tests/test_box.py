@@ -319,18 +319,14 @@ def test_python_option(start_launcher, tmp_path):
 
 def test_chunk_sizes_small_job_one_chunk_per_idle_engine_long_job_shrinking_chunks():
     """
-    The scheduler's sizing rule (a pure function): a job under 5 ms of work per idle engine goes
-    out as one equal chunk per idle engine; long tasks go out in shrinking fair shares.
+    The scheduler's sizing rule (a pure function of a function's measured seconds per item): a
+    job under 5 ms of work per idle engine goes out as one equal chunk per idle engine; long
+    tasks go out in shrinking fair shares.
     """
     size = scheduler.Scheduler._size
-    slot = scheduler.Slot(object())
-    slot.per_item = 1e-7  # x*x: 0.1 us an item
-    assert size(slot, 20000, (0.5, 2), probe=32) == 10000  # both engines idle: half each
-    assert size(slot, 10000, (0.5, 1), probe=32) == 10000  # the other has its half: the rest
-    slot.per_item = 0.02  # 20 ms an item
-    assert size(slot, 16, (0.5, 2), probe=32) == 8
-    assert size(slot, 8, (0.5, 1), probe=32) == 4  # the fair share shrinks as the work runs out
-    slot.per_item = 1e-3
-    assert size(slot, 100000, (0.5, 2), probe=32) == 250  # at most 0.25 s of work in one chunk
-    slot.per_item = None
-    assert size(slot, 20000, (0.5, 2), probe=32) == 32  # not measured yet: a small probe
+    assert size(1e-7, 20000, (0.5, 2), probe=32) == 10000  # x*x: 0.1 us an item; both engines idle: half each
+    assert size(1e-7, 10000, (0.5, 1), probe=32) == 10000  # the other has its half: the rest
+    assert size(0.02, 16, (0.5, 2), probe=32) == 8  # 20 ms an item
+    assert size(0.02, 8, (0.5, 1), probe=32) == 4  # the fair share shrinks as the work runs out
+    assert size(1e-3, 100000, (0.5, 2), probe=32) == 250  # at most 0.25 s of work in one chunk
+    assert size(None, 20000, (0.5, 2), probe=32) == 32  # not measured yet: a small probe
