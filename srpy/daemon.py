@@ -8,13 +8,16 @@ over the arguments). An engine serves mostly small calls from srpy clients, so t
 handles a plain invoke message in srpy's serializer itself: one read for the header, one for the
 body, one write for the reply, the same wire format and the same error replies as Pyro5.
 Everything else (json or serpent callers such as the Jython client, pings, oneway or batch
-flags, unknown objects) is handed, unchanged, to Pyro5's own C{handleRequest}.
+flags, unknown objects) is handed to Pyro5's own C{handleRequest}, after the same checks: every
+message, whatever its serializer or flags, is held to the same size limit, raw trailing bytes to
+the same limit, marshal to L{srpy.codec.check_marshal}, inflation to the size limit; Pyro5's
+keep-serialized blob arguments (which it would read with a plain C{marshal.loads}) are refused.
 """
 
 import socket
 import struct
 import zlib
-from typing import Any, Dict, Optional, Set
+from typing import Any, Dict, List, Optional, Set
 
 from Pyro5 import config as pyro_config
 from Pyro5 import errors as pyro_errors
@@ -24,14 +27,12 @@ from Pyro5 import server as pyro_server
 from Pyro5.callcontext import current_context
 
 from . import codec, lite
-from .security import SecureDaemon, note_bad_input
+from .security import HANDSHAKE_MAX_SIZE, SecureDaemon, note_bad_input
 
 _WAITALL = getattr(socket, "MSG_WAITALL", 0)
 _INVOKE = lite.MSG_INVOKE
 _FAST_FLAGS = 0  # any flag (oneway, batch, compressed, ...) takes Pyro5's path
 _EMPTY_CORRELATION = b"\0" * 16
-#: the most a connect message (all a client may send before its handshake succeeds) may hold, in bytes
-HANDSHAKE_MAX_SIZE = 64 * 1024
 #: what Pyro5's server loop takes quietly as the client going away
 _CLIENT_GONE = (OSError, pyro_errors.ConnectionClosedError, pyro_errors.SecurityError, pyro_errors.TimeoutError)
 
@@ -63,17 +64,26 @@ class EngineDaemon(SecureDaemon):
         tag, version, msgtype, serializer_id, flags, seq, data_size, ann_size, _, _, magic = lite.HEADER.unpack(header)
         if tag != b"PYRO" or magic != lite.MAGIC or version != lite.PROTOCOL_VERSION:
             raise pyro_errors.ProtocolError("invalid message or protocol version")
-        if msgtype != _INVOKE or serializer_id != codec.SERIALIZER_ID or flags != _FAST_FLAGS:
-            super().handleRequest(_Replay(conn, header))
-            return
-        if data_size + ann_size > pyro_config.MAX_MESSAGE_SIZE:
-            raise pyro_errors.ProtocolError("message too large (%d, max=%d)"
-                                            % (data_size + ann_size, pyro_config.MAX_MESSAGE_SIZE))
-        payload = _read(conn, data_size + ann_size) if data_size + ann_size else b""
+        size = data_size + ann_size
+        if size > pyro_config.MAX_MESSAGE_SIZE:
+            raise pyro_errors.ProtocolError("message too large (%d, max=%d)" % (size, pyro_config.MAX_MESSAGE_SIZE))
+        payload = _read(conn, size) if size else b""
         annotations = _annotations(payload, ann_size) if ann_size else {}
         if annotations:
             _check_trailing(annotations)
-        self._serve(conn, seq, payload, ann_size, annotations)
+        if msgtype == _INVOKE and serializer_id == codec.SERIALIZER_ID and flags == _FAST_FLAGS:
+            self._serve(conn, seq, payload, ann_size, annotations)
+            return
+        # every other message passes the same checks (above, and here), then Pyro5's own handling
+        if serializer_id not in pyro_serializers.serializers_by_id and msgtype != pyro_protocol.MSG_PING:
+            raise pyro_errors.ProtocolError("unknown serializer id %d" % serializer_id)
+        if msgtype == _INVOKE and flags & pyro_protocol.FLAGS_KEEPSERIALIZED:
+            # Pyro5 would read the BLBI annotation with a plain marshal.loads and pass a blob that no
+            # engine method takes: refused, as a reply to this call
+            exc = pyro_errors.ProtocolError("srpy engines take no Pyro5 SerializedBlob arguments (flag 0x20)")
+            self._sendExceptionResponse(conn, seq, serializer_id, exc, None)
+            return
+        super().handleRequest(_Replay(conn, header, payload))
 
     def _serve(self, conn: Any, seq: int, payload: bytes, ann_size: int, annotations: Dict[str, Any]) -> None:
         current_context.client = conn
@@ -128,12 +138,18 @@ def _read(conn: Any, size: int) -> bytes:
 
 
 def _check_trailing(annotations: Dict[str, Any]) -> None:
-    """Refuse (closing the connection) a call announcing more raw bytes than a message may hold."""
+    """
+    Refuse (closing the connection) a call whose list of raw trailing bytes is malformed or
+    announces more raw bytes than a message may hold, whatever its serializer.
+    """
     sizes = annotations.get(lite.TRAILING)
     if sizes is None:
         return
+    if len(sizes) % 8:
+        raise pyro_errors.ProtocolError("malformed %s annotation (%d bytes, not a list of 8-byte sizes)"
+                                        % (lite.TRAILING, len(sizes)))
     count = len(sizes) // 8
-    total = sum(struct.unpack("!%dQ" % count, bytes(sizes[:count * 8])))
+    total = sum(struct.unpack("!%dQ" % count, bytes(sizes)))
     if total > pyro_config.MAX_MESSAGE_SIZE:
         raise pyro_errors.ProtocolError("call announces %d raw bytes, more than the limit of %d"
                                         % (total, pyro_config.MAX_MESSAGE_SIZE))
@@ -246,18 +262,30 @@ def _guard_pyro() -> None:
 
 
 class _Replay:
-    """A Pyro5 connection whose first bytes (a header already read) are served again."""
+    """A Pyro5 connection whose first message (already read, and checked) is served again."""
 
-    def __init__(self, conn: Any, consumed: bytes) -> None:
+    def __init__(self, conn: Any, *consumed: bytes) -> None:
         self._conn = conn
-        self._pending: Optional[bytes] = consumed
+        self._pending: List[bytes] = [part for part in consumed if part]
 
     def recv(self, size: int) -> bytes:
         pending = self._pending
         if not pending:
             return self._conn.recv(size)
-        head, self._pending = pending[:size], pending[size:]
-        return head if len(head) == size else head + self._conn.recv(size - len(head))
+        first = pending[0]
+        if len(first) == size:  # Pyro5 reads header, then payload: each comes back whole, no copy
+            del pending[0]
+            return first
+        parts, got = [], 0
+        while pending and got < size:
+            part = pending.pop(0)
+            if got + len(part) > size:
+                pending.insert(0, part[size - got:])
+                part = part[:size - got]
+            parts.append(part)
+            got += len(part)
+        data = b"".join(parts)
+        return data if got == size else data + self._conn.recv(size - got)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._conn, name)

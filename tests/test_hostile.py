@@ -92,3 +92,110 @@ def test_crafted_tagged_values_reserve_nothing(engine_uri):
             conn.close()
         assert eng.eval("6 * 7") == 42
         assert engine_rss(eng) - before < 20 * 2 ** 20
+
+
+# -- item 3: before the handshake, only what a handshake needs -------------------------------------
+
+def connect_refusal(uri, message):
+    """Send one message on a fresh raw socket; return the engine's whole answer (it must hang up)."""
+    _, host, port = lite.parse_uri(uri)
+    with socket.create_connection((host, port), 10) as sock:
+        sock.settimeout(10)
+        sock.sendall(message)
+        chunks = []
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return b"".join(chunks)
+            chunks.append(data)
+
+
+def test_the_101_byte_connect_message_reserves_nothing(engine_uri):
+    """A connect message in srpy's format holding a tagged bytearray(572 MB): refused at its size."""
+    body = marshal.dumps((codec._MARK, {"handshake": (codec._TAG, "bytearray", 572 * 10 ** 6),
+                                        "object": "srpy.engine"}))
+    message = header(lite.MSG_CONNECT, len(body), codec.SERIALIZER_ID) + body
+    assert len(message) < 120  # the issue's was 101 bytes
+    with srpy.PythonEngine(engine_uri) as eng:
+        before = engine_rss(eng)
+        for _ in range(3):
+            answer = connect_refusal(engine_uri, message)
+            assert answer[6] == lite.MSG_CONNECTFAIL and b"malformed connect message" in answer
+        assert eng.eval("6 * 7") == 42
+        assert engine_rss(eng) - before < 8 * 2 ** 20
+
+
+@pytest.mark.parametrize("serializer_id, body", [
+    (2, marshal.dumps({"handshake": "hello", "object": "srpy.engine", "extra": b"x" * 100})),
+    (3, b'{"handshake": {"deep": [[[[["too deep"]]]]]}, "object": "srpy.engine"}'),
+    (3, b'{"handshake": "hello", "object": ["srpy.engine"]}'),
+    (1, b"{'handshake': 'x' * 10 ** 9, 'object': 'srpy.engine'}"),
+    (1, b"{'handshake': __import__('os').getpid(), 'object': 'srpy.engine'}"),
+    (codec.SERIALIZER_ID, b"(" + struct.pack("<i", 2 ** 30)),
+], ids=["marshal-extra-key", "json-too-deep", "json-object-not-a-name", "serpent-expression", "serpent-call",
+        "srpy-tuple-bomb"])
+def test_connect_messages_beyond_what_a_handshake_needs_are_refused(engine_uri, serializer_id, body):
+    answer = connect_refusal(engine_uri, header(lite.MSG_CONNECT, len(body), serializer_id) + body)
+    assert answer[6] == lite.MSG_CONNECTFAIL and b"malformed connect message" in answer
+    with srpy.PythonEngine(engine_uri) as eng:
+        assert eng.ping() == "pong"
+
+
+@pytest.mark.parametrize("serializer", ["serpent", "marshal", "json", "msgpack"])
+def test_plain_pyro5_proxies_of_every_serializer_still_connect(engine_uri, serializer):
+    if serializer == "msgpack":
+        pytest.importorskip("msgpack")
+    from Pyro5.api import Proxy
+    with Proxy(engine_uri) as proxy:
+        proxy._pyroSerializer = serializer
+        assert proxy.ping() == "pong"
+        assert proxy.eval("6 * 7", {}) == 42
+
+
+# -- item 7: every path into an engine gets the same checks and limits ------------------------------
+
+def test_keep_serialized_blob_arguments_are_refused_not_unmarshalled(engine_uri):
+    """Pyro5's flag 0x20 path read the BLBI annotation with plain marshal.loads: 5 bytes took 512 MB."""
+    with srpy.PythonEngine(engine_uri) as eng:
+        before = engine_rss(eng)
+        conn = lite.Connection(engine_uri)
+        try:
+            bomb = b"(" + struct.pack("<i", 2 ** 26)
+            body = marshal.dumps(("srpy.engine", "ping", (), {}))
+            conn._send(lite.MSG_INVOKE, 2, body, 9, {"BLBI": bomb}, flags=0x20)
+            msgtype, _, flags, seq, data, _ = conn._receive()
+            assert msgtype == lite.MSG_RESULT and flags & lite.FLAGS_EXCEPTION and seq == 9
+            assert b"SerializedBlob" in data
+        finally:
+            conn.close()
+        assert eng.eval("6 * 7") == 42
+        assert engine_rss(eng) - before < 8 * 2 ** 20
+
+
+@pytest.mark.parametrize("serializer", [None, srpy.client.WIRE_FORMAT], ids=["json", "srpy"])
+def test_raw_trailing_bytes_are_held_to_the_message_limit_whatever_the_serializer(start_launcher, serializer):
+    launcher = start_launcher(["-n", "1", "--max-message-size", "1"], count=1)
+    uri = launcher.uris[0]
+    conn = lite.Connection(uri, serializer=serializer)
+    blob = os.urandom(5 * 1024 * 1024)
+    try:
+        with pytest.raises(srpy.CommunicationError):
+            conn.call("set", ({"stored": "\x00srpy-blob:0"},), trailing=(blob,), timeout=30)
+    finally:
+        conn.close()
+    with srpy.PythonEngine(uri) as eng:
+        assert eng.get() == [], "nothing beyond the limit was stored"
+        assert eng.eval("6 * 7") == 42
+
+
+def test_malformed_trailing_sizes_end_only_that_connection(engine_uri):
+    conn = lite.Connection(engine_uri)
+    try:
+        conn._send(lite.MSG_INVOKE, lite.JSON_SERIALIZER_ID, b'{"object": "srpy.engine", "method": "ping", '
+                   b'"params": [], "kwargs": {}}', 4, {lite.TRAILING: b"\x00" * 7})
+        with pytest.raises(srpy.CommunicationError):
+            conn._receive()
+    finally:
+        conn.close()
+    with srpy.PythonEngine(engine_uri) as eng:
+        assert eng.ping() == "pong"
