@@ -199,3 +199,126 @@ def test_malformed_trailing_sizes_end_only_that_connection(engine_uri):
         conn.close()
     with srpy.PythonEngine(engine_uri) as eng:
         assert eng.ping() == "pong"
+
+
+# -- item 6: clients bound what they accept, also during the handshake ------------------------------
+
+def zlib_bomb(megabytes):
+    """A few hundred KB that inflate to C{megabytes} MB of zeros (built a megabyte at a time)."""
+    deflater = zlib.compressobj(9)
+    zeros = b"\0" * (1 << 20)
+    return b"".join([deflater.compress(zeros) for _ in range(megabytes)] + [deflater.flush()])
+
+
+class FakeEngine:
+    """
+    A listener on loopback that is not an engine: for each client it reads one message, then
+    sends C{replies} one by one (one per message it reads), then hangs up.
+    """
+
+    def __init__(self, *replies):
+        import threading
+        self.replies = replies
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(4)
+        self.uri = "PYRO:srpy.engine@127.0.0.1:%d" % self.listener.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        try:
+            sock, _ = self.listener.accept()
+        except OSError:
+            return
+        with sock:
+            sock.settimeout(10)
+            try:
+                for reply in self.replies:
+                    head = _recv_exactly(sock, lite.HEADER.size)
+                    size = struct.unpack("!I", head[12:16])[0] + struct.unpack("!I", head[16:20])[0]
+                    _recv_exactly(sock, size)
+                    sock.sendall(reply)
+                sock.recv(1)  # until the client hangs up
+            except OSError:
+                pass
+
+    def close(self):
+        self.listener.close()
+        self.thread.join(10)
+
+
+def _recv_exactly(sock, size):
+    data = b""
+    while len(data) < size:
+        part = sock.recv(size - len(data))
+        if not part:
+            raise OSError("client went away")
+        data += part
+    return data
+
+
+def reply(msgtype, body, flags=0, seq=0, announce=None):
+    size = len(body) if announce is None else announce
+    return header(msgtype, size, lite.JSON_SERIALIZER_ID, flags=flags, seq=seq) + body
+
+
+CONNECT_OK = reply(lite.MSG_CONNECTOK, b'{"handshake": {"srpy": 1, "auth": false}, "meta": {}}')
+
+
+def own_rss():
+    return psutil.Process().memory_info().rss
+
+
+@pytest.mark.parametrize("megabytes, refusal", [(388, "announced a message of"), (50, "inflates to more than")],
+                         ids=["issue-398KB-to-388MB", "50KB-to-50MB"])
+def test_a_fake_engine_cannot_inflate_a_client_during_the_handshake(megabytes, refusal):
+    bomb = zlib_bomb(megabytes)
+    fake = FakeEngine(reply(lite.MSG_CONNECTOK, bomb, flags=lite.FLAGS_COMPRESSED))
+    before = own_rss()
+    try:
+        with pytest.raises(srpy.errors.ProtocolError, match=refusal):
+            srpy.PythonEngine(fake.uri, connect_timeout=10)
+    finally:
+        fake.close()
+    assert own_rss() - before < 16 * 2 ** 20
+
+
+def test_a_fake_engine_cannot_announce_a_huge_handshake():
+    fake = FakeEngine(reply(lite.MSG_CONNECTOK, b"{}", announce=2 ** 31))
+    try:
+        with pytest.raises(srpy.errors.ProtocolError, match="before the handshake is complete"):
+            lite.Connection(fake.uri, connect_timeout=10)
+    finally:
+        fake.close()
+
+
+def test_after_the_handshake_replies_inflate_to_the_message_limit_at_most():
+    class SmallLimit(lite.Connection):
+        max_message_size = 8 * 2 ** 20
+
+    bomb = zlib_bomb(64)
+    fake = FakeEngine(CONNECT_OK, reply(lite.MSG_RESULT, bomb, flags=lite.FLAGS_COMPRESSED, seq=1))
+    before = own_rss()
+    try:
+        conn = SmallLimit(fake.uri, connect_timeout=10)
+        with pytest.raises(srpy.errors.ProtocolError, match="inflates to more than the limit of 8388608"):
+            conn.call("ping", timeout=10)
+        assert conn.broken
+    finally:
+        fake.close()
+    assert own_rss() - before < 16 * 2 ** 20
+
+
+def test_a_fake_engine_cannot_make_a_client_reserve_memory_with_marshal(engine_uri):
+    """A reply in srpy's format announcing a tuple of 2**28 items: refused at its size."""
+    bomb = b"(" + struct.pack("<i", 2 ** 28)
+    fake = FakeEngine(CONNECT_OK, header(lite.MSG_RESULT, len(bomb), codec.SERIALIZER_ID, seq=1) + bomb)
+    before = own_rss()
+    try:
+        conn = lite.Connection(fake.uri, serializer=srpy.client.WIRE_FORMAT, connect_timeout=10)
+        with pytest.raises(srpy.errors.ProtocolError, match="cannot be decoded"):
+            conn.call("ping", timeout=10)
+    finally:
+        fake.close()
+    assert own_rss() - before < 16 * 2 ** 20
