@@ -450,6 +450,8 @@ class Connection(object):
     """
 
     max_message_size = MAX_MESSAGE_SIZE
+    #: the most one message may hold, inflated or not: small until the handshake is complete
+    limit = HANDSHAKE_REPLY_MAX
 
     def __init__(self, uri, secret=None, serializer=None, connect_timeout=5.0, ssl_context=None,
                  transport_factory=None):
@@ -459,7 +461,6 @@ class Connection(object):
         self.broken = False
         self.released = 0.0
         self.handshake_info = None
-        #: the most one message may hold, inflated or not: small until the handshake is complete
         self.limit = min(HANDSHAKE_REPLY_MAX, self.max_message_size)
         self._seq = 0
         self._lock = threading.Lock()
