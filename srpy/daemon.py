@@ -26,7 +26,7 @@ from Pyro5 import serializers as pyro_serializers
 from Pyro5 import server as pyro_server
 from Pyro5.callcontext import current_context
 
-from . import codec, lite, logbuffer
+from . import codec, listener, lite, logbuffer
 from .security import HANDSHAKE_MAX_SIZE, SecureDaemon, note_bad_input
 
 _WAITALL = getattr(socket, "MSG_WAITALL", 0)
@@ -42,7 +42,8 @@ class EngineDaemon(SecureDaemon):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         logbuffer.install()  # from here on no thread that serves ever waits for the log stream
-        super().__init__(*args, **kwargs)
+        with listener.serving_daemons():  # accept and handshake without blocking (srpy.listener)
+            super().__init__(*args, **kwargs)
         self._exposed: Dict[str, Set[str]] = {}
         _guard_pyro()
 

@@ -485,10 +485,10 @@ class Connection(object):
             raise SRPyServerNotFound(self.uri, "connected, but no answer to the handshake within %s s"
                                      % (connect_timeout,))
         except self._failures as exc:
+            # no guess at the cause here (it used to suggest TLS for any failure, a busy engine's too):
+            # an srpy engine that serves TLS says so itself to a client that does not speak it
             self._break()
-            hint = "" if self.tls else (" (an engine that serves TLS drops clients that do not "
-                                                       "speak it: pass ssl_context=srpy.security.client_tls(...))")
-            raise SRPyServerNotFound(self.uri, "connected, but the handshake failed: %s%s" % (exc, hint))
+            raise SRPyServerNotFound(self.uri, "connected, but the handshake failed: %s" % (exc,))
         except BaseException:
             self._break()
             raise

@@ -389,8 +389,8 @@ class Handshake:
 
 
 def refusal(text: str, serializer_id: Optional[int] = None, seq: int = 0) -> bytes:
-    """A Pyro5 CONNECTFAIL message saying C{text}, in the given serializer (default marshal, as Pyro5's)."""
-    sid = serializer_id if serializer_id is not None else _MARSHAL_ID
+    """A Pyro5 CONNECTFAIL message saying C{text}, in the given serializer if known (else marshal, as Pyro5's)."""
+    sid = serializer_id if serializer_id in pyro_serializers.serializers_by_id else _MARSHAL_ID
     return _message(protocol.MSG_CONNECTFAIL, sid, _serializer(sid).dumps(text), seq)
 
 

@@ -65,3 +65,174 @@ def test_a_log_pipe_nobody_reads_never_blocks_serving(start_launcher):
     assert code == 0, err[-2000:]
     assert err.count("wrong secret") <= 12, "refusals are rate-limited"
     assert "log records were dropped" in err
+
+
+# -- item 2: a deadline for the whole handshake; caps on what has not passed it --------------------
+
+def connect_message(uri):
+    body = b'{"handshake": {"srpy": 1, "nonce": "%s"}, "object": "srpy.engine"}' % lite.new_nonce().encode()
+    return lite.HEADER.pack(b"PYRO", lite.PROTOCOL_VERSION, lite.MSG_CONNECT, lite.JSON_SERIALIZER_ID, 0, 0,
+                            len(body), 0, b"\0" * 16, 0, lite.MAGIC) + body
+
+
+def open_sockets(uri, count, source=None):
+    sockets = []
+    for _ in range(count):
+        sock = socket.socket()
+        if source:
+            sock.bind((source, 0))
+        sock.settimeout(10)
+        sock.connect(address(uri))
+        sockets.append(sock)
+    return sockets
+
+
+def closed_by_engine(sock):
+    """True once the engine has closed C{sock} (whatever it sent before), without waiting."""
+    import select
+    try:
+        while select.select([sock], [], [], 0)[0]:
+            if not sock.recv(65536):
+                return True
+    except OSError:
+        return True
+    return False
+
+
+class Trickle:
+    """Sockets that each send a valid connect message one byte every C{interval} seconds."""
+
+    def __init__(self, uri, count, interval=0.5):
+        self.sockets = open_sockets(uri, count)
+        self.message = connect_message(uri)
+        self.interval = interval
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        sent = 0
+        while not self.stop.wait(self.interval) and sent < len(self.message):
+            for sock in self.sockets:
+                try:
+                    sock.send(self.message[sent:sent + 1])
+                except OSError:
+                    pass
+            sent += 1
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(10)
+        for sock in self.sockets:
+            sock.close()
+
+
+def answered_within(seconds, call):
+    started = time.monotonic()
+    result = call()
+    elapsed = time.monotonic() - started
+    assert elapsed < seconds, "a call took %.2f s" % elapsed
+    return result
+
+
+def test_silent_and_trickling_connections_never_lock_a_client_out(start_launcher):
+    """300 silent sockets and 100 that trickle a byte every half second, all without the secret."""
+    launcher = start_launcher(["-b", "--secret", SECRET])
+    uri = launcher.uris[0]
+    kept = srpy.PythonEngine(uri, secret=SECRET)
+    silent = open_sockets(uri, 300)
+    trickle = Trickle(uri, 100)
+    try:
+        deadline = time.monotonic() + srpy.security.HANDSHAKE_TIMEOUT + 3
+        round_number = 0
+        while time.monotonic() < deadline:  # the whole time the handshakes may last, and then some
+            round_number += 1
+            assert answered_within(2, lambda: kept.eval("n * 2", n=round_number)) == 2 * round_number
+            fresh = answered_within(2, lambda: srpy.PythonEngine(uri, secret=SECRET))
+            assert answered_within(2, fresh.ping) == "pong"
+            fresh.close()
+            time.sleep(0.3)
+        assert round_number >= 10
+        # the handshake deadline is for all of it: no trickler is still held, whatever it sent
+        assert all(closed_by_engine(sock) for sock in trickle.sockets)
+        assert all(closed_by_engine(sock) for sock in silent)
+    finally:
+        trickle.close()
+        for sock in silent:
+            sock.close()
+    assert kept.ping() == "pong"
+    kept.close()
+
+
+def test_pending_handshakes_are_capped_per_address_and_in_all(start_launcher):
+    launcher = start_launcher(["-b", "--secret", SECRET])
+    uri = launcher.uris[0]
+    from srpy.listener import MAX_PENDING, MAX_PENDING_PER_PEER
+    one_address = open_sockets(uri, 100, source="127.0.0.2")
+    many = [sock for number in range(3, 13) for sock in open_sockets(uri, 40, source="127.0.0.%d" % number)]
+    try:
+        time.sleep(1.0)  # the engine has accepted them all by now (each eviction is immediate)
+        held = [sock for sock in one_address if not closed_by_engine(sock)]
+        assert len(held) <= MAX_PENDING_PER_PEER, "one address holds %d handshakes" % len(held)
+        assert held and not closed_by_engine(one_address[-1]), "the newest ones are the ones kept"
+        held_many = [sock for sock in many if not closed_by_engine(sock)]
+        assert len(held) + len(held_many) <= MAX_PENDING
+        with srpy.PythonEngine(uri, secret=SECRET) as eng:
+            assert answered_within(2, lambda: eng.eval("6 * 7")) == 42
+    finally:
+        for sock in one_address + many:
+            sock.close()
+
+
+def test_idle_authenticated_connections_do_not_starve_the_workers(start_launcher):
+    """More idle connections that passed the handshake than the engine has workers (Pyro5's 80)."""
+    launcher = start_launcher(["-b", "--secret", SECRET])
+    uri = launcher.uris[0]
+    idle = [lite.Connection(uri, secret=SECRET) for _ in range(150)]
+    try:
+        for conn in idle[::10]:
+            assert conn.call("ping", timeout=10)[0] == "pong"  # they work, then sit idle
+        time.sleep(1.5)  # longer than the listener's IDLE_RELEASE
+        with srpy.PythonEngine(uri, secret=SECRET) as eng:
+            assert answered_within(2, lambda: eng.eval("6 * 7")) == 42
+            threads = eng.eval("__import__('threading').active_count()")
+        assert threads < 40, "%d threads for 150 idle connections" % threads
+        assert all(conn.call("ping", timeout=10)[0] == "pong" for conn in idle[::7])
+    finally:
+        for conn in idle:
+            conn.close()
+
+
+# -- item 1: TLS handshakes run off the accepting thread, within the deadline -----------------------
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    trustme = pytest.importorskip("trustme")
+    where = tmp_path_factory.mktemp("pki")
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    files = {name: str(where / (name + ".pem")) for name in ("ca", "cert", "key")}
+    ca.cert_pem.write_to_path(files["ca"])
+    server.cert_chain_pems[0].write_to_path(files["cert"])
+    server.private_key_pem.write_to_path(files["key"])
+    return files
+
+
+def test_idle_tcp_connections_do_not_stop_a_tls_engine_accepting(start_launcher, pki):
+    launcher = start_launcher(["-b", "--secret", SECRET, "--tls-cert", pki["cert"], "--tls-key", pki["key"]])
+    uri = launcher.uris[0]
+    context = srpy.security.client_tls(ca=pki["ca"])
+    idle = open_sockets(uri, 50)
+    half_hello = open_sockets(uri, 5)
+    for sock in half_hello:
+        sock.sendall(b"\x16\x03\x01\x02\x00\x01\x00")  # the start of a TLS ClientHello, then nothing
+    try:
+        for _ in range(3):
+            eng = answered_within(2, lambda: srpy.PythonEngine(uri, secret=SECRET, ssl_context=context))
+            assert answered_within(2, lambda: eng.eval("6 * 7")) == 42
+            eng.close()
+        time.sleep(srpy.security.HANDSHAKE_TIMEOUT + 2)
+        assert all(closed_by_engine(sock) for sock in idle + half_hello), "TLS handshakes have a deadline too"
+    finally:
+        for sock in idle + half_hello:
+            sock.close()
