@@ -34,6 +34,7 @@ from .engine import EXIT_RUNAWAY, OBJECT_ID, Engine, capture_output
 from .errors import SRPyError
 from .daemon import EngineDaemon
 from .security import check_listen_policy, client_tls
+from .orphans import die_with_parent
 
 log = logging.getLogger("srpy.launcher")
 
@@ -257,6 +258,7 @@ def _start_server(options: argparse.Namespace, name: str, port: int) -> EngineSe
 
 def run_child(options: argparse.Namespace) -> int:
     """An engine process started by a launcher: report readiness on stdout, stop at stdin's end."""
+    die_with_parent()  # killed by the kernel when the launcher ends, even if the interpreter is stuck
     out = sys.stdout
     stopping = threading.Event()
     _on_signals(stopping.set)  # before READY: a signal that comes early still stops us cleanly

@@ -236,3 +236,95 @@ def test_idle_tcp_connections_do_not_stop_a_tls_engine_accepting(start_launcher,
     finally:
         for sock in idle + half_hello:
             sock.close()
+
+
+# -- item 5: no orphans, whatever the engine's interpreter is doing ---------------------------------
+
+STUCK = {
+    "a C call holding the interpreter": "__import__('re').match(r'(a+)+$', 'a' * 60 + 'b')",
+    "a non-daemon thread left behind": "__import__('threading').Thread(target=__import__('time').sleep, "
+                                       "args=(3600,), daemon=False).start()",
+}
+
+
+@pytest.mark.parametrize("code", list(STUCK.values()), ids=list(STUCK))
+def test_engines_die_with_a_killed_launcher(start_launcher, code):
+    import psutil
+    import signal
+
+    from conftest import wait_gone
+    launcher = start_launcher(["-n", "1"], count=1)
+    eng = srpy.PythonEngine(launcher.uris[0])
+    pid = eng.whoami()["PID"]
+    threading.Thread(target=lambda: _quietly(eng.exe, code), daemon=True).start()
+    time.sleep(1.0)  # the call is under way (the engine cannot even answer while the regex runs)
+    try:
+        launcher.send(signal.SIGKILL)
+        assert wait_gone([pid], timeout=15), "the engine outlived its launcher"
+    finally:
+        if psutil.pid_exists(pid):
+            psutil.Process(pid).kill()
+
+
+def _quietly(call, *args):
+    try:
+        call(*args)
+    except srpy.SRPyError:
+        pass  # the engine is killed under the call
+
+
+GRANDCHILD = r"""
+import os, sys, time
+from srpy.orphans import die_with_parent
+child = os.fork()
+if child == 0:                      # the real engine, forked by a supervisor's main thread
+    armed = die_with_parent()
+    print("armed" if armed else "not armed", os.getpid(), flush=True)
+    __import__('re').match(r'(a+)+$', 'a' * 60 + 'b')   # holds the interpreter for ever
+    os._exit(0)
+time.sleep(3600)                    # the supervisor, to be SIGKILLed
+"""
+
+
+def test_a_grandchild_forked_by_the_child_dies_with_it():
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    from conftest import ROOT, die_with_parent, wait_gone
+    supervisor = subprocess.Popen([sys.executable, "-c", GRANDCHILD], stdout=subprocess.PIPE, text=True,
+                                  cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), preexec_fn=die_with_parent)
+    try:
+        word, pid = supervisor.stdout.readline().rsplit(" ", 1)
+        pid = int(pid)
+        assert word == "armed"
+        supervisor.send_signal(signal.SIGKILL)
+        supervisor.wait(10)
+        assert wait_gone([pid], timeout=15), "the grandchild outlived its parent"
+    finally:
+        supervisor.kill()
+        supervisor.wait(10)
+        for proc in psutil.Process().children(recursive=True):
+            if proc.pid != supervisor.pid:
+                proc.kill()
+
+
+def test_not_armed_when_a_passing_thread_forked_the_process():
+    """Linux would signal when that thread ends: die_with_parent says it cannot arm instead."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    result = {}
+
+    def start():
+        result["out"] = subprocess.run([sys.executable, "-c", "from srpy.orphans import die_with_parent; "
+                                        "print(die_with_parent())"], capture_output=True, text=True, cwd=ROOT,
+                                       env=dict(os.environ, PYTHONPATH=ROOT), timeout=60).stdout
+
+    thread = threading.Thread(target=start)
+    thread.start()
+    thread.join(60)
+    assert result["out"].strip() == "False"
