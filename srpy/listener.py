@@ -59,7 +59,7 @@ ACCEPT_BATCH = 64
 #: seconds a refused client gets to read its refusal (its unread bytes are drained meanwhile)
 LINGER = 2.0
 #: what a plain-text Pyro5 client hears from an engine that serves TLS
-TLS_ONLY = ("this engine serves TLS: connect with TLS (srpy clients: "
+TLS_ONLY = ("this server serves TLS: connect with TLS (srpy clients: "
             "ssl_context=srpy.security.client_tls(ca=...))")
 _ACCEPT, _WAKE = object(), object()
 _GONE = (OSError, pyro_errors.ConnectionClosedError, pyro_errors.SecurityError)
@@ -113,7 +113,9 @@ class GuardedServer:
     def init(self, daemon: Any, host: Any, port: int, unixsocket: Optional[str] = None) -> None:
         """Bind and listen (plain TCP: a TLS handshake is each connection's own, off this thread)."""
         self.daemon = daemon
-        if pyro_config.SSL:
+        if _tls_override is not None:
+            self._tls = _tls_override
+        elif pyro_config.SSL:
             self._tls = socketutil.get_ssl_context(servercert=pyro_config.SSL_SERVERCERT,
                                                    serverkey=pyro_config.SSL_SERVERKEY,
                                                    keypassword=pyro_config.SSL_SERVERKEYPASSWD,
@@ -560,21 +562,26 @@ class _Workers:
 
 
 _install_lock = threading.Lock()
+_tls_override: Optional[ssl.SSLContext] = None
 
 
 @contextlib.contextmanager
-def serving_daemons() -> Iterator[None]:
+def serving_daemons(tls: Optional[ssl.SSLContext] = None) -> Iterator[None]:
     """
-    Within this block, a Pyro5 daemon being created serves through L{GuardedServer}. (Pyro5
-    picks its transport server class by name inside C{Daemon.__init__} and takes no other: this
-    puts L{GuardedServer} under that name for the moment, with Pyro5's thread server type.)
+    Within this block, a Pyro5 daemon being created serves through L{GuardedServer}, with TLS
+    from C{tls} if given (else from Pyro5's SSL settings, as Pyro5's own server). (Pyro5 picks its
+    transport server class by name inside C{Daemon.__init__} and takes no other: this puts
+    L{GuardedServer} under that name for the moment, with Pyro5's thread server type.)
     """
+    global _tls_override
     with _install_lock:
         saved, saved_type = svr_threads.SocketServer_Threadpool, pyro_config.SERVERTYPE
         svr_threads.SocketServer_Threadpool = GuardedServer  # type: ignore[misc]
         pyro_config.SERVERTYPE = "thread"
+        _tls_override = tls
         try:
             yield
         finally:
             svr_threads.SocketServer_Threadpool = saved  # type: ignore[misc]
             pyro_config.SERVERTYPE = saved_type
+            _tls_override = None
