@@ -10,7 +10,7 @@ daemon can use it (L{serving_daemons}); the engine's daemon and srpy's name serv
         deadline (L{srpy.security.HANDSHAKE_TIMEOUT}) for all of it, TLS included; at most
         L{MAX_PENDING} in all and L{MAX_PENDING_PER_PEER} per peer address (a new one pushes
         out that address's oldest, or the busiest address's oldest)
-          --passed--> worker pool (L{Pyro5 config<Pyro5.configure>} THREADPOOL_SIZE threads):
+          --passed--> worker pool (Pyro5's THREADPOOL_SIZE setting: that many threads at most):
               blocking reads, srpy's short path; after L{IDLE_RELEASE} seconds without a
               message the worker hands the connection back
           <--> parked connections: idle, watched by the listener thread, holding no worker
