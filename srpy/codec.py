@@ -159,6 +159,17 @@ def loads(data: bytes) -> Any:
     return value
 
 
+def loads_trusted(data: bytes) -> Any:
+    """
+    L{loads} without the check, for data from a peer that proved it holds the secret (the walk
+    costs about 0.1-0.3 us per item on item-heavy data: 100,000 short tuples take 25 ms more).
+    """
+    value = marshal.loads(data)
+    if type(value) is tuple and len(value) == 2 and value[0] == _MARK:
+        return _decode_tagged(value[1])
+    return value
+
+
 def loads_untrusted(data: bytes) -> Any:
     """L{loads} for bytes from the wire: L{check_marshal} first, so garbage costs no more than its size."""
     _walk_marshal(data)  # check_marshal's walk

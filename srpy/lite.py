@@ -461,6 +461,8 @@ class Connection(object):
         self.broken = False
         self.released = 0.0
         self.handshake_info = None
+        #: True once the engine proved it holds the secret (a connection made with one)
+        self.verified = False
         self.limit = min(HANDSHAKE_REPLY_MAX, self.max_message_size)
         self._seq = 0
         self._lock = threading.Lock()
@@ -588,6 +590,7 @@ class Connection(object):
                                       "you meant: give it the secret (srpyapp --secret), or connect "
                                       "without one" % (self.uri,))
         self.handshake_info = response.get("handshake") if isinstance(response, dict) else None
+        self.verified = challenged
 
     def _answer_challenge(self, secret, cnonce, challenge):
         if not secret:

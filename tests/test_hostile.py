@@ -433,3 +433,16 @@ def test_launcher_with_tls_and_its_own_name_server(start_launcher, pki):
                                "--start-ns", "--ns-port", str(port)], count=1, timeout=30)
     context = srpy.security.client_tls(ca=pki["ca"])
     assert wait_for(lambda: registered(port, ssl_context=context) == launcher.uris, 30)
+
+
+def test_a_connection_says_whether_its_engine_proved_the_secret(start_launcher, engine_uri):
+    launcher = start_launcher(["-b", "--secret", "proved"])
+    with_secret = lite.Connection(launcher.uris[0], secret="proved")
+    without = lite.Connection(engine_uri)
+    try:
+        assert with_secret.verified and not without.verified
+    finally:
+        with_secret.close()
+        without.close()
+    value = [(i, "x") for i in range(100)]
+    assert codec.loads_trusted(codec.dumps(value)) == codec.loads(codec.dumps(value)) == value
