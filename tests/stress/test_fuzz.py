@@ -593,8 +593,8 @@ def serializer_case(rng, number, serializers):
     if pick < 0.55:  # a secret engine's challenge, answered wrongly (the engine's nonce is never known)
         connect = message(lite.MSG_CONNECT, 3, json.dumps({"handshake": {"srpy": 1, "nonce": "cd" * 16},
                                                            "object": lite.ENGINE_OBJECT}).encode())
-        answer = rng.choice((b'{"proof": "%s"}' % (b"0" * 64), b'{"proof": 5}', b"[]", b'{"proof": "%s"}' % (b"x" * 900),
-                             rng.randbytes(rng.randrange(1, 200)), b'{"proof"'))
+        answer = rng.choice((b'{"proof": "%s"}' % (b"0" * 64), b'{"proof": 5}', b"[]",
+                             b'{"proof": "%s"}' % (b"x" * 900), rng.randbytes(rng.randrange(1, 200)), b'{"proof"'))
         answer_sid = 3 if rng.random() < 0.8 else rng.choice(sorted(serializers))
         return SerializerCase(number, "secret: wrong answer to the challenge", "secret",
                               connect + message(lite.MSG_CONNECT, answer_sid, answer), CONNECT_FAIL)
