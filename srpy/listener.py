@@ -41,7 +41,8 @@ from Pyro5 import errors as pyro_errors
 from Pyro5 import socketutil
 from Pyro5 import svr_threads
 
-from .security import HANDSHAKE_TIMEOUT, Handshake, note_bad_input, refusal
+from . import security
+from .security import Handshake, note_bad_input, refusal
 
 log = logging.getLogger("srpy.listener")
 
@@ -74,7 +75,7 @@ class _Pending:
         self.conn = conn
         self.peer = peer
         self.started = time.monotonic()
-        self.deadline = self.started + HANDSHAKE_TIMEOUT
+        self.deadline = self.started + security.HANDSHAKE_TIMEOUT  # read now: a setting may change it
         self.handshake: Optional[Handshake] = None
         self.buffer = bytearray()
         self.out = b""
@@ -313,7 +314,7 @@ class GuardedServer:
         for pending in [p for p in self._pending.values() if p.deadline <= now]:
             if pending.stage != "linger":
                 note_bad_input(pending.conn, pyro_errors.TimeoutError(
-                    "no complete handshake within %s s" % HANDSHAKE_TIMEOUT), "handshake")
+                    "no complete handshake within %s s" % security.HANDSHAKE_TIMEOUT), "handshake")
             self._forget(pending)
         if self._accept_paused_until and now >= self._accept_paused_until:
             self._accept_paused_until = 0.0
