@@ -225,7 +225,7 @@ class EngBox(concurrent.futures.Executor):
         """
         box = cls(secret=secret, ssl_context=ssl_context)
         stale = []
-        entries = discovery.find(group, ns_host, ns_port)
+        entries = discovery.find(group, ns_host, ns_port, ssl_context=ssl_context)
 
         def connect(entry: Any) -> PythonEngine:
             return PythonEngine(entry[1], secret=secret, connect_timeout=timeout, ssl_context=ssl_context)
@@ -237,7 +237,7 @@ class EngBox(concurrent.futures.Executor):
                 log.warning("skipping %s at %s: %s", name, uri, engine)
             else:
                 box.append(engine)
-        discovery.remove_entries(stale, ns_host, ns_port)
+        discovery.remove_entries(stale, ns_host, ns_port, ssl_context=ssl_context)
         return box
 
     # -- projects and environments ------------------------------------------------------------------

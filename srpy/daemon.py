@@ -8,13 +8,16 @@ over the arguments). An engine serves mostly small calls from srpy clients, so t
 handles a plain invoke message in srpy's serializer itself: one read for the header, one for the
 body, one write for the reply, the same wire format and the same error replies as Pyro5.
 Everything else (json or serpent callers such as the Jython client, pings, oneway or batch
-flags, unknown objects) is handed, unchanged, to Pyro5's own C{handleRequest}.
+flags, unknown objects) is handed to Pyro5's own C{handleRequest}, after the same checks: every
+message, whatever its serializer or flags, is held to the same size limit, raw trailing bytes to
+the same limit, marshal to L{srpy.codec.check_marshal}, inflation to the size limit; Pyro5's
+keep-serialized blob arguments (which it would read with a plain C{marshal.loads}) are refused.
 """
 
 import socket
 import struct
 import zlib
-from typing import Any, Dict, Optional, Set
+from typing import Any, Dict, List, Optional, Set
 
 from Pyro5 import config as pyro_config
 from Pyro5 import errors as pyro_errors
@@ -23,15 +26,13 @@ from Pyro5 import serializers as pyro_serializers
 from Pyro5 import server as pyro_server
 from Pyro5.callcontext import current_context
 
-from . import codec, errors, lite
-from .security import SecureDaemon, note_bad_input, note_too_large
+from . import codec, errors, listener, lite, logbuffer
+from .security import HANDSHAKE_MAX_SIZE, SecureDaemon, note_bad_input, note_too_large
 
 _WAITALL = getattr(socket, "MSG_WAITALL", 0)
 _INVOKE = lite.MSG_INVOKE
 _FAST_FLAGS = 0  # any flag (oneway, batch, compressed, ...) takes Pyro5's path
 _EMPTY_CORRELATION = b"\0" * 16
-#: the most a connect message (all a client may send before its handshake succeeds) may hold, in bytes
-HANDSHAKE_MAX_SIZE = 64 * 1024
 #: what Pyro5's server loop takes quietly as the client going away
 _CLIENT_GONE = (OSError, pyro_errors.ConnectionClosedError, pyro_errors.SecurityError, pyro_errors.TimeoutError)
 
@@ -40,7 +41,9 @@ class EngineDaemon(SecureDaemon):
     """A L{SecureDaemon} with a short path for srpy-serialized invoke messages."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+        logbuffer.install()  # from here on no thread that serves ever waits for the log stream
+        with listener.serving_daemons():  # accept and handshake without blocking (srpy.listener)
+            super().__init__(*args, **kwargs)
         self._exposed: Dict[str, Set[str]] = {}
         _guard_pyro()
 
@@ -63,18 +66,16 @@ class EngineDaemon(SecureDaemon):
         tag, version, msgtype, serializer_id, flags, seq, data_size, ann_size, _, _, magic = lite.HEADER.unpack(header)
         if tag != b"PYRO" or magic != lite.MAGIC or version != lite.PROTOCOL_VERSION:
             raise pyro_errors.ProtocolError("invalid message or protocol version")
-        limit = pyro_config.MAX_MESSAGE_SIZE
-        if msgtype == _INVOKE and data_size + ann_size > limit and ann_size <= limit:
+        size, limit = data_size + ann_size, pyro_config.MAX_MESSAGE_SIZE
+        if msgtype == _INVOKE and size > limit and ann_size <= limit:
+            # a call over the limit is read and dropped a chunk at a time, and answered with the sizes
             annotations = _annotations(_read(conn, ann_size), ann_size) if ann_size else {}
             _discard(conn, data_size + _trailing_size(annotations))
-            self._refuse_too_large(conn, serializer_id, flags, seq, data_size + ann_size, "message")
+            self._refuse_too_large(conn, serializer_id, flags, seq, size, "message")
             return
-        if msgtype != _INVOKE or serializer_id != codec.SERIALIZER_ID or flags != _FAST_FLAGS:
-            super().handleRequest(_Replay(conn, header))
-            return
-        if data_size + ann_size > limit:  # annotations alone over the limit: too broken to answer
-            raise pyro_errors.ProtocolError("message too large (%d, max=%d)" % (data_size + ann_size, limit))
-        payload = _read(conn, data_size + ann_size) if data_size + ann_size else b""
+        if size > limit:  # annotations alone over the limit: too broken to answer
+            raise pyro_errors.ProtocolError("message too large (%d, max=%d)" % (size, limit))
+        payload = _read(conn, size) if size else b""
         annotations = _annotations(payload, ann_size) if ann_size else {}
         if annotations:
             raw = _trailing_size(annotations)
@@ -82,7 +83,19 @@ class EngineDaemon(SecureDaemon):
                 _discard(conn, raw)
                 self._refuse_too_large(conn, serializer_id, flags, seq, raw, "raw bytes")
                 return
-        self._serve(conn, seq, payload, ann_size, annotations)
+        if msgtype == _INVOKE and serializer_id == codec.SERIALIZER_ID and flags == _FAST_FLAGS:
+            self._serve(conn, seq, payload, ann_size, annotations)
+            return
+        # every other message passes the same checks (above, and here), then Pyro5's own handling
+        if serializer_id not in pyro_serializers.serializers_by_id and msgtype != pyro_protocol.MSG_PING:
+            raise pyro_errors.ProtocolError("unknown serializer id %d" % serializer_id)
+        if msgtype == _INVOKE and flags & pyro_protocol.FLAGS_KEEPSERIALIZED:
+            # Pyro5 would read the BLBI annotation with a plain marshal.loads and pass a blob that no
+            # engine method takes: refused, as a reply to this call
+            exc = pyro_errors.ProtocolError("srpy engines take no Pyro5 SerializedBlob arguments (flag 0x20)")
+            self._sendExceptionResponse(conn, seq, serializer_id, exc, None)
+            return
+        super().handleRequest(_Replay(conn, header, payload))
 
     def _refuse_too_large(self, conn: Any, serializer_id: int, flags: int, seq: int, size: int, what: str) -> None:
         """
@@ -161,12 +174,17 @@ def _read(conn: Any, size: int) -> bytes:
 
 
 def _trailing_size(annotations: Dict[str, Any]) -> int:
-    """How many raw bytes a call announces after its message (srpy's C{SRAW} annotation)."""
+    """
+    How many raw bytes a call announces after its message (srpy's C{SRAW} annotation), whatever
+    its serializer; a malformed list ends the connection.
+    """
     sizes = annotations.get(lite.TRAILING)
     if sizes is None:
         return 0
-    count = len(sizes) // 8
-    return sum(struct.unpack("!%dQ" % count, bytes(sizes[:count * 8])))
+    if len(sizes) % 8:
+        raise pyro_errors.ProtocolError("malformed %s annotation (%d bytes, not a list of 8-byte sizes)"
+                                        % (lite.TRAILING, len(sizes)))
+    return sum(struct.unpack("!%dQ" % (len(sizes) // 8), bytes(sizes)))
 
 
 #: bytes read at a time when dropping a refused message: the limit is on memory, not on what is sent
@@ -288,18 +306,30 @@ def _guard_pyro() -> None:
 
 
 class _Replay:
-    """A Pyro5 connection whose first bytes (a header already read) are served again."""
+    """A Pyro5 connection whose first message (already read, and checked) is served again."""
 
-    def __init__(self, conn: Any, consumed: bytes) -> None:
+    def __init__(self, conn: Any, *consumed: bytes) -> None:
         self._conn = conn
-        self._pending: Optional[bytes] = consumed
+        self._pending: List[bytes] = [part for part in consumed if part]
 
     def recv(self, size: int) -> bytes:
         pending = self._pending
         if not pending:
             return self._conn.recv(size)
-        head, self._pending = pending[:size], pending[size:]
-        return head if len(head) == size else head + self._conn.recv(size - len(head))
+        first = pending[0]
+        if len(first) == size:  # Pyro5 reads header, then payload: each comes back whole, no copy
+            del pending[0]
+            return first
+        parts, got = [], 0
+        while pending and got < size:
+            part = pending.pop(0)
+            if got + len(part) > size:
+                pending.insert(0, part[size - got:])
+                part = part[:size - got]
+            parts.append(part)
+            got += len(part)
+        data = b"".join(parts)
+        return data if got == size else data + self._conn.recv(size - got)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._conn, name)

@@ -46,6 +46,7 @@ from .engine import BACKSTOP_FILE, EXIT_RUNAWAY, OBJECT_ID, Engine, capture_outp
 from .errors import SRPyError
 from .daemon import EngineDaemon
 from .security import check_listen_policy, client_tls
+from .orphans import die_with_parent
 
 log = logging.getLogger("srpy.launcher")
 
@@ -461,6 +462,7 @@ def run_child(options: argparse.Namespace) -> int:
     at stdin's end. Where the system can fork, this process is the engine's L{Keeper}, so that an
     engine that ends to stop a call serves again at once at the same URI.
     """
+    die_with_parent()  # killed by the kernel when the launcher ends, even if the interpreter is stuck
     if _CAN_FORK:
         return Keeper(options, options.name, options.port).run(_report_to_launcher, watch_stdin="eof")
     out = sys.stdout
@@ -669,6 +671,7 @@ class Keeper:
         if pid == 0:  # the incarnation
             code = 1
             try:
+                signal.set_wakeup_fd(-1)  # before its pipe closes: a signal now must not write to a closed fd
                 os.close(report_r)
                 os.close(stop_w)
                 for fd in self._private + ([self._stop_w] if self._stop_w >= 0 else []):
@@ -740,7 +743,7 @@ class Keeper:
 
 def _incarnation(options: argparse.Namespace, name: str, port: int, report: int, stop: int, keeper: int) -> int:
     """The forked engine: serve until the stop pipe (its stdin now) ends or a signal comes."""
-    _die_with_parent()
+    die_with_parent()  # forked by the keeper's main thread: it ends with the keeper, however that ends
     os.dup2(stop, 0)
     os.close(stop)
     signal.set_wakeup_fd(-1)
@@ -763,18 +766,6 @@ def _incarnation(options: argparse.Namespace, name: str, port: int, report: int,
     gc.freeze()
     server.serve()
     return 0
-
-
-def _die_with_parent() -> None:
-    """Linux: have the kernel kill this process when the keeper dies, however it dies."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass  # the stop pipe's end still stops the engine
 
 
 def _signal_process(pid: int, signum: int) -> None:
@@ -1192,7 +1183,8 @@ def _maybe_start_ns(options: argparse.Namespace) -> Any:
     """Start a name server when asked; returns the function that stops it (a no-op otherwise)."""
     if not options.start_ns:
         return lambda: None
-    uri, stop = discovery.start_name_server(options.ns_host or options.host, options.ns_port or 9090)
+    uri, stop = discovery.start_name_server(options.ns_host or options.host, options.ns_port or 9090,
+                                            tls=_tls_options(options))
     options.ns_host = options.ns_host or options.host
     print("name server: %s" % uri)
     return stop

@@ -51,6 +51,8 @@ CALL_ID = "SCID"  # annotation naming a call (8 bytes, the client's choice) so t
 JSON_SERIALIZER_ID = 3
 #: refuse messages announcing more than this many bytes (Pyro5's own default limit)
 MAX_MESSAGE_SIZE = 1 << 30
+#: the most a client accepts in one message before the handshake is complete (an engine's reply holds ~2 KB)
+HANDSHAKE_REPLY_MAX = 64 * 1024
 _NO_CORRELATION = b"\0" * 16
 _PY2 = sys.version_info[0] == 2
 _JYTHON = sys.platform.startswith("java")
@@ -448,6 +450,8 @@ class Connection(object):
     """
 
     max_message_size = MAX_MESSAGE_SIZE
+    #: the most one message may hold, inflated or not: small until the handshake is complete
+    limit = HANDSHAKE_REPLY_MAX
 
     def __init__(self, uri, secret=None, serializer=None, connect_timeout=5.0, ssl_context=None,
                  transport_factory=None):
@@ -457,6 +461,9 @@ class Connection(object):
         self.broken = False
         self.released = 0.0
         self.handshake_info = None
+        #: True once the engine proved it holds the secret (a connection made with one)
+        self.verified = False
+        self.limit = min(HANDSHAKE_REPLY_MAX, self.max_message_size)
         self._seq = 0
         self._lock = threading.Lock()
         self._json = JsonSerializer()
@@ -480,13 +487,14 @@ class Connection(object):
             raise SRPyServerNotFound(self.uri, "connected, but no answer to the handshake within %s s"
                                      % (connect_timeout,))
         except self._failures as exc:
+            # no guess at the cause here (it used to suggest TLS for any failure, a busy engine's too):
+            # an srpy engine that serves TLS says so itself to a client that does not speak it
             self._break()
-            hint = "" if self.tls else (" (an engine that serves TLS drops clients that do not "
-                                                       "speak it: pass ssl_context=srpy.security.client_tls(...))")
-            raise SRPyServerNotFound(self.uri, "connected, but the handshake failed: %s%s" % (exc, hint))
+            raise SRPyServerNotFound(self.uri, "connected, but the handshake failed: %s" % (exc,))
         except BaseException:
             self._break()
             raise
+        self.limit = self.max_message_size
 
     # framing
     def _send(self, msgtype, serializer_id, data, seq=0, annotations=None, flags=0):
@@ -502,6 +510,12 @@ class Connection(object):
         self.transport.send(parts)
 
     def _receive(self):
+        """
+        One message: C{(type, serializer id, flags, seq, data, annotations)}. Nothing the peer sends
+        makes this hold more than L{limit} bytes (announced, or once inflated): a peer that has not
+        yet proved itself in the handshake gets L{HANDSHAKE_REPLY_MAX}, an engine afterwards
+        L{max_message_size}, as engines limit what they accept.
+        """
         header = self.transport.recv(HEADER.size)
         tag, version, msgtype, serializer_id, flags, seq, data_size, ann_size, _, _, magic = HEADER.unpack(header)
         self._check_header(tag, version, magic, data_size + ann_size)
@@ -518,12 +532,21 @@ class Connection(object):
             raise ProtocolError("%s sent malformed annotations" % (self.uri,))
         data = self.transport.recv(data_size)
         if flags & FLAGS_COMPRESSED:
-            import zlib
-            try:
-                data = zlib.decompress(data)
-            except zlib.error as exc:
-                raise ProtocolError("%s sent corrupt compressed data: %s" % (self.uri, exc))
+            data = self._inflate(data)
         return msgtype, serializer_id, flags, seq, data, annotations
+
+    def _inflate(self, data):
+        """Compressed C{data}, inflated to at most L{limit} bytes (a few KB of zeros could be gigabytes)."""
+        import zlib
+        inflater = zlib.decompressobj()
+        try:
+            inflated = inflater.decompress(data, self.limit + 1)
+        except zlib.error as exc:
+            raise ProtocolError("%s sent corrupt compressed data: %s" % (self.uri, exc))
+        if len(inflated) > self.limit or inflater.unconsumed_tail:
+            raise ProtocolError("%s sent compressed data that inflates to more than the limit of %d bytes"
+                                % (self.uri, self.limit))
+        return inflated
 
     def _check_header(self, tag, version, magic, size):
         if tag != b"PYRO":
@@ -534,9 +557,10 @@ class Connection(object):
                                 % (self.uri, version, PROTOCOL_VERSION))
         if magic != MAGIC:
             raise ProtocolError("%s sent a Pyro5 header with a wrong magic number" % (self.uri,))
-        if size > self.max_message_size:
-            raise ProtocolError("%s announced a message of %d bytes, more than the limit of %d"
-                                % (self.uri, size, self.max_message_size))
+        if size > self.limit:
+            raise ProtocolError("%s announced a message of %d bytes, more than the limit of %d%s"
+                                % (self.uri, size, self.limit,
+                                   "" if self.limit == self.max_message_size else " before the handshake is complete"))
 
     # the connect handshake, with srpy's secret proof
     def _handshake(self, secret):
@@ -554,6 +578,8 @@ class Connection(object):
             reason = self._loads_json(data) if data else "?"
             if "secret" in str(reason):
                 raise AuthenticationError("the engine at %s refused the connection: %s" % (self.uri, reason))
+            if "serves TLS" in str(reason):  # an srpy engine telling a plain client to speak TLS
+                raise SRPyServerNotFound(self.uri, str(reason))
             raise CommunicationError("the engine at %s refused the connection: %s" % (self.uri, reason))
         if msgtype != MSG_CONNECTOK:
             raise ProtocolError("unexpected message type %d in the handshake with %s" % (msgtype, self.uri))
@@ -564,6 +590,7 @@ class Connection(object):
                                       "you meant: give it the secret (srpyapp --secret), or connect "
                                       "without one" % (self.uri,))
         self.handshake_info = response.get("handshake") if isinstance(response, dict) else None
+        self.verified = challenged
 
     def _answer_challenge(self, secret, cnonce, challenge):
         if not secret:

@@ -18,25 +18,33 @@ only listen on a loopback address unless told C{--insecure}.
 import ipaddress
 import json
 import logging
+import marshal
 import socket
 import ssl
 import threading
 import time
-from typing import Any, Optional
+import zlib
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from Pyro5 import core
 from Pyro5 import errors as pyro_errors
 from Pyro5 import protocol
+from Pyro5 import serializers as pyro_serializers
 from Pyro5.server import Daemon
 
-from . import lite
+from . import codec, lite
 from .errors import SRPyError
 
 log = logging.getLogger("srpy.security")
 #: where malformed input is reported (one line each, within L{BAD_INPUT_LIMIT})
 input_log = logging.getLogger("srpy.security.input")
 
-#: seconds a client may take to answer the engine's challenge
+#: seconds a client has for its whole connect handshake (TLS included), from the moment it connects
 HANDSHAKE_TIMEOUT = 10.0
+#: the most a connect message may hold, in bytes (an srpy client's holds about 100)
+HANDSHAKE_MAX_SIZE = 16 * 1024
+#: the most the answer to the secret challenge may hold, in bytes
+ANSWER_MAX_SIZE = 1024
 
 
 class RateLimit(logging.Filter):
@@ -73,6 +81,9 @@ class RateLimit(logging.Filter):
 #: the limit on reports of malformed input: srpy's own, and Pyro5's protocol errors in an engine
 BAD_INPUT_LIMIT = RateLimit()
 input_log.addFilter(BAD_INPUT_LIMIT)
+#: where refused secrets are reported, within a limit of their own (a flood of garbage does not hide them)
+auth_log = logging.getLogger("srpy.security.auth")
+auth_log.addFilter(RateLimit())
 
 
 def note_bad_input(conn: Any, exc: BaseException, stage: str) -> None:
@@ -122,7 +133,11 @@ def check_listen_policy(host: str, secret: Optional[str], insecure: bool) -> Non
 
 
 class SecureDaemon(Daemon):
-    """A Pyro5 daemon that, given a secret, accepts only clients that prove they know it."""
+    """
+    A Pyro5 daemon whose connect handshake is srpy's L{Handshake}: strictly decoded, within
+    L{HANDSHAKE_TIMEOUT} for the whole of it, and, given a secret, passed only by clients that
+    prove they know it.
+    """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, secret: Optional[str] = None,
                  **kwargs: Any) -> None:
@@ -134,46 +149,351 @@ class SecureDaemon(Daemon):
 
     def _handshake(self, conn: Any, denied_reason: Optional[str] = None) -> bool:
         """
-        Pyro5's connect handshake, within L{HANDSHAKE_TIMEOUT}: a client that connects and then says
-        nothing (or half a message) is dropped instead of holding one of the daemon's threads for ever.
-        A failure Pyro5 lets through (a serializer it does not know, a client gone before the answer)
-        drops the client with one line in the log, where Pyro5 would log a traceback for each one.
+        Pyro5's entry point for a connect handshake, on a blocking connection: L{Handshake}, with a
+        deadline for the whole of it (not for each read). A client refused for C{denied_reason} is
+        told so at once, without reading what it sent.
         """
-        conn.settimeout(HANDSHAKE_TIMEOUT)
+        if denied_reason:
+            try:
+                conn.sock.settimeout(0)
+                conn.sock.send(refusal(denied_reason))
+            except OSError:
+                pass
+            return False
+        handshake = Handshake(self, conn, _peer(conn))
+        deadline = time.monotonic() + HANDSHAKE_TIMEOUT
         try:
-            return super()._handshake(conn, denied_reason)
-        except Exception as exc:  # whatever the client sent, it only loses its own connection
+            while True:
+                out = handshake.take_output()
+                if out:
+                    conn.sock.settimeout(max(0.001, deadline - time.monotonic()))
+                    conn.sock.sendall(out)
+                if not handshake.needed:
+                    return bool(handshake.accepted)
+                handshake.feed(_recv_before(conn.sock, handshake.needed, deadline))
+        except (OSError, pyro_errors.ConnectionClosedError, pyro_errors.TimeoutError) as exc:
             note_bad_input(conn, exc, "handshake")
             return False
         finally:
-            conn.settimeout(None)
+            try:
+                conn.sock.settimeout(None)
+            except OSError:
+                pass
 
-    def validateHandshake(self, conn: Any, data: Any) -> Any:
-        """Run the challenge-response when this daemon has a secret (see the module text)."""
+    def secret_challenge(self, handshake: Any) -> Optional["SecretChallenge"]:
+        """
+        The challenge a client must answer before this daemon accepts it (None: no secret, none).
+
+        @raise pyro_errors.SecurityError: the client's handshake carries no nonce to answer with.
+        """
         if not self._secret:
-            return {"srpy": 1, "auth": False}
-        cnonce = data.get("nonce") if isinstance(data, dict) else None
+            return None
+        cnonce = handshake.get("nonce") if isinstance(handshake, dict) else None
         if not isinstance(cnonce, str) or not 16 <= len(cnonce) <= 128:
             raise pyro_errors.SecurityError("this engine requires a secret; connect with an srpy client "
                                             "that has it (secret=... or SRPY_SECRET)")
-        snonce = lite.new_nonce()
-        challenge = {"nonce": snonce, "proof": lite.proof(self._secret, "server", cnonce, snonce)}
-        conn.settimeout(HANDSHAKE_TIMEOUT)
-        try:
-            msg = protocol.SendingMessage(protocol.MSG_CONNECT, 0, 0, lite.JSON_SERIALIZER_ID,
-                                          json.dumps(challenge).encode("utf-8"))
-            conn.send(msg.data)
-            reply = protocol.recv_stub(conn, [protocol.MSG_CONNECT])
-            answer = json.loads(bytes(reply.data).decode("utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise pyro_errors.SecurityError("malformed answer to the secret challenge: %s" % exc)
-        finally:
-            conn.settimeout(None)
+        return SecretChallenge(self._secret, cnonce)
+
+    def validateHandshake(self, conn: Any, data: Any) -> Any:
+        """What srpy clients learn from the handshake (the secret, if any, was checked by then)."""
+        return {"srpy": 1, "auth": bool(self._secret)}
+
+
+class SecretChallenge:
+    """Steps 2-4 of the module text for one connection: the engine's challenge, and its check of the answer."""
+
+    def __init__(self, secret: str, cnonce: str) -> None:
+        self._secret = secret
+        self._cnonce = cnonce
+        self._snonce = lite.new_nonce()
+        challenge = {"nonce": self._snonce, "proof": lite.proof(secret, "server", cnonce, self._snonce)}
+        #: the challenge, as the body of a json connect message
+        self.message = json.dumps(challenge).encode("utf-8")
+
+    def check(self, answer: Any, peer: str) -> None:
+        """
+        @raise pyro_errors.SecurityError: C{answer} is not the proof the client must give.
+        """
         given = answer.get("proof") if isinstance(answer, dict) else None
-        if not isinstance(given, str) or not lite.same_text(given, lite.proof(self._secret, "client", snonce, cnonce)):
-            log.warning("refused a client at %s: wrong secret", _peer(conn))
+        if not isinstance(given, str) or len(given) > 128 \
+                or not lite.same_text(given, lite.proof(self._secret, "client", self._snonce, self._cnonce)):
+            auth_log.warning("refused a client at %s: wrong secret", peer)
             raise pyro_errors.SecurityError("wrong secret: the client could not prove it knows this engine's secret")
-        return {"srpy": 1, "auth": True}
+
+
+# -- the connect handshake, strictly ------------------------------------------------------------------
+
+class _Refused(Exception):
+    """A handshake ends here: the client gets C{text} as its refusal."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+
+class Handshake:
+    """
+    One client's connect handshake, without any I/O of its own, so that a listener can drive many
+    at once without a thread each: L{needed} says how many bytes to read next, L{feed} takes
+    exactly those, L{take_output} hands over what to send. Once L{needed} is 0 and the output is
+    sent, L{accepted} says whether the client may make calls (True) or was refused (False).
+
+    Before a client is accepted it can make the engine hold at most L{HANDSHAKE_MAX_SIZE} bytes
+    and decode only what a handshake needs: the connect message is read with the plain decoder of
+    its serializer (json, marshal after L{srpy.codec.check_marshal}, serpent's literal reader,
+    msgpack without extension types; srpy's own as plain marshal, no tagged values), and must be
+    a dict of C{handshake} (small plain data) and C{object} (a short str). Everything else is
+    refused with a one-line reason, in the client's serializer when its header names one.
+    """
+
+    def __init__(self, daemon: Any, conn: Any, peer: str) -> None:
+        self.daemon = daemon
+        self.conn = conn
+        self.peer = peer
+        #: bytes to read next (0: nothing more; send the output, then close or serve)
+        self.needed = len(_PREFIX)
+        #: True once accepted, False once refused, None while under way
+        self.accepted: Optional[bool] = None
+        self._out: List[bytes] = []
+        self._step: Callable[[bytes], None] = self._connect_prefix
+        self._prefix = b""
+        self._serializer_id = _MARSHAL_ID  # what refusals are written in until the header names another
+        self._seq = 0
+        self._header: Tuple[int, ...] = ()
+        self._request: Any = None
+        self._challenge: Optional[SecretChallenge] = None
+
+    def feed(self, data: bytes) -> None:
+        """Take the L{needed} bytes that came next from the client."""
+        try:
+            self._step(bytes(data))
+        except _Refused as refused:
+            self._refuse(refused.text)
+        except pyro_errors.PyroError as exc:  # the daemon's own refusals: unknown object, wrong secret
+            self._refuse(str(exc))
+        except Exception as exc:  # a daemon's hook failing must still end this handshake only
+            note_bad_input(self.conn, exc, "handshake")
+            self._refuse("handshake failed: %s" % exc)
+
+    def take_output(self) -> bytes:
+        """What to send the client now (empty when nothing)."""
+        out, self._out = b"".join(self._out), []
+        return out
+
+    # the steps
+    def _connect_prefix(self, data: bytes) -> None:
+        """The first 6 bytes: what is not Pyro5 (an HTTP request, say) is refused before the rest of a header."""
+        if data[:4] != _PREFIX[:4]:
+            raise _Refused("invalid data")
+        if data != _PREFIX:
+            raise _Refused("invalid protocol version: %d" % int.from_bytes(data[4:6], "big"))
+        self._prefix = data
+        self._step = self._connect_header
+        self.needed = protocol_header_size - len(_PREFIX)
+
+    def _connect_header(self, data: bytes) -> None:
+        data = self._prefix + data
+        msgtype, size, _ = self._parse_header(data, protocol.MSG_CONNECT, HANDSHAKE_MAX_SIZE, "connect")
+        self._step = self._connect_body
+        self.needed = size
+        if not size:
+            self._connect_body(b"")
+
+    def _connect_body(self, data: bytes) -> None:
+        body = self._body(data, HANDSHAKE_MAX_SIZE)
+        request = _decode_connect(self._serializer_id, body)
+        self._request = request
+        challenge_for = getattr(self.daemon, "secret_challenge", None)
+        self._challenge = challenge_for(request["handshake"]) if challenge_for is not None else None
+        if self._challenge is None:
+            self._finish()
+            return
+        self._out.append(_message(protocol.MSG_CONNECT, lite.JSON_SERIALIZER_ID, self._challenge.message, self._seq))
+        self._step = self._answer_header
+        self.needed = protocol_header_size
+
+    def _answer_header(self, data: bytes) -> None:
+        try:
+            _, size, serializer_id = self._parse_header(data, protocol.MSG_CONNECT, ANSWER_MAX_SIZE, "answer")
+        except _Refused as refused:
+            raise _Refused("malformed answer to the secret challenge: %s" % refused.text) from None
+        if serializer_id != lite.JSON_SERIALIZER_ID:
+            raise _Refused("malformed answer to the secret challenge: it must be json")
+        self._step = self._answer_body
+        self.needed = size
+        if not size:
+            self._answer_body(b"")
+
+    def _answer_body(self, data: bytes) -> None:
+        try:
+            answer = json.loads(self._body(data, ANSWER_MAX_SIZE).decode("utf-8"))
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+            raise _Refused("malformed answer to the secret challenge: %s" % exc) from None
+        assert self._challenge is not None
+        self._challenge.check(answer, self.peer)
+        self._finish()
+
+    def _finish(self) -> None:
+        request = self._request
+        response = self.daemon.validateHandshake(self.conn, request["handshake"])
+        meta = self.daemon.objectsById[core.DAEMON_NAME].get_metadata(request["object"])
+        data = _serializer(self._serializer_id).dumps({"handshake": response, "meta": meta})
+        self._out.append(_message(protocol.MSG_CONNECTOK, self._serializer_id, data, self._seq))
+        self.accepted = True
+        self.needed = 0
+
+    def _refuse(self, text: str) -> None:
+        self._out.append(refusal(text, self._serializer_id, self._seq))
+        self.accepted = False
+        self.needed = 0
+
+    # framing
+    def _parse_header(self, data: bytes, wanted: int, limit: int, what: str) -> Tuple[int, int, int]:
+        tag, version, msgtype, serializer_id, flags, seq, data_size, ann_size, _, _, magic = \
+            lite.HEADER.unpack(data)
+        if tag != b"PYRO":
+            raise _Refused("invalid data")
+        if version != lite.PROTOCOL_VERSION:
+            raise _Refused("invalid protocol version: %d" % version)
+        if magic != lite.MAGIC:
+            raise _Refused("invalid magic number")
+        if serializer_id in pyro_serializers.serializers_by_id:
+            self._serializer_id = serializer_id  # refusals from here on in the client's own serializer
+        self._seq = seq
+        if msgtype != wanted:
+            raise _Refused("invalid msg type %d received (expected: %d)" % (msgtype, wanted))
+        if data_size + ann_size > limit:
+            raise _Refused("%s message too large (%d bytes, max=%d before the handshake is complete)"
+                           % (what, data_size + ann_size, limit))
+        if flags & ~(protocol.FLAGS_COMPRESSED | protocol.FLAGS_CORR_ID):
+            raise _Refused("invalid flags %#x in a %s message" % (flags, what))
+        self._header = (flags, data_size, ann_size)
+        return msgtype, data_size + ann_size, serializer_id
+
+    def _body(self, payload: bytes, limit: int) -> bytes:
+        """The data of the message whose header came last: annotations checked and skipped, inflated within C{limit}."""
+        flags, data_size, ann_size = self._header
+        offset = 0
+        while offset < ann_size:
+            if ann_size - offset < 8:
+                raise _Refused("malformed annotations")
+            length = int.from_bytes(payload[offset + 4:offset + 8], "big")
+            if length > ann_size - offset - 8:
+                raise _Refused("annotation chunk length exceeds remaining data")
+            offset += 8 + length
+        body = payload[ann_size:]
+        if flags & protocol.FLAGS_COMPRESSED:
+            inflater = zlib.decompressobj()
+            try:
+                body = inflater.decompress(body, limit + 1)
+            except zlib.error as exc:
+                raise _Refused("corrupt compressed data: %s" % exc) from None
+            if len(body) > limit or not inflater.eof:
+                raise _Refused("compressed message is incomplete or inflates to more than %d bytes" % limit)
+        return body
+
+
+def refusal(text: str, serializer_id: Optional[int] = None, seq: int = 0) -> bytes:
+    """A Pyro5 CONNECTFAIL message saying C{text}, in the given serializer if known (else marshal, as Pyro5's)."""
+    sid = serializer_id if serializer_id in pyro_serializers.serializers_by_id else _MARSHAL_ID
+    return _message(protocol.MSG_CONNECTFAIL, sid, _serializer(sid).dumps(text), seq)
+
+
+def _message(msgtype: int, serializer_id: int, data: bytes, seq: int) -> bytes:
+    return lite.HEADER.pack(b"PYRO", lite.PROTOCOL_VERSION, msgtype, serializer_id, 0, seq, len(data), 0,
+                            b"\0" * 16, 0, lite.MAGIC) + data
+
+
+def _serializer(serializer_id: int) -> Any:
+    return pyro_serializers.serializers_by_id.get(serializer_id) or pyro_serializers.serializers_by_id[_MARSHAL_ID]
+
+
+def _decode_connect(serializer_id: int, body: bytes) -> Dict[str, Any]:
+    """The connect request, read with the plainest decoder for its serializer, or L{_Refused}."""
+    decoder = _CONNECT_DECODERS.get(serializer_id)
+    if decoder is None or serializer_id not in pyro_serializers.serializers_by_id:
+        raise _Refused("unknown serializer id %d" % serializer_id)
+    try:
+        request = decoder(body)
+    except Exception as exc:  # whatever a decoder raises on garbage (ValueError, SyntaxError, msgpack's own ...)
+        raise _Refused("malformed connect message: %s: %s" % (type(exc).__name__, _clip(str(exc)))) from None
+    if not isinstance(request, dict) or set(request) != {"handshake", "object"}:
+        raise _Refused("malformed connect message: it must hold 'handshake' and 'object', nothing else")
+    if not isinstance(request["object"], str) or len(request["object"]) > 256:
+        raise _Refused("malformed connect message: 'object' must be a short name")
+    if not _plain(request["handshake"], 3):
+        raise _Refused("malformed connect message: 'handshake' must be small plain data")
+    return request
+
+
+def _plain(value: Any, depth: int) -> bool:
+    """True for the small plain data a handshake may hold: None, bool, int, float, short str, few items."""
+    kind = type(value)
+    if value is None or kind is bool or kind is float:
+        return True
+    if kind is int:
+        return -2 ** 63 <= value < 2 ** 64
+    if kind is str:
+        return len(value) <= 1024
+    if kind in (list, tuple) and depth > 0 and len(value) <= 32:
+        return all(_plain(item, depth - 1) for item in value)
+    if kind is dict and depth > 0 and len(value) <= 32:
+        return all(type(k) is str and len(k) <= 64 and _plain(v, depth - 1) for k, v in value.items())
+    return False
+
+
+def _marshal_plain(body: bytes) -> Any:
+    codec.check_marshal(body)
+    return marshal.loads(body)
+
+
+def _msgpack_plain(body: bytes) -> Any:
+    import msgpack  # only when a client speaks it (Pyro5 registers id 4 only if msgpack is installed)
+
+    def no_extensions(code: int, data: bytes) -> Any:
+        raise ValueError("msgpack extension type %d before the handshake" % code)
+
+    return msgpack.unpackb(body, raw=False, strict_map_key=False, ext_hook=no_extensions)
+
+
+def _serpent_plain(body: bytes) -> Any:
+    import serpent
+    return serpent.loads(body)
+
+
+_MARSHAL_ID = 2
+_CONNECT_DECODERS: Dict[int, Callable[[bytes], Any]] = {
+    1: _serpent_plain,
+    _MARSHAL_ID: _marshal_plain,
+    lite.JSON_SERIALIZER_ID: lambda body: json.loads(body.decode("utf-8")),
+    4: _msgpack_plain,
+    codec.SERIALIZER_ID: _marshal_plain,  # srpy's format, as plain marshal: no tagged values before the handshake
+}
+protocol_header_size = lite.HEADER.size
+_PREFIX = b"PYRO" + lite.PROTOCOL_VERSION.to_bytes(2, "big")  # how every message srpy accepts starts
+
+
+def _recv_before(sock: Any, size: int, deadline: float) -> bytes:
+    """Exactly C{size} bytes from C{sock}, all of them before C{deadline} (time.monotonic())."""
+    chunks, got = [], 0
+    while got < size:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise pyro_errors.TimeoutError("the handshake took longer than %s s" % HANDSHAKE_TIMEOUT)
+        sock.settimeout(remaining)
+        try:
+            chunk = sock.recv(min(size - got, 65536))
+        except socket.timeout:
+            continue  # the deadline check above ends it
+        if not chunk:
+            raise pyro_errors.ConnectionClosedError("the client went away during the handshake")
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+def _clip(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def client_tls(ca: Optional[str] = None, cert: Optional[str] = None, key: Optional[str] = None,
