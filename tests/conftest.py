@@ -45,6 +45,13 @@ def pytest_collection_modifyitems(config, items):
                     item.add_marker(getattr(pytest.mark, mark))
 
 
+def _children(process):
+    try:
+        return process.children()
+    except psutil.NoSuchProcess:
+        return []
+
+
 def die_with_parent():
     """In a child about to exec: ask Linux to SIGTERM it when the test process dies (even by a timeout)."""
     try:
@@ -89,6 +96,11 @@ class Launcher:
             return psutil.Process(self.process.pid).children(recursive=True)
         except psutil.NoSuchProcess:
             return []
+
+    def engines(self):
+        """The processes that serve (each engine's keeper forks it): the leaves of the launcher's tree."""
+        return [child for child in self.children()
+                if not any(grandchild.status() != psutil.STATUS_ZOMBIE for grandchild in _children(child))]
 
     def send(self, signum):
         self.process.send_signal(signum)

@@ -76,7 +76,7 @@ def client(number, uri, start, latencies, errors):
 @pytest.mark.timeout(300)
 def test_fifty_clients_two_hundred_calls_each(start_launcher):
     launcher = start_launcher(["-n", str(ENGINES)], count=ENGINES)
-    engines = launcher.children()
+    engines = launcher.engines()
     assert len(engines) == ENGINES
     for uri in launcher.uris:  # one client first, so each pool has made its idle workers
         with srpy.PythonEngine(uri) as eng:
