@@ -549,3 +549,13 @@ def free_ports(count):
     finally:
         for sock in sockets:
             sock.close()
+
+
+def test_a_task_too_large_for_the_engine_fails_alone_and_the_engine_stays(start_launcher):
+    launcher = start_launcher(["-n", "1", "--max-message-size", "1"], count=1)
+    with srpy.EngBox(launcher.uris) as box:
+        too_big = box.submit(len, "x" * (2 * 1024 * 1024))
+        with pytest.raises(srpy.MessageTooLargeError, match="limit of 1048576 bytes"):
+            too_big.result(60)
+        assert len(box) == 1, "the engine answered: it stays in the box"
+        assert box.submit(len, "x" * 1000).result(60) == 1000
