@@ -21,8 +21,9 @@ copyright = "Copyright (c) 2009, 2026 the srpy developers. BSD-3-Clause."
 from . import errors  # noqa: E402
 from .client import PythonEngine, Namespace, RemoteObject  # noqa: E402
 from .errors import (SRPyError, SRPyServerNotFound, AuthenticationError, CommunicationError,  # noqa: E402
-                     ConnectionLost, CallTimeout, SerializationError, RemoteError, RemoteSystemExit,
-                     TaskTimeout, TaskAborted, EngineDead, NoEnginesError, MissingPackagesError, PeerUnavailable)
+                     ConnectionLost, CallTimeout, SerializationError, MessageTooLargeError, RemoteError,
+                     RemoteSystemExit, TaskTimeout, TaskAborted, EngineDead, NoEnginesError, MissingPackagesError,
+                     PeerUnavailable)
 from .launcher import newSubEngine, stopSubEngine, detectNCPUs  # noqa: E402
 from .box import EngBox, MultiRunResult  # noqa: E402
 from .functions import FunctionShippingError  # noqa: E402
@@ -33,6 +34,7 @@ __all__ = [
     "EngBox", "MultiRunResult", "FunctionShippingError", "EngineDead", "NoEnginesError", "MissingPackagesError",
     "PythonEngine", "Namespace", "RemoteObject", "newSubEngine", "stopSubEngine", "detectNCPUs",
     "errors", "SRPyError", "SRPyServerNotFound", "AuthenticationError", "CommunicationError",
-    "ConnectionLost", "CallTimeout", "SerializationError", "RemoteError", "RemoteSystemExit", "TaskTimeout", "TaskAborted",
+    "ConnectionLost", "CallTimeout", "SerializationError", "MessageTooLargeError", "RemoteError", "RemoteSystemExit",
+    "TaskTimeout", "TaskAborted",
     "version", "copyright", "__version__",
 ]

@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 
 from . import discovery, functions, scheduler as scheduling
 from .client import PythonEngine
-from .errors import NoEnginesError, SRPyServerNotFound
+from .errors import AuthenticationError, CommunicationError, NoEnginesError, SRPyError, SRPyServerNotFound
 from .progress import ProgressBar
 from .scheduler import MapIterator, MapJob, Scheduler, Task, missing_packages
 
@@ -72,8 +72,81 @@ class EngBox(concurrent.futures.Executor):
         self.task_timeout = task_timeout
         self.mrs = _MultiRun(self, parallel=False)
         self.mrp = _MultiRun(self, parallel=True)
-        for engine in engines or ():
+        self._pending: Dict[str, str] = {}  # URIs given that did not answer yet: uri -> why
+        self._connect_all(list(engines or ()))
+
+    def _connect_all(self, engines: List[EngineLike]) -> None:
+        """
+        Add C{engines}, connecting to the URIs among them at once. One that does not answer (busy
+        in a long C call, restarting, not up yet) does not stop the box: it is named in the log and
+        tried again in the background, for up to L{srpy.scheduler.REJOIN_WAIT} s, and joins the box
+        when it answers (L{pending} lists them meanwhile). Only when none answers is that an error.
+
+        @raise AuthenticationError: an engine refused this box's secret (a wrong secret is no delay).
+        @raise NoEnginesError: URIs were given and none answered; names each and why.
+        """
+        uris = [engine for engine in engines if not isinstance(engine, PythonEngine)]
+        connected = dict(_parallel(uris, self._connect)) if len(uris) > 1 else {}
+        failed: Dict[str, str] = {}
+        for engine in engines:
+            if isinstance(engine, PythonEngine):
+                self.append(engine)
+                continue
+            outcome = connected[engine] if engine in connected else _attempt(self._connect, engine)
+            if isinstance(outcome, AuthenticationError):
+                raise outcome
+            if isinstance(outcome, (SRPyServerNotFound, CommunicationError)):
+                failed[str(engine)] = str(outcome)
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            else:
+                self.append(outcome)
+        if failed and not self._engines:
+            raise NoEnginesError("no engine answered: %s" % "; ".join("%s (%s)" % item for item in failed.items()))
+        for uri, why in failed.items():
+            log.warning("engine %s does not answer yet (%s); the box goes on without it and keeps trying", uri, why)
+            self._pending[uri] = why
+            scheduling.start_thread(self._keep_trying, uri, name="srpy-connect-%s" % uri)
+
+    def _connect(self, uri: str) -> PythonEngine:
+        return PythonEngine(uri, secret=self._secret, ssl_context=self._ssl_context)
+
+    def _keep_trying(self, uri: str) -> None:
+        """Connect to C{uri} with back-off until it answers (it joins the box) or srpy gives up."""
+        deadline, delay = time.monotonic() + scheduling.REJOIN_WAIT, 0.1
+        while time.monotonic() < deadline:
+            time.sleep(delay)
+            delay = min(delay * 2, scheduling.REJOIN_PROBE)
+            with self._lock:
+                if self._shut or uri not in self._pending:
+                    return
+            try:
+                engine = self._connect(uri)
+            except (SRPyServerNotFound, CommunicationError) as exc:
+                with self._lock:
+                    self._pending[uri] = str(exc)
+                continue
+            except SRPyError as exc:
+                log.warning("engine %s answers but cannot join the box: %s", uri, exc)
+                break
+            with self._lock:
+                self._pending.pop(uri, None)
+                if self._shut:
+                    engine.close()
+                    return
             self.append(engine)
+            log.info("engine %s answers now; it joins the box", uri)
+            return
+        with self._lock:
+            why = self._pending.pop(uri, None)
+        if why is not None:
+            log.warning("engine %s never answered (%s); the box gives up on it", uri, why)
+
+    @property
+    def pending(self) -> Dict[str, str]:
+        """The URIs given to the box that have not answered yet, and why: C{{uri: reason}}."""
+        with self._lock:
+            return dict(self._pending)
 
     # -- the container -------------------------------------------------------------------------------
 
@@ -436,6 +509,14 @@ def _parallel(items: Sequence[Any], action: Callable[[Any], Any]) -> List[Any]:
     for thread in threads:
         thread.join()
     return results
+
+
+def _attempt(action: Callable[[Any], Any], item: Any) -> Any:
+    """C{action(item)}, or the exception it raised."""
+    try:
+        return action(item)
+    except Exception as exc:  # the caller sorts the failures
+        return exc
 
 
 def _raise_if_error(value: Any) -> Any:

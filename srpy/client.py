@@ -27,7 +27,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import codec, errors, lite, shipping
-from .engine import BLOB_MARK, BLOB_MIN, RESULT_BLOB
+from .engine import BLOB_MIN, RESULT_BLOB
 
 
 class WireFormat:
@@ -153,7 +153,8 @@ class PythonEngine(lite.Engine):
         return annotations
 
     def call_on(self, conn: Any, method: str, args: Tuple[Any, ...] = (), call_id: Optional[bytes] = None,
-                timeout: Optional[float] = None, trailing: Any = ()) -> Tuple[Any, Any]:
+                timeout: Optional[float] = None, trailing: Any = (),
+                extra: Optional[Dict[str, bytes]] = None) -> Tuple[Any, Any]:
         """
         Make the call C{method(*args)} on C{conn} (a connection of this engine's, see
         C{_acquire}), with this view's limit and C{call_id}; return C{(value, response
@@ -166,6 +167,8 @@ class PythonEngine(lite.Engine):
         """
         call_id = call_id if call_id is not None else self.call_id
         annotations = self.call_annotations(call_id)
+        if extra:
+            annotations = dict(annotations or {}, **extra)
         limit = self.call_timeout
         if timeout is None:
             timeout = limit + LIMIT_GRACE if limit is not None else self.timeout
@@ -275,13 +278,13 @@ class PythonEngine(lite.Engine):
         return annotations, timeout if timeout is not None else self.call_timeout + LIMIT_GRACE
 
     def _limited_invoke(self, method: str, args: Tuple[Any, ...], timeout: Optional[float],
-                        trailing: Any = ()) -> Tuple[Any, Any]:
+                        trailing: Any = (), extra: Optional[Dict[str, bytes]] = None) -> Tuple[Any, Any]:
         """C{_invoke}, through L{call_on}: a pooled connection, this view's limit and call id."""
         if self.call_timeout is None and self.call_id is None and self._max_task_time is None:
-            return self._invoke(method, args, None, None, timeout, trailing)  # the common call, straight
+            return self._invoke(method, args, None, extra, timeout, trailing)  # the common call, straight
         conn = self._acquire()
         try:
-            return self.call_on(conn, method, args, timeout=timeout, trailing=trailing)
+            return self.call_on(conn, method, args, timeout=timeout, trailing=trailing, extra=extra)
         finally:
             self._release(conn)
 
@@ -292,12 +295,15 @@ class PythonEngine(lite.Engine):
         return value
 
     def _call_with_vars(self, method: str, args: Tuple[Any, ...], variables: Dict[str, Any]) -> Any:
-        trailing = []
+        trailing, names = [], []
         for key, value in variables.items():
             if type(value) is bytes and len(value) >= BLOB_MIN:
-                variables[key] = BLOB_MARK + str(len(trailing))
+                # the bytes travel raw after the message; the annotation, never the value, says where
+                variables[key] = None
+                names.append(key)
                 trailing.append(value)
-        value, response = self._limited_invoke(method, args + (variables,), None, trailing)
+        extra = {lite.BLOB_NAMES: "\0".join(names).encode("utf-8")} if names else None
+        value, response = self._limited_invoke(method, args + (variables,), None, trailing, extra)
         if response and RESULT_BLOB in response:
             return response[RESULT_BLOB]
         return value

@@ -112,7 +112,7 @@ class EngineDaemon(SecureDaemon):
         if flags & lite.FLAGS_ONEWAY:
             return
         if serializer_id == codec.SERIALIZER_ID:
-            data = _exception_reply(errors.ProtocolError(text))
+            data = _exception_reply(errors.MessageTooLargeError(text))
         elif serializer_id in pyro_serializers.serializers_by_id:  # a type Pyro5's own clients rebuild
             data = pyro_serializers.serializers_by_id[serializer_id].dumps(pyro_errors.MessageTooLargeError(text))
         else:

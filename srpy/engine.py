@@ -54,8 +54,6 @@ OBJECT_ID = "srpy.engine"
 BLOB_MIN = 64 * 1024
 #: annotation that carries a call's result as raw bytes
 RESULT_BLOB = lite.RESULT_BLOB
-#: prefix of the marker that stands, in a call's variables, for bytes sent raw after the call
-BLOB_MARK = "\x00srpy-blob:"
 #: annotation listing the sizes of the raw byte strings that follow a call message
 TRAILING = lite.TRAILING
 #: srpy's own source files: their frames are cut from the tracebacks sent back to callers
@@ -113,6 +111,7 @@ def _engine_call(locked: bool) -> Callable[[Callable[..., Any]], Callable[..., A
             annotations = current_context.annotations
             # first: nothing may fail with the trailing bytes unread
             self._trailing.blobs = _read_trailing() if annotations and TRAILING in annotations else ()
+            self._trailing.names = annotations.get(lite.BLOB_NAMES) if annotations else None
             if self.debug:
                 call_log.info("call %s%s", name, _short(args))
             start = time.perf_counter() if self.timing else 0.0
@@ -671,11 +670,17 @@ class Engine:
             return {}
         if not isinstance(variables, dict):
             raise TypeError("variables must be a dict of name: value, not %s" % type(variables).__name__)
-        for key, value in variables.items():
+        for key in variables:
             if not isinstance(key, str) or not key.isidentifier():
                 raise TypeError("variable names must be identifiers, not %r" % (key,))
-            if type(value) is str and value.startswith(BLOB_MARK):
-                variables[key] = self._trailing.blobs[int(value[len(BLOB_MARK):])]
+        names = self._trailing.names
+        if names is not None:  # the call names the variables its raw trailing bytes stand for
+            names = bytes(names).decode("utf-8").split("\0")
+            blobs = self._trailing.blobs
+            if len(names) != len(blobs) or not set(names) <= set(variables):
+                raise TypeError("the call's raw bytes do not match its variables (%d names, %d byte strings)"
+                                % (len(names), len(blobs)))
+            variables.update(zip(names, blobs))
         return variables
 
     def _resolve(self, path: str) -> Any:

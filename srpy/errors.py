@@ -44,6 +44,14 @@ class CallTimeout(CommunicationError, TimeoutError):
     """A call did not complete within its timeout."""
 
 
+class MessageTooLargeError(SRPyError, ValueError):
+    """
+    A call's message (or the raw bytes sent with it) is larger than the engine accepts
+    (C{srpyapp --max-message-size}); the message names both sizes. The engine dropped the call and
+    answered it: the connection, and the engine, go on.
+    """
+
+
 class AuthenticationError(SRPyError):
     """The secret handshake failed: no secret, a wrong secret, or an engine that could not prove itself."""
 

@@ -48,6 +48,7 @@ RESULT_BLOB = "SBLB"  # annotation carrying a call's result as raw bytes
 TRAILING = "SRAW"  # annotation listing the sizes of raw byte strings sent right after a call
 CALL_TIMEOUT = "STMO"  # annotation carrying a call's time limit in seconds (big-endian double)
 CALL_ID = "SCID"  # annotation naming a call (8 bytes, the client's choice) so that abort() can stop it
+BLOB_NAMES = "SRBN"  # annotation naming the call's variables (UTF-8, NUL-separated) that travel as its raw trailing bytes
 JSON_SERIALIZER_ID = 3
 #: refuse messages announcing more than this many bytes (Pyro5's own default limit)
 MAX_MESSAGE_SIZE = 1 << 30

@@ -73,8 +73,8 @@ from concurrent.futures import TimeoutError as FutureTimeout  # the builtin one 
 from typing import Any, Callable, Deque, Dict, Iterator, List, Optional
 
 from . import codec, lite
-from .errors import (CallTimeout, CommunicationError, EngineDead, MissingPackagesError, NoEnginesError,
-                     SerializationError, SRPyError, SRPyServerNotFound, TaskAborted, TaskTimeout, UnknownFunction)
+from .errors import (CallTimeout, CommunicationError, EngineDead, MessageTooLargeError, MissingPackagesError,
+                     NoEnginesError, SerializationError, SRPyError, SRPyServerNotFound, TaskAborted, TaskTimeout, UnknownFunction)
 
 log = logging.getLogger("srpy.scheduler")
 
@@ -703,6 +703,9 @@ class Scheduler:
             return
         except CallTimeout:
             self._timed_out(slot, batch[0])
+            return
+        except MessageTooLargeError as exc:  # the engine answered, and goes on: only this work fails
+            self._fail(batch, exc)
             return
         except (CommunicationError, SRPyServerNotFound) as exc:
             self._engine_failed(slot, batch, exc)

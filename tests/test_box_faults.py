@@ -508,3 +508,54 @@ def test_context_manager(pair):
     assert list(squares) == [x * x for x in range(10)]
     with pytest.raises(RuntimeError, match="shutdown"):
         box.submit(nap, 0, 0)
+
+
+def test_a_box_starts_with_the_engines_that_answer_and_takes_the_others_when_they_do(start_launcher, caplog):
+    """An engine frozen (SIGSTOP) when the box is made: the box starts without it, then takes it."""
+    launcher = start_launcher(["-n", "2"], count=2)
+    with srpy.PythonEngine(launcher.uris[1]) as probe:
+        frozen = probe.info["PID"]
+    os.kill(frozen, signal.SIGSTOP)
+    try:
+        with caplog.at_level("WARNING", logger="srpy.box"):
+            box = srpy.EngBox(launcher.uris)
+        assert [e.uri for e in box] == [launcher.uris[0]]
+        assert list(box.pending) == [launcher.uris[1]]
+        named = [r.getMessage() for r in caplog.records if launcher.uris[1] in r.getMessage()]
+        assert len(named) == 1 and "TLS" not in named[0], "one line naming it, no false TLS hint"
+        assert box.submit(pow, 2, 5).result(30) == 32, "the box works meanwhile"
+    finally:
+        os.kill(frozen, signal.SIGCONT)
+    wait_for(lambda: len(box) == 2, timeout=60)  # the engine joins once it answers
+    assert box.pending == {}
+    assert sorted(box.map(abs, range(-50, 0))) == list(range(1, 51))
+    box.close()
+
+
+def test_a_box_none_of_whose_engines_answer_names_each():
+    uris = ["PYRO:srpy.engine@127.0.0.1:%d" % port for port in free_ports(2)]
+    with pytest.raises(NoEnginesError) as info:
+        srpy.EngBox(uris)
+    assert all(uri in str(info.value) for uri in uris)
+
+
+def free_ports(count):
+    import socket
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def test_a_task_too_large_for_the_engine_fails_alone_and_the_engine_stays(start_launcher):
+    launcher = start_launcher(["-n", "1", "--max-message-size", "1"], count=1)
+    with srpy.EngBox(launcher.uris) as box:
+        too_big = box.submit(len, "x" * (2 * 1024 * 1024))
+        with pytest.raises(srpy.MessageTooLargeError, match="limit of 1048576 bytes"):
+            too_big.result(60)
+        assert len(box) == 1, "the engine answered: it stays in the box"
+        assert box.submit(len, "x" * 1000).result(60) == 1000

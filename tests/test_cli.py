@@ -255,7 +255,7 @@ def test_an_over_limit_message_says_which_limit(start_launcher, mode):
     try:
         for value, what in ((os.urandom(2 * 1024 * 1024), " of raw data"),  # raw bytes after the call
                             ("x" * (2 * 1024 * 1024), ",")):  # one serialized message
-            with pytest.raises(srpy.errors.ProtocolError) as refused:
+            with pytest.raises(srpy.errors.MessageTooLargeError) as refused:
                 eng.set(big=value)
             text = str(refused.value)
             sent = re.search(r"this call sends (\d+) bytes" + what, text)

@@ -446,3 +446,26 @@ def test_a_connection_says_whether_its_engine_proved_the_secret(start_launcher, 
         without.close()
     value = [(i, "x") for i in range(100)]
     assert codec.loads_trusted(codec.dumps(value)) == codec.loads(codec.dumps(value)) == value
+
+
+def test_a_string_shaped_like_the_old_blob_marker_is_only_a_string(engine_uri):
+    """Large bytes travel raw after the call, named in an annotation: no value is ever read as framing."""
+    big = os.urandom(200 * 1024)
+    with srpy.PythonEngine(engine_uri) as eng:
+        eng.set(marker="\x00srpy-blob:0", other="\x00srpy-blob:1", data=big)
+        assert eng.get("marker") == "\x00srpy-blob:0" and eng.get("other") == "\x00srpy-blob:1"
+        assert eng.get("data") == big
+        assert eng.eval("len(data) + len(marker)", marker="\x00srpy-blob:0", data=big) == len(big) + 12
+        eng.exe("del marker, other, data")
+
+
+def test_raw_bytes_that_name_no_variable_are_refused(engine_uri):
+    conn = lite.Connection(engine_uri, serializer=srpy.client.WIRE_FORMAT)
+    try:
+        with pytest.raises(TypeError, match="raw bytes do not match"):
+            conn.call("set", ({"a": None},), annotations={lite.BLOB_NAMES: b"nothere"}, trailing=(b"x" * 10,),
+                      timeout=30)
+    finally:
+        conn.close()
+    with srpy.PythonEngine(engine_uri) as eng:
+        assert "nothere" not in eng.get() and eng.eval("6 * 7") == 42
