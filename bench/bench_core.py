@@ -365,7 +365,8 @@ def run(rounds: int, calls: int, repeats: int) -> Dict[str, Any]:
         rpc_sock = _connect_raw(raw_address, MODE_RPC)
         resources.closers.append(rpc_sock.close)
         samplers["floor"] = floor_call(rpc_sock)
-        servers = [resources.engine_process.pid] + [helper.pid for helper in resources.helpers]
+        # the engine itself (its keeper forks it: engine.info names the serving process), and the helpers
+        servers = [engine.info["PID"]] + [helper.pid for helper in resources.helpers]
         latencies = measure_placements(samplers, servers, rounds, calls)
         echo_sock = _connect_raw(raw_address, MODE_ECHO)
         resources.closers.append(echo_sock.close)
