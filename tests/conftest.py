@@ -198,3 +198,38 @@ def no_leaked_processes():
         except psutil.NoSuchProcess:
             pass
     assert not alive, "processes leaked by the tests: %s" % alive
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    """A CA, an engine certificate for 127.0.0.1 and a client certificate, made on the fly (trustme)."""
+    import trustme
+    where = tmp_path_factory.mktemp("pki")
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    client = ca.issue_cert("client@srpy")
+    files = {name: str(where / (name + ".pem")) for name in ("ca", "cert", "key", "client")}
+    ca.cert_pem.write_to_path(files["ca"])
+    server.cert_chain_pems[0].write_to_path(files["cert"])
+    server.private_key_pem.write_to_path(files["key"])
+    client.private_key_and_cert_chain_pem.write_to_path(files["client"])
+    return files
+
+
+def executions(log_dir):
+    """{engine pid: [value, ...] in the order that engine ran them}, from the <pid>.log files tasks write."""
+    runs = {}
+    for name in os.listdir(log_dir):
+        if name.endswith(".log"):
+            with open(os.path.join(log_dir, name)) as handle:
+                runs[int(name[:-4])] = [int(line) for line in handle.read().split()]
+    return runs
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """Two engine processes (URIs), shared by a module's tests that do not break them."""
+    launcher = Launcher(["-n", "2"], count=2)
+    yield launcher.uris
+    code, err = launcher.shutdown()
+    assert code == 0, err

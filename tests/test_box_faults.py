@@ -59,13 +59,9 @@ def fail_on_seven(x):
 # -- helpers ---------------------------------------------------------------------------------------
 
 def executions(log_dir):
-    """{engine pid: [item, ...] in the order that engine ran them}."""
-    runs = {}
-    for name in os.listdir(log_dir):
-        if name.endswith(".log"):
-            with open(os.path.join(log_dir, name)) as handle:
-                runs[int(name[:-4])] = [int(line) for line in handle.read().split()]
-    return runs
+    """{engine pid: [value, ...]} (see conftest), imported late: this module travels to engines, conftest does not."""
+    from conftest import executions as read
+    return read(log_dir)
 
 
 def wait_for(predicate, timeout=10.0, step=0.005):
@@ -140,16 +136,6 @@ def check_exactly_once(runs, victim_pids, items, results, expected):
         ran = runs.get(pid, [])
         again = [x for x in ran if x in on_survivors]
         assert ran[len(ran) - len(again):] == again, "re-run items must be the victim's last batch"
-
-
-@pytest.fixture(scope="module")
-def pair():
-    """Two engine processes, shared by the tests that do not break them."""
-    from conftest import Launcher  # imported here: this module travels to engines, conftest does not
-    launcher = Launcher(["-n", "2"], count=2)
-    yield launcher.uris
-    code, err = launcher.shutdown()
-    assert code == 0, err
 
 
 # -- an engine dies or vanishes mid-task -------------------------------------------------------------

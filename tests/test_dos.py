@@ -205,19 +205,6 @@ def test_idle_authenticated_connections_do_not_starve_the_workers(start_launcher
 
 # -- item 1: TLS handshakes run off the accepting thread, within the deadline -----------------------
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    trustme = pytest.importorskip("trustme")
-    where = tmp_path_factory.mktemp("pki")
-    ca = trustme.CA()
-    server = ca.issue_cert("127.0.0.1", "localhost")
-    files = {name: str(where / (name + ".pem")) for name in ("ca", "cert", "key")}
-    ca.cert_pem.write_to_path(files["ca"])
-    server.cert_chain_pems[0].write_to_path(files["cert"])
-    server.private_key_pem.write_to_path(files["key"])
-    return files
-
-
 def test_idle_tcp_connections_do_not_stop_a_tls_engine_accepting(start_launcher, pki):
     launcher = start_launcher(["-b", "--secret", SECRET, "--tls-cert", pki["cert"], "--tls-key", pki["key"]])
     uri = launcher.uris[0]

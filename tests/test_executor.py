@@ -80,13 +80,9 @@ def unsendable(x):
 
 
 def executions(log_dir):
-    """{engine pid: [value, ...] in the order that engine ran them}."""
-    runs = {}
-    for name in os.listdir(log_dir):
-        if name.endswith(".log"):
-            with open(os.path.join(log_dir, name)) as handle:
-                runs[int(name[:-4])] = [int(line) for line in handle.read().split()]
-    return runs
+    """{engine pid: [value, ...]} (see conftest), imported late: this module travels to engines, conftest does not."""
+    from conftest import executions as read
+    return read(log_dir)
 
 
 def ran(log_dir):
@@ -107,16 +103,6 @@ def idle(engine):
         return not engine.isBusy()
     except srpy.SRPyError:
         return False
-
-
-@pytest.fixture(scope="module")
-def pair():
-    """Two engine processes, shared by the tests that do not break them."""
-    from conftest import Launcher  # imported here: this module travels to engines, conftest does not
-    launcher = Launcher(["-n", "2"], count=2)
-    yield launcher.uris
-    code, err = launcher.shutdown()
-    assert code == 0, err
 
 
 @pytest.fixture

@@ -393,19 +393,6 @@ def test_discover_still_removes_the_entries_of_dead_engines(start_launcher):
 
 # -- item 9: the name server over TLS too ---------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    trustme = pytest.importorskip("trustme")
-    where = tmp_path_factory.mktemp("pki")
-    ca = trustme.CA()
-    server = ca.issue_cert("127.0.0.1", "localhost")
-    files = {name: str(where / (name + ".pem")) for name in ("ca", "cert", "key")}
-    ca.cert_pem.write_to_path(files["ca"])
-    server.cert_chain_pems[0].write_to_path(files["cert"])
-    server.private_key_pem.write_to_path(files["key"])
-    return files
-
-
 def test_tls_name_server_engines_register_and_clients_discover_over_tls(start_launcher, pki):
     from srpy import discovery
     port = free_port()

@@ -18,21 +18,6 @@ from srpy.security import HANDSHAKE_TIMEOUT, client_tls
 from conftest import ROOT, wait_gone
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    """A CA, an engine certificate for 127.0.0.1 and a client certificate, made on the fly."""
-    where = tmp_path_factory.mktemp("pki")
-    ca = trustme.CA()
-    server = ca.issue_cert("127.0.0.1", "localhost")
-    client = ca.issue_cert("client@srpy")
-    files = {name: str(where / (name + ".pem")) for name in ("ca", "cert", "key", "client")}
-    ca.cert_pem.write_to_path(files["ca"])
-    server.cert_chain_pems[0].write_to_path(files["cert"])
-    server.private_key_pem.write_to_path(files["key"])
-    client.private_key_and_cert_chain_pem.write_to_path(files["client"])
-    return files
-
-
 def test_tls_engine(start_launcher, pki):
     launcher = start_launcher(["-n", "1", "--tls-cert", pki["cert"], "--tls-key", pki["key"], "--secret", "s3"],
                               count=1)
