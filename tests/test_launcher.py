@@ -189,7 +189,7 @@ def test_pyro_config_file_applies_to_basic_and_child_engines(start_launcher, tmp
         uri = launcher.uris[0]
         with srpy.PythonEngine(uri) as eng:
             eng.set(small="x" * 50000)
-            with pytest.raises(srpy.CommunicationError):
+            with pytest.raises(srpy.MessageTooLargeError):
                 eng.set(big="x" * 200000)  # over the configured MAX_MESSAGE_SIZE
         ping_all([uri])
         code, err = launcher.stop()

@@ -84,9 +84,9 @@ def test_memory_limit_gives_memory_error_and_engine_keeps_serving(start_launcher
 def test_max_message_size(start_launcher):
     launcher = start_launcher(["-n", "1", "--max-message-size", "1"], count=1)
     engine = srpy.PythonEngine(launcher.uris[0])
-    with pytest.raises(srpy.CommunicationError):
+    with pytest.raises(srpy.MessageTooLargeError):
         engine.set(big=os.urandom(2 * 1024 * 1024))  # raw trailing bytes beyond the limit: refused
-    with pytest.raises(srpy.CommunicationError):
+    with pytest.raises(srpy.MessageTooLargeError):
         engine.set(big=list(range(300_000)))  # a serialized message beyond the limit: refused
     assert engine.ping() == "pong" and engine.get() == []
     engine.close()
