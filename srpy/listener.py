@@ -105,6 +105,7 @@ class GuardedServer:
         self._waker, self._wake_end = socket.socketpair()
         self._workers: Optional[_Workers] = None
         self._next_sweep = 0.0
+        self._peek_later: set = set()  # TLS-port clients that sent part of "PYRO": looked at again by the sweep
         self._next_housekeeping = 0.0
         self._accept_paused_until = 0.0
         self._closed = False
@@ -311,6 +312,10 @@ class GuardedServer:
 
     def _sweep(self, now: float) -> None:
         self._next_sweep = now + 0.25
+        later, self._peek_later = self._peek_later, set()
+        for pending in later:
+            if self._pending.get(_fileno(pending.conn.sock)) is pending:
+                self._advance(pending)
         for pending in [p for p in self._pending.values() if p.deadline <= now]:
             if pending.stage != "linger":
                 note_bad_input(pending.conn, pyro_errors.TimeoutError(
@@ -385,8 +390,11 @@ class GuardedServer:
             self._forget(pending)
             return False
         if b"PYRO".startswith(first[:4]) and len(first) < 8:
-            self._watch(pending, selectors.EVENT_READ)
-            return False  # maybe plain Pyro5: wait for its first 8 bytes
+            # maybe plain Pyro5: wait for its first 8 bytes. Not by watching the socket: the bytes
+            # peeked at keep it readable, and the loop would spin; the sweep looks again
+            self._unwatch(pending)
+            self._peek_later.add(pending)
+            return False
         if first[:4] == b"PYRO":
             pending.out = refusal(TLS_ONLY, first[7])
             self._linger(pending)
@@ -436,15 +444,19 @@ class GuardedServer:
         except (OSError, ValueError, KeyError):
             self._forget(pending)
 
+    def _unwatch(self, pending: _Pending) -> None:
+        if pending.events:
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self._selector.unregister(pending.conn.sock)
+            pending.events = 0
+
     def _release(self, pending: _Pending) -> None:
         """Take C{pending} out of the listener's books (its socket stays open)."""
         sock = pending.conn.sock
         with contextlib.suppress(OSError, ValueError):
             self._pending.pop(sock.fileno(), None)
-        if pending.events:
-            with contextlib.suppress(KeyError, ValueError, OSError):
-                self._selector.unregister(sock)
-            pending.events = 0
+        self._unwatch(pending)
+        self._peek_later.discard(pending)
         queue = self._by_peer.get(pending.peer)
         if queue is not None:
             with contextlib.suppress(ValueError):
@@ -586,3 +598,11 @@ def serving_daemons(tls: Optional[ssl.SSLContext] = None) -> Iterator[None]:
             svr_threads.SocketServer_Threadpool = saved  # type: ignore[misc]
             pyro_config.SERVERTYPE = saved_type
             _tls_override = None
+
+
+def _fileno(sock: Any) -> int:
+    """The descriptor of C{sock}, or -1 once it is closed."""
+    try:
+        return sock.fileno()
+    except (OSError, ValueError):
+        return -1

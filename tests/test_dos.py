@@ -205,6 +205,29 @@ def test_idle_authenticated_connections_do_not_starve_the_workers(start_launcher
 
 # -- item 1: TLS handshakes run off the accepting thread, within the deadline -----------------------
 
+def test_part_of_a_pyro_header_on_a_tls_port_costs_the_engine_no_cpu(start_launcher, pki):
+    """b"PYR" and silence: the listener looks again on its sweep instead of spinning on a readable socket."""
+    import psutil
+    launcher = start_launcher(["-b", "--secret", SECRET, "--tls-cert", pki["cert"], "--tls-key", pki["key"]])
+    uri = launcher.uris[0]
+    context = srpy.security.client_tls(ca=pki["ca"])
+    with srpy.PythonEngine(uri, secret=SECRET, ssl_context=context) as eng:
+        engine = psutil.Process(eng.info["PID"])
+        _, host, port = lite.parse_uri(uri)
+        teasers = [socket.create_connection((host, port)) for _ in range(3)]
+        try:
+            for sock in teasers:
+                sock.sendall(b"PYR")
+            before = sum(engine.cpu_times()[:2])
+            time.sleep(2.0)  # the measure is CPU time over a span: nothing to wait on here
+            spent = sum(engine.cpu_times()[:2]) - before
+            assert spent < 0.5, "the engine burnt %.2f s of CPU in 2 s on three half-sent headers" % spent
+            assert eng.eval("6 * 7") == 42
+        finally:
+            for sock in teasers:
+                sock.close()
+
+
 def test_idle_tcp_connections_do_not_stop_a_tls_engine_accepting(start_launcher, pki):
     launcher = start_launcher(["-b", "--secret", SECRET, "--tls-cert", pki["cert"], "--tls-key", pki["key"]])
     uri = launcher.uris[0]
