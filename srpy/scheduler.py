@@ -1107,7 +1107,10 @@ class Scheduler:
                                                              "cancel_futures=True) before all its items ran"))
             self._cond.notify_all()
             if wait:
-                while self._has_queued_work() or self._inflight:
+                # called from a done-callback, a dispatcher delivering results waits for the others,
+                # not for its own batch, which ends only once this returns
+                own = sum(1 for s in self._slots.values() if s.busy and s.thread is threading.current_thread())
+                while self._has_queued_work() or self._inflight > own:
                     self._cond.wait()
             threads = [s.thread for s in self._slots.values()]
         if wait:

@@ -499,3 +499,19 @@ def test_ctrl_c_interrupts_a_script_blocked_in_map_or_result_every_time(pair, tm
         assert "KeyboardInterrupt" in err
         wait_for(lambda: idle(engine), timeout=15)  # the abandoned work was stopped on the engine
     engine.close()
+
+
+def test_shutdown_from_a_done_callback_returns(pair):
+    """As in concurrent.futures, a callback may shut its executor down: it must not wait for itself."""
+    box = srpy.EngBox(pair)
+    done = threading.Event()
+
+    def stop(_future):
+        box.shutdown(wait=True)
+        done.set()
+
+    box.submit(pow, 2, 3).add_done_callback(stop)
+    assert done.wait(60), "shutdown(wait=True) from a done-callback hung"
+    with pytest.raises(RuntimeError):
+        box.submit(pow, 2, 3)
+    box.close()
