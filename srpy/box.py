@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 
 from . import discovery, functions, scheduler as scheduling
 from .client import PythonEngine
-from .errors import AuthenticationError, CommunicationError, NoEnginesError, SRPyError, SRPyServerNotFound
+from .errors import AuthenticationError, CommunicationError, NoEnginesError, SRPyServerNotFound
 from .progress import ProgressBar
 from .scheduler import MapIterator, MapJob, Scheduler, Task, missing_packages
 
@@ -73,6 +73,7 @@ class EngBox(concurrent.futures.Executor):
         self.mrs = _MultiRun(self, parallel=False)
         self.mrp = _MultiRun(self, parallel=True)
         self._pending: Dict[str, str] = {}  # URIs given that did not answer yet: uri -> why
+        self._owned: set = set()  # ids of the clients this box made (and closes); siblings share, not own
         self._connect_all(list(engines or ()))
 
     def _connect_all(self, engines: List[EngineLike]) -> None:
@@ -108,8 +109,13 @@ class EngBox(concurrent.futures.Executor):
             self._pending[uri] = why
             scheduling.start_thread(self._keep_trying, uri, name="srpy-connect-%s" % uri)
 
-    def _connect(self, uri: str) -> PythonEngine:
-        return PythonEngine(uri, secret=self._secret, ssl_context=self._ssl_context)
+    def _connect(self, uri: str, timeout: Optional[float] = None) -> PythonEngine:
+        """A client for C{uri}, made by this box: L{close} closes it (engines given to the box are the giver's)."""
+        options = {} if timeout is None else {"connect_timeout": timeout}
+        engine = PythonEngine(uri, secret=self._secret, ssl_context=self._ssl_context, **options)
+        with self._lock:
+            self._owned.add(id(engine))
+        return engine
 
     def _keep_trying(self, uri: str) -> None:
         """Connect to C{uri} with back-off until it answers (it joins the box) or srpy gives up."""
@@ -126,15 +132,17 @@ class EngBox(concurrent.futures.Executor):
                 with self._lock:
                     self._pending[uri] = str(exc)
                 continue
-            except SRPyError as exc:
+            except Exception as exc:  # answers, but not as an engine of this box can (a wrong secret, say)
+                with self._lock:
+                    self._pending.pop(uri, None)
                 log.warning("engine %s answers but cannot join the box: %s", uri, exc)
-                break
-            with self._lock:
+                return
+            with self._lock:  # one step with close(): a box that is shut never takes it
                 self._pending.pop(uri, None)
                 if self._shut:
                     engine.close()
                     return
-            self.append(engine)
+                self.append(engine)
             log.info("engine %s answers now; it joins the box", uri)
             return
         with self._lock:
@@ -153,7 +161,7 @@ class EngBox(concurrent.futures.Executor):
     def append(self, engine: EngineLike) -> PythonEngine:
         """Add an engine (a L{PythonEngine} or a URI to connect to); returns it."""
         if not isinstance(engine, PythonEngine):
-            engine = PythonEngine(engine, secret=self._secret, ssl_context=self._ssl_context)
+            engine = self._connect(engine)
         with self._lock:
             self._engines.append(engine)
             if self._scheduler is not None:
@@ -162,7 +170,7 @@ class EngBox(concurrent.futures.Executor):
 
     def startAndAppend(self, uri: str) -> PythonEngine:
         """Connect to the engine at C{uri} and add it."""
-        return self.append(PythonEngine(uri, secret=self._secret, ssl_context=self._ssl_context))
+        return self.append(self._connect(uri))
 
     def startAndAppendFromText(self, text: str) -> List[PythonEngine]:
         """Connect to every URI in C{text} (one per line; blank lines and C{#} comments skipped)."""
@@ -301,7 +309,7 @@ class EngBox(concurrent.futures.Executor):
         entries = discovery.find(group, ns_host, ns_port, ssl_context=ssl_context)
 
         def connect(entry: Any) -> PythonEngine:
-            return PythonEngine(entry[1], secret=secret, connect_timeout=timeout, ssl_context=ssl_context)
+            return box._connect(entry[1], timeout)
 
         for (name, uri, _), engine in _parallel(entries, connect):
             if isinstance(engine, SRPyServerNotFound):
@@ -484,9 +492,15 @@ class EngBox(concurrent.futures.Executor):
         return self._scheduler.stats() if self._scheduler is not None else {}
 
     def close(self) -> None:
-        """Shut the executor down and close every engine's connections (the engines keep running)."""
+        """
+        Shut the executor down and close the clients this box connected itself (from URIs; the
+        engines keep running). L{PythonEngine}s given to the box, and the boxes that slicing,
+        C{getFastest} or C{searchForEngine} make, leave them open: they belong to their giver.
+        """
         self.shutdown(wait=True)
-        for engine in self.getEngines():
+        with self._lock:
+            mine = [e for e in self._engines + self._away if id(e) in self._owned]
+        for engine in mine:
             engine.close()
 
 

@@ -330,3 +330,17 @@ def test_chunk_sizes_small_job_one_chunk_per_idle_engine_long_job_shrinking_chun
     assert size(0.02, 8, (0.5, 1), probe=32) == 4  # the fair share shrinks as the work runs out
     assert size(1e-3, 100000, (0.5, 2), probe=32) == 250  # at most 0.25 s of work in one chunk
     assert size(None, 20000, (0.5, 2), probe=32) == 32  # not measured yet: a small probe
+
+
+def test_closing_a_sibling_box_leaves_the_engines_of_its_parent_open(engine_uri):
+    box = srpy.EngBox([engine_uri])
+    part = box[0:1]
+    part.close()
+    assert box.submit(pow, 2, 4).result(60) == 16, "the parent's engine still works"
+    given = srpy.PythonEngine(engine_uri)
+    srpy.EngBox([given]).close()
+    assert given.eval("1 + 1") == 2, "an engine given to a box is its giver's to close"
+    given.close()
+    box.close()
+    with pytest.raises(srpy.ConnectionLost, match="closed"):
+        box[0].eval("1 + 1")
