@@ -522,6 +522,7 @@ class CallWatch:
             log.debug("could not close the listening socket before ending: %s", exc)
         if call.reply is not None:
             _reply_now(*call.reply, failure)
+        faulthandler.cancel_dump_traceback_later()  # ending cleanly: the log's last lines may take a moment
         logging.shutdown()
         os._exit(EXIT_RUNAWAY)
 

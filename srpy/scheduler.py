@@ -334,7 +334,7 @@ def _next_chunk(job: MapJob, deadline: Optional[float]) -> Optional[Future]:
                 return None
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
-                raise TimeoutError("map results not ready within its timeout")
+                raise FutureTimeout("map results not ready within its timeout")
             job.changed.wait(left)
 
 
@@ -955,7 +955,7 @@ class Scheduler:
         self._requeue(sendable, count_attempt=False)
 
     def _timed_out(self, slot: Slot, task: Task) -> None:
-        _settle(task.future, exception=TimeoutError("the task ran longer than its timeout of %s s on %s"
+        _settle(task.future, exception=FutureTimeout("the task ran longer than its timeout of %s s on %s"
                                                     % (task.timeout, slot.uri)))
         with self._cond:
             slot.paused = True
