@@ -276,6 +276,9 @@ def results(job: MapJob, deadline: Optional[float]) -> MapIterator:
     gen = _chunk_results(job, deadline)
     iterator = MapIterator.from_iterable(gen)
     iterator._gen, iterator._job = gen, job
+    # dropped before its first result, the generator never ran, so closing it stops nothing: an imap
+    # left so would stay queued (and hold its iterable) for the box's life
+    weakref.finalize(iterator, job.scheduler.abandon, job)
     return iterator
 
 

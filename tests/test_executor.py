@@ -515,3 +515,17 @@ def test_shutdown_from_a_done_callback_returns(pair):
     with pytest.raises(RuntimeError):
         box.submit(pow, 2, 3)
     box.close()
+
+
+def test_an_imap_dropped_before_its_first_result_leaves_the_queue(pair):
+    import gc
+    box = srpy.EngBox(pair)
+    box.imap(square, itertools.count())  # dropped at once, never read
+    gc.collect()
+    scheduler = box._scheduler
+    deadline = time.monotonic() + 30
+    while scheduler._maps and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not scheduler._maps, "the dropped imap still waits in the queue"
+    assert box.submit(pow, 3, 2).result(60) == 9
+    box.close()
