@@ -496,10 +496,13 @@ class GuardedServer:
 
     def _park(self, conn: Any) -> None:
         """Hand an idle connection back to the listener thread (no worker waits on it meanwhile)."""
-        if self.shutting_down:
+        with self._lock:  # close() drains what is handed back under this lock: nothing lands after it
+            closed = self._closed or self.shutting_down
+            if not closed:
+                self._returned.append(conn)
+        if closed:
             self._disconnect(conn)
             return
-        self._returned.append(conn)
         self.wakeup()
 
     def _disconnect(self, conn: Any) -> None:
