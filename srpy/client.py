@@ -179,12 +179,13 @@ class PythonEngine(lite.Engine):
         started = time.monotonic()
         try:
             return conn.call(method, args, None, annotations, timeout, trailing)
-        except (errors.TaskTimeout, errors.TaskAborted):
-            # the engine may have ended its process to stop the call, and a fresh one starts in
-            # milliseconds, sooner than the pool's check of idle connections: never reuse this one,
-            # and let new connections wait out the restart (see _connect)
-            conn.close()
-            self._base()._expect_restart()
+        except (errors.TaskTimeout, errors.TaskAborted) as exc:
+            if getattr(exc, "engine_ending", False):
+                # the engine ends its process to stop the call, and a fresh one starts in
+                # milliseconds, sooner than the pool's check of idle connections: reuse no
+                # connection to it, and let new connections wait out the restart (see _connect)
+                conn.close()
+                self._base()._expect_restart()
             raise
         except (errors.ConnectionLost, errors.CallTimeout) as exc:
             error = self._stopped_error(method, time.monotonic() - started, call_id, exc)

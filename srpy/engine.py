@@ -563,9 +563,10 @@ def _reply_now(conn: Any, seq: int, serializer_id: int, exc: BaseException) -> N
     try:
         from Pyro5 import serializers as pyro_serializers
         data = pyro_serializers.serializers_by_id[serializer_id].dumps(exc)
+        ending = struct.pack("!4sI", lite.ENDING.encode("ascii"), 0)  # this process ends right after
         header = lite.HEADER.pack(b"PYRO", lite.PROTOCOL_VERSION, lite.MSG_RESULT, serializer_id,
-                                  lite.FLAGS_EXCEPTION, seq, len(data), 0, b"\0" * 16, 0, lite.MAGIC)
-        conn.send(header + data)
+                                  lite.FLAGS_EXCEPTION, seq, len(data), len(ending), b"\0" * 16, 0, lite.MAGIC)
+        conn.send(header + ending + data)
     except Exception as failure:  # the caller may be gone too; the engine stops either way
         log.warning("could not tell the caller about the runaway call: %s", failure)
 

@@ -49,6 +49,7 @@ TRAILING = "SRAW"  # annotation listing the sizes of raw byte strings sent right
 CALL_TIMEOUT = "STMO"  # annotation carrying a call's time limit in seconds (big-endian double)
 CALL_ID = "SCID"  # annotation naming a call (8 bytes, the client's choice) so that abort() can stop it
 BLOB_NAMES = "SRBN"  # annotation naming the call's variables (UTF-8, NUL-separated) that travel as its raw trailing bytes
+ENDING = "SRND"  # annotation on a reply sent by an engine that ends its process right after it (to stop a call)
 JSON_SERIALIZER_ID = 3
 #: refuse messages announcing more than this many bytes (Pyro5's own default limit)
 MAX_MESSAGE_SIZE = 1 << 30
@@ -657,7 +658,12 @@ class Connection(object):
             except ProtocolError:
                 self._break()
                 raise
-            return self._result(method, msgtype, serializer_id, flags, seq, data), response_ann
+            try:
+                return self._result(method, msgtype, serializer_id, flags, seq, data), response_ann
+            except SRPyError as exc:
+                if ENDING in response_ann:  # the engine ends once this is sent: a fresh one follows
+                    exc.engine_ending = True
+                raise
 
     def _result(self, method, msgtype, serializer_id, flags, seq, data):
         if msgtype != MSG_RESULT or seq != self._seq:
