@@ -271,13 +271,6 @@ class PythonEngine(lite.Engine):
 
     # -- transport with bulk bytes ------------------------------------------------------------------
 
-    def _limits(self, timeout: Optional[float]) -> Tuple[Optional[Dict[str, bytes]], Optional[float]]:
-        """This view's annotations, and how long to wait for an answer (kept for the scheduler)."""
-        annotations = self.call_annotations()
-        if self.call_timeout is None:
-            return annotations, timeout
-        return annotations, timeout if timeout is not None else self.call_timeout + LIMIT_GRACE
-
     def _limited_invoke(self, method: str, args: Tuple[Any, ...], timeout: Optional[float],
                         trailing: Any = (), extra: Optional[Dict[str, bytes]] = None) -> Tuple[Any, Any]:
         """C{_invoke}, through L{call_on}: a pooled connection, this view's limit and call id."""
