@@ -502,15 +502,17 @@ class CallWatch:
     def _stop(self, call: _Call, reason: str, now: float) -> None:
         """(Under the lock.) Interrupt C{call}'s code; the escalation follows at C{call.due()}."""
         call.reason, call.stopped_at = reason, now
-        log.warning("call %s() %s: interrupting it", call.name,
-                    "was aborted" if reason == "abort" else "ran past %s of %s s" % (call.source, _seconds(call.limit)))
+        # an abort is the client's own request (a map it stopped reading, say): not worth a warning
+        # on a console that the engine may share with that client
+        log.log(logging.DEBUG if reason == "abort" else logging.WARNING, "call %s() %s: interrupting it", call.name,
+                "was aborted" if reason == "abort" else "ran past %s of %s s" % (call.source, _seconds(call.limit)))
         _raise_in(call.thread, errors.CallInterrupted)
         self._arm_backstop()
 
     def _end_process(self, call: _Call) -> None:
         """The interrupted call is still running: answer its caller, then end this process."""
         where = _innermost_user_frame(sys._current_frames().get(call.thread))
-        log.critical("call %s() did not stop when interrupted (at %s); the engine process ends (exit %d) so "
+        log.warning("call %s() did not stop when interrupted (at %s); the engine process ends (exit %d) so "
                      "that a fresh one serves at %s", call.name, where, EXIT_RUNAWAY, self.engine.uri)
         failure = self._error(call, "ended its process to stop it (the code did not stop when interrupted: a long "
                                     "call into C, such as time.sleep, or code catching BaseException); a fresh "
@@ -541,6 +543,7 @@ def _innermost_user_frame(frame: Any) -> str:
 
 
 _STDLIB = os.path.abspath(sysconfig.get_paths()["stdlib"]) + os.sep
+_THREADING = os.path.abspath(threading.__file__)  # every thread's first frames: never where code ran
 
 
 def user_frame(entries: Sequence[Tuple[str, Any, str]]) -> str:
@@ -554,7 +557,9 @@ def user_frame(entries: Sequence[Tuple[str, Any, str]]) -> str:
 
     choice = next((e for e in entries if e[0].startswith(functions.SOURCE_PREFIX)
                    or not (own(e[0]) or os.path.abspath(e[0]).startswith(_STDLIB))), None)
-    choice = choice or next((e for e in entries if not own(e[0])), None) or (entries[0] if entries else None)
+    choice = choice or next((e for e in entries if not own(e[0]) and os.path.abspath(e[0]) != _THREADING), None)
+    if choice is None and entries:  # only srpy's frames and the thread's start: the code is a C function
+        return "a call into C (no Python frame of its own), under %s() of srpy" % entries[0][2]
     return 'File "%s", line %s, in %s' % choice if choice else "(no stack)"
 
 
