@@ -33,7 +33,17 @@ _MARKS = {
     "tests/test_bench_box_smoke.py": ("slow",),
     "tests/test_docs.py::test_api_reference_builds_without_docstring_errors": ("slow",),
     "tests/test_security.py::test_silent_connection_is_dropped_after_the_handshake_timeout": ("slow",),
+    "tests/test_dos.py": ("slow",),  # floods of connections, each bounded but long
+    "tests/test_cli.py::test_the_python_hint_installs_srpy": ("slow",),
+    "tests/test_box_faults.py::test_map_survives_an_engine_that_vanishes": ("slow",),
+    "tests/test_hostile.py::test_discover_": ("slow",),
+    "tests/test_hostile.py::test_tls_name_server": ("slow",),
+    "tests/test_hostile.py::test_launcher_with_tls": ("slow",),
+    "tests/test_limits.py::test_restarts_for_limits_are_not_crashes": ("slow",),
 }
+
+#: of the tests run in every hosting mode, the quick loop keeps the basic one
+_QUICK_MODE = "[basic]"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -43,6 +53,9 @@ def pytest_collection_modifyitems(config, items):
             if item.nodeid.startswith(prefix):
                 for mark in marks:
                     item.add_marker(getattr(pytest.mark, mark))
+        if item.nodeid.startswith("tests/test_limits.py::") and "[" in item.nodeid \
+                and not item.nodeid.endswith(_QUICK_MODE):
+            item.add_marker(pytest.mark.slow)
 
 
 def _children(process):
