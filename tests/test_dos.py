@@ -205,12 +205,17 @@ def test_idle_authenticated_connections_do_not_starve_the_workers(start_launcher
 
 # -- item 1: TLS handshakes run off the accepting thread, within the deadline -----------------------
 
-def test_part_of_a_pyro_header_on_a_tls_port_costs_the_engine_no_cpu(start_launcher, pki):
+@pytest.fixture
+def tls_engine(start_launcher, pki):
+    """A basic engine serving TLS with a secret: its URI, and a client TLS context that trusts it."""
+    launcher = start_launcher(["-b", "--secret", SECRET, "--tls-cert", pki["cert"], "--tls-key", pki["key"]])
+    return launcher.uris[0], srpy.security.client_tls(ca=pki["ca"])
+
+
+def test_part_of_a_pyro_header_on_a_tls_port_costs_the_engine_no_cpu(tls_engine):
     """b"PYR" and silence: the listener looks again on its sweep instead of spinning on a readable socket."""
     import psutil
-    launcher = start_launcher(["-b", "--secret", SECRET, "--tls-cert", pki["cert"], "--tls-key", pki["key"]])
-    uri = launcher.uris[0]
-    context = srpy.security.client_tls(ca=pki["ca"])
+    uri, context = tls_engine
     with srpy.PythonEngine(uri, secret=SECRET, ssl_context=context) as eng:
         engine = psutil.Process(eng.info["PID"])
         _, host, port = lite.parse_uri(uri)
@@ -228,10 +233,8 @@ def test_part_of_a_pyro_header_on_a_tls_port_costs_the_engine_no_cpu(start_launc
                 sock.close()
 
 
-def test_idle_tcp_connections_do_not_stop_a_tls_engine_accepting(start_launcher, pki):
-    launcher = start_launcher(["-b", "--secret", SECRET, "--tls-cert", pki["cert"], "--tls-key", pki["key"]])
-    uri = launcher.uris[0]
-    context = srpy.security.client_tls(ca=pki["ca"])
+def test_idle_tcp_connections_do_not_stop_a_tls_engine_accepting(tls_engine):
+    uri, context = tls_engine
     idle = open_sockets(uri, 50)
     half_hello = open_sockets(uri, 5)
     for sock in half_hello:
