@@ -391,6 +391,16 @@ def _joined(parts: Sequence[Sequence[int]]) -> List[int]:
 
 # -- srpy ---------------------------------------------------------------------------------------------
 
+def start_helpers(kind: str, label: str, resources: "Resources", count: int = 2) -> List[str]:
+    """Start C{count} helper servers of C{kind} (this file, run as a helper); their addresses, stopped with C{resources}."""
+    addresses = []
+    for _ in range(count):
+        process, address = helper_process.start_helper(__file__, kind, READY_TIMEOUT)
+        resources.add(label, lambda p=process: helper_process.stop_process(p))
+        addresses.append(address)
+    return addresses
+
+
 def bench_srpy(uris: List[str], settings: Settings, figures: Dict[str, Any], resources: Resources,
                parts: Sequence[str] = ("submit", "map")) -> None:
     """srpy's rows of the submit and map workloads, on a fresh EngBox of the two engines."""
@@ -1026,22 +1036,12 @@ def run(settings: Settings, skip: Sequence[str], parts: Sequence[str] = PARTS) -
             bench_multiprocessing(pools[2], settings, figures, rates)
         if set(rates) == {"submit", "map"}:
             step("bare Pyro5")
-            pyro_uris = []
-            for _ in range(2):
-                process, uri = helper_process.start_helper(__file__, "pyro", READY_TIMEOUT)
-                resources.add("Pyro5 daemon", lambda p=process: helper_process.stop_process(p))
-                pyro_uris.append(uri)
-            bench_pyro(pyro_uris, settings, figures, resources)
+            bench_pyro(start_helpers("pyro", "Pyro5 daemon", resources), settings, figures, resources)
         for peer in peers:
             step(peer)
             try:
                 if peer == "rpyc":
-                    addresses = []
-                    for _ in range(2):
-                        process, address = helper_process.start_helper(__file__, "rpyc", READY_TIMEOUT)
-                        resources.add("rpyc server", lambda p=process: helper_process.stop_process(p))
-                        addresses.append(address)
-                    bench_rpyc(addresses, settings, figures, resources)
+                    bench_rpyc(start_helpers("rpyc", "rpyc server", resources), settings, figures, resources)
                 elif peer == "dask":
                     bench_dask(settings, figures, resources)
                 elif peer == "ray":

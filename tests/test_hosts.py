@@ -39,6 +39,8 @@ from collections import Counter
 import psutil
 import pytest
 
+from conftest import executions
+
 from conftest import ROOT, SRPYAPP, URI_LINE, die_with_parent
 
 pytestmark = pytest.mark.timeout(300)
@@ -224,16 +226,6 @@ def step(client, name, timeout):
         raise AssertionError("client failed at step %s: %s\n%s" % (name, record["error"], record["traceback"]))
     assert record["step"] == name, record
     return record
-
-
-def executions(log_dir):
-    """{engine pid: [item, ...] in the order that engine ran them}."""
-    runs = {}
-    for entry in os.listdir(log_dir):
-        if entry.endswith(".log"):
-            with open(os.path.join(log_dir, entry)) as handle:
-                runs[int(entry[:-4])] = [int(line) for line in handle.read().split()]
-    return runs
 
 
 def test_three_hosts_discovery_map_and_a_host_cut_off_mid_map(hosts, tmp_path):
