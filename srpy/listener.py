@@ -109,6 +109,7 @@ class GuardedServer:
         self._next_housekeeping = 0.0
         self._accept_paused_until = 0.0
         self._closed = False
+        self._loop_thread: Optional[int] = None  # the thread in loop(), which then closes everything itself
 
     # -- Pyro5's transport server interface ---------------------------------------------------------
 
@@ -144,9 +145,15 @@ class GuardedServer:
 
     def loop(self, loopCondition: Callable[[], bool] = lambda: True) -> None:
         """Serve until L{shutdown} (or until C{loopCondition} turns false)."""
-        while not self.shutting_down and loopCondition():
-            if not self._turn(self._timeout()):
-                break
+        self._loop_thread = threading.get_ident()
+        try:
+            while not self.shutting_down and loopCondition():
+                if not self._turn(self._timeout()):
+                    break
+        finally:
+            self._loop_thread = None
+            if self.shutting_down:
+                self.close()
 
     def events(self, eventsockets: Any) -> None:
         """One turn of the loop, for Pyro5's external event loops."""
@@ -174,9 +181,17 @@ class GuardedServer:
         self.close()
 
     def close(self) -> None:
-        """Close the listening socket and every connection (idempotent)."""
+        """
+        Close the listening socket and every connection (idempotent). Called from another thread
+        while L{loop} runs, it only wakes the loop, which closes everything as it ends: closing
+        the selector under a thread that waits in it would not wake that thread (Linux's epoll),
+        and it would sleep out its poll timeout (2 s) before returning.
+        """
         self.shutting_down = True
         self.wakeup()
+        looping = self._loop_thread
+        if looping is not None and looping != threading.get_ident():
+            return
         with self._lock:
             if self._closed:
                 return
