@@ -57,8 +57,9 @@ def fan_out(fn: Callable[[Any], Any], items: Iterable[Any], max_workers: int = F
             timeout: Optional[float] = None, name: str = "srpy-fan-out") -> List[Any]:
     """
     C{fn(item)} for every item, in at most C{max_workers} threads at once; returns, in the items'
-    order, each result or the C{Exception} its call raised (a C{BaseException} such as
-    C{KeyboardInterrupt} is not caught). One item without a C{timeout} runs in the caller's thread.
+    order, each result or the C{Exception} its call raised. A C{BaseException} that is no
+    C{Exception} (C{KeyboardInterrupt}, C{SystemExit}) is raised here once the threads end (no
+    item starts after it). One item without a C{timeout} runs in the caller's thread.
 
     @param timeout: seconds to wait for them all; an item not done by then (not even begun, if
         the threads were busy) counts as a C{TimeoutError}, and its thread, if it runs, finishes
@@ -75,13 +76,20 @@ def fan_out(fn: Callable[[Any], Any], items: Iterable[Any], max_workers: int = F
     closed = False
     deadline = None if timeout is None else time.monotonic() + timeout
 
+    raised: List[BaseException] = []
+
     def run() -> None:
         while True:
             with lock:
                 index = next(taken, None)
-                if index is None or closed:
+                if index is None or closed or raised:
                     return
-            value = _attempt(fn, items[index])
+            try:
+                value = _attempt(fn, items[index])
+            except BaseException as exc:  # KeyboardInterrupt, SystemExit...: for the caller to raise
+                with lock:
+                    raised.append(exc)
+                return
             with lock:
                 if closed:  # the caller has given up on it: the list it returned stays as it was
                     return
@@ -92,6 +100,8 @@ def fan_out(fn: Callable[[Any], Any], items: Iterable[Any], max_workers: int = F
         thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
     with lock:
         closed = True
+        if raised:
+            raise raised[0]
         late = TimeoutError("no answer within %s s" % timeout)
         return [late if value is _PENDING else value for value in results]
 

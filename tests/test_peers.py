@@ -270,3 +270,25 @@ def test_peer_threads_stay_bounded_while_take_match_waits(group):
     assert got == list(range(40))
     # one wait per member, and room for the server's own workers (the old way grew by 17 here)
     assert peak[0] <= before + 2 * len(group) + 4, "threads grew from %d to %d while waiting" % (before, peak[0])
+
+
+def test_a_flood_of_hints_is_handled_by_one_thief(group):
+    """
+    Hints a peer receives go to one thief thread, one steal at a time, not a thread each: with the
+    hinting engine stopped (SIGSTOP), a flood of its hints leaves the receiver with one steal
+    waiting for it, not hundreds.
+    """
+    a, b = group[0], group[1]
+    process = psutil.Process(b.info["PID"])
+    victim = psutil.Process(a.info["PID"])
+    before = process.num_threads()
+    victim.suspend()
+    try:
+        with peer_object(b) as b_peer:
+            for _ in range(200):  # b is idle: it goes to take work from a at each hint
+                assert b_peer._call("peer_hint", a.uri) is True
+            peak = process.num_threads()
+            assert peak <= before + 3, "threads grew from %d to %d under a flood of hints" % (before, peak)
+    finally:
+        victim.resume()
+    assert b.eval("len(me.peers())") == 2, "the hints cost no peer"
