@@ -23,6 +23,7 @@ import time
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
 from . import discovery, functions, scheduler as scheduling
+from .fanout import fan_out, start_thread
 from .client import PythonEngine
 from .errors import AuthenticationError, CommunicationError, NoEnginesError, SRPyServerNotFound
 from .progress import ProgressBar
@@ -107,7 +108,7 @@ class EngBox(concurrent.futures.Executor):
         for uri, why in failed.items():
             log.warning("engine %s does not answer yet (%s); the box goes on without it and keeps trying", uri, why)
             self._pending[uri] = why
-            scheduling.start_thread(self._keep_trying, uri, name="srpy-connect-%s" % uri)
+            start_thread(self._keep_trying, uri, name="srpy-connect-%s" % uri)
 
     def _connect(self, uri: str, timeout: Optional[float] = None) -> PythonEngine:
         """A client for C{uri}, made by this box: L{close} closes it (engines given to the box are the giver's)."""
@@ -510,19 +511,8 @@ def _check_chunksize(chunksize: Optional[int]) -> None:
 
 
 def _parallel(items: Sequence[Any], action: Callable[[Any], Any]) -> List[Any]:
-    """C{[(item, action(item) or the exception it raised)]}, all run at once in threads."""
-    results: List[Any] = [None] * len(items)
-
-    def run(i: int) -> None:
-        try:
-            results[i] = (items[i], action(items[i]))
-        except Exception as exc:  # each item's failure is its own result
-            results[i] = (items[i], exc)
-
-    threads = [scheduling.start_thread(run, i, name="srpy-parallel") for i in range(len(items))]
-    for thread in threads:
-        thread.join()
-    return results
+    """C{[(item, action(item) or the exception it raised)]}, in a bounded number of threads at once."""
+    return list(zip(items, fan_out(action, items, name="srpy-parallel")))
 
 
 def _attempt(action: Callable[[Any], Any], item: Any) -> Any:
@@ -578,8 +568,10 @@ class _MultiRun:
             engines = self._box.getEngines()
             result = MultiRunResult(engines)
             if self._parallel:
-                for engine in engines:
-                    scheduling.start_thread(_call_into, result, engine, method, args, kwargs, name="srpy-mrp")
+                # the caller goes on at once; the result fills in as engines answer. One thread per
+                # engine: code run on all engines at once may wait for each other (peer messages)
+                start_thread(fan_out, lambda engine: _call_into(result, engine, method, args, kwargs), engines,
+                             max(1, len(engines)), name="srpy-mrp")
             else:
                 for engine in engines:
                     _call_into(result, engine, method, args, kwargs)

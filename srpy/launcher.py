@@ -11,7 +11,7 @@ How a child engine starts and stops, with no files polled and no orphans:
  - the child treats end-of-file on its stdin as "stop": when the launcher exits, however it
    exits (even SIGKILL), the pipe closes and every child stops by itself.
 
-How an engine comes back after a time limit ended it (L{srpy.engine.CallWatch}): the engine
+How an engine comes back after a time limit ended it (L{srpy.watch.CallWatch}): the engine
 process is a L{Keeper} that forks the engine itself and forks a fresh one, on the same port,
 when the engine ends to stop a call; any other end is passed on, for the L{Supervisor} to report
 and (with C{--restart}, after a back-off) restart. Without C{fork} (Windows), the supervisor
@@ -41,8 +41,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import psutil
 from Pyro5 import config as pyro_config
 
-from . import __version__, codec, copyright, discovery, lite, peers
-from .engine import BACKSTOP_FILE, EXIT_RUNAWAY, OBJECT_ID, Engine, capture_output, user_frame
+from . import __version__, codec, copyright, discovery, lite, peerservice
+from .engine import Engine
+from .output import capture_output
+from .watch import BACKSTOP_FILE, EXIT_RUNAWAY, user_frame
 from .errors import SRPyError
 from .daemon import EngineDaemon
 from .security import check_listen_policy, client_tls
@@ -352,8 +354,7 @@ class EngineServer:
         self.engine = Engine(name=name, group=group, debug=debug, timing=timing, secret=secret,
                              max_task_time=max_task_time)
         self.engine.peer_ssl_context = peer_tls
-        peers.attach(self.engine)
-        self.uri = str(self.daemon.register(self.engine, OBJECT_ID))
+        self.uri = peerservice.register(self.daemon, self.engine)  # the engine and its peer object
         self.engine.uri = self.uri
         self.engine.stop_listening = self._stop_listening
         os.chdir(self.engine.sandbox)  # tasks open uploaded files by relative path
@@ -372,7 +373,7 @@ class EngineServer:
 
     def register(self, ns_host: Optional[str], ns_port: Optional[int]) -> None:
         """Register this engine in the Pyro5 name server (removed again when it stops)."""
-        self._ns = (discovery.register(self.uri, Engine.whoami.__wrapped__(self.engine), ns_host, ns_port),
+        self._ns = (discovery.register(self.uri, self.engine.describe(), ns_host, ns_port),
                     ns_host, ns_port)
 
     def serve(self) -> None:
@@ -510,7 +511,7 @@ class Keeper:
      - the keeper imports srpy, then forks before it ever starts a thread, so each incarnation
        starts in milliseconds from an already loaded interpreter;
      - an incarnation that exits with L{EXIT_RUNAWAY} (its watchdog ended it) or whose
-       faulthandler backstop fired (L{engine.BACKSTOP_FILE} in its sandbox is not empty) is
+       faulthandler backstop fired (L{srpy.watch.BACKSTOP_FILE} in its sandbox is not empty) is
        replaced at once on the same port: a limit's restart needs no flag and is no crash;
      - any other exit is passed through as the keeper's own exit code (a signal N as 128+N),
        so that a supervising launcher's C{--restart} (with back-off) handles real crashes;
@@ -800,9 +801,10 @@ def _read_backstop(sandbox: str) -> Optional[str]:
     if not text.strip():
         return None
     # one block per thread, innermost frame first; the call's thread is the one inside srpy's wrapper
+    # (srpy.calls.engine_call)
     blocks = [[(m.group(1), m.group(2), m.group(3)) for m in map(_FRAME_LINE.match, block.splitlines()) if m]
               for block in re.split(r"\n(?=Thread 0x|Current thread 0x)", text)]
-    calls = [b for b in blocks if any(f[2] == "wrapper" and os.path.basename(f[0]) == "engine.py" for f in b)]
+    calls = [b for b in blocks if any(f[2] == "wrapper" and os.path.basename(f[0]) == "calls.py" for f in b)]
     chosen = (calls or [b for b in blocks if b] or [[]])[0]
     try:
         os.remove(path)
@@ -960,7 +962,7 @@ def newSubEngine(timeout: float = 30, host: str = "127.0.0.1", name: str = "", g
     """
     Start one local engine process; return C{(uri, process)} once it answers. The process stops
     when L{stopSubEngine} is called, when this program exits, or when this process dies. An
-    engine that ends to stop a call (see L{srpy.engine.CallWatch}) serves again at the same URI
+    engine that ends to stop a call (see L{srpy.watch.CallWatch}) serves again at the same URI
     (where the system can fork: the process keeps its engine in a child it forks again).
 
     @param max_task_time: stop any call that runs longer than this many seconds (as the

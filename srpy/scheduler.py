@@ -63,7 +63,6 @@ import itertools
 import logging
 import math
 import os
-import signal
 import sys
 import threading
 import time
@@ -73,6 +72,7 @@ from concurrent.futures import TimeoutError as FutureTimeout  # the builtin one 
 from typing import Any, Callable, Deque, Dict, Iterator, List, Optional
 
 from . import codec, lite
+from .fanout import fan_out, start_thread
 from .errors import (CallTimeout, CommunicationError, EngineDead, MessageTooLargeError, MissingPackagesError,
                      NoEnginesError, SerializationError, SRPyError, SRPyServerNotFound, TaskAborted, TaskTimeout, UnknownFunction)
 
@@ -104,32 +104,6 @@ ABORT_WAIT = 10.0
 #: functions whose speed a box remembers (the oldest are forgotten past this)
 _SPEED_MEMORY = 1024
 _SMOOTHING = 0.5
-
-
-# -- threads that leave signals to the main thread ---------------------------------------------------
-
-_ASYNC_SIGNALS = {getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2",
-                                                        "SIGALRM", "SIGCHLD") if hasattr(signal, name)}
-
-
-def start_thread(target: Callable[..., Any], *args: Any, name: Optional[str] = None) -> threading.Thread:
-    """
-    Start a daemon thread that blocks asynchronous signals. A process-directed signal goes to any
-    thread that does not block it; if that is not the main thread, a main thread blocked on a lock
-    (C{future.result()}, a map's next result) never sees Ctrl-C. The mask is set before the thread
-    starts (it inherits it), so no signal can slip in between.
-    """
-    thread = threading.Thread(target=target, args=args, name=name, daemon=True)
-    mask = getattr(signal, "pthread_sigmask", None)
-    if mask is None:
-        thread.start()
-        return thread
-    previous = mask(signal.SIG_BLOCK, _ASYNC_SIGNALS)
-    try:
-        thread.start()
-    finally:
-        mask(signal.SIG_SETMASK, previous)
-    return thread
 
 
 def _settle(future: Future, result: Any = None, exception: Optional[BaseException] = None) -> None:
@@ -929,10 +903,7 @@ class Scheduler:
         if len(calls) == 1:
             send(0, *calls[0])
             return answers
-        threads = [start_thread(send, i, slot, call_id, name="srpy-abort") for i, (slot, call_id) in enumerate(calls)]
-        deadline = time.monotonic() + wait
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+        fan_out(lambda index: send(index, *calls[index]), range(len(calls)), timeout=wait, name="srpy-abort")
         return answers
 
     def _aborted(self, batch: List[Task], exc: BaseException) -> None:

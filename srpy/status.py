@@ -16,10 +16,10 @@ import argparse
 import json
 import os
 import sys
-import threading
 from typing import Any, Dict, List, Optional, Sequence
 
 from . import discovery
+from .fanout import fan_out
 from .client import PythonEngine
 from .errors import AuthenticationError, SRPyError
 
@@ -40,11 +40,7 @@ def collect(uris: Sequence[str], secret: Optional[str] = None, timeout: float = 
         except (SRPyError, OSError) as exc:
             results[index] = {"uri": uris[index], "down": str(exc)}
 
-    threads = [threading.Thread(target=ask, args=(i,), daemon=True) for i in range(len(uris))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout + 10)
+    fan_out(ask, range(len(uris)), timeout=timeout + 10, name="srpy-status")
     return results
 
 

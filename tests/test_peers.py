@@ -9,6 +9,7 @@ import pytest
 
 import srpy
 from conftest import wait_gone
+from srpy.group import peer_uri
 
 SETUP = "import srpy\nme = srpy.this_engine()\n"
 
@@ -44,6 +45,18 @@ def group(start_launcher):
     box.close()
 
 
+def peer_object(engine):
+    """A client of the peer object served beside C{engine} (what other engines call)."""
+    return srpy.PythonEngine(peer_uri(engine.uri))
+
+
+def wait_until(condition, timeout=30.0, what="the state"):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "%s did not come within %s s" % (what, timeout)
+        time.sleep(0.02)
+
+
 def test_this_engine_outside_an_engine():
     with pytest.raises(srpy.errors.NotInEngine):
         srpy.this_engine()
@@ -77,12 +90,13 @@ def test_messages_both_ways_in_order(group):
     for thread in threads:
         thread.join(120)
     assert results[a.uri] == (True, {b.uri}) and results[b.uri] == (True, {a.uri})
-    assert a._call("peer_stats")["mailbox"] == 0 == b._call("peer_stats")["mailbox"]
+    with peer_object(a) as a_peer, peer_object(b) as b_peer:
+        assert a_peer._call("peer_stats")["mailbox"] == 0 == b_peer._call("peer_stats")["mailbox"]
 
 
 def test_full_mailbox_applies_back_pressure(group):
     a, b = group[0], group[1]
-    b.exe("me._social.mailbox.capacity = 5")
+    b.exe("me._mailbox.capacity = 5")
     done = threading.Event()
 
     def flood():
@@ -91,13 +105,15 @@ def test_full_mailbox_applies_back_pressure(group):
 
     sender = threading.Thread(target=flood)
     sender.start()
-    time.sleep(1.0)
-    assert not done.is_set(), "the sender must wait while the receiver's mailbox is full"
-    assert b._call("peer_stats")["mailbox"] == 5
+    with peer_object(b) as b_peer:
+        wait_until(lambda: b_peer._call("peer_stats")["mailbox"] == 5, what="a full mailbox")
+        # 12 messages cannot fit in 5 until the receiver takes some: the sender is held
+        assert not done.wait(0.5), "the sender must wait while the receiver's mailbox is full"
+        assert b_peer._call("peer_stats")["mailbox"] == 5
     assert b.eval("[me.receive('bp', timeout=30)[1] for _ in range(12)]") == list(range(12))
     sender.join(30)
     assert done.is_set()
-    b.exe("me._social.mailbox.capacity = 10000")
+    b.exe("me._mailbox.capacity = 10000")
 
 
 def test_receive_timeout(group):
@@ -149,9 +165,10 @@ def test_killed_peer_work_is_redone(group):
     job = threading.Thread(target=lambda: outcome.update(result=a.eval("tree(0, 64, 6000)")))
     job.start()
     victim = psutil.Process(b.info["PID"])
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and b._call("peer_stats")["executed"] < 3:
-        time.sleep(0.02)
+    with peer_object(b) as b_peer:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and b_peer._call("peer_stats")["executed"] < 3:
+            time.sleep(0.02)
     victim.send_signal(signal.SIGKILL)
     assert wait_gone([victim.pid])
     job.join(120)
@@ -172,8 +189,8 @@ def test_groups_and_secrets_do_not_mix(start_launcher):
     assert kept == {blue.uris[0]: [], red.uris[0]: []}
     blue_engine = box[0]
     assert blue_engine._call("set_peers", secret.uris) == [], "an engine with another secret is no peer"
-    with pytest.raises(PermissionError):
-        blue_engine._call("peer_deliver", red.uris[0], "tag", "intruder")
+    with peer_object(blue_engine) as blue_peer, pytest.raises(PermissionError):
+        blue_peer._call("peer_deliver", red.uris[0], "tag", "intruder")
     blue_engine.exe(SETUP)
     assert blue_engine.eval("len(me.peers())") == 0
     box.close()
@@ -197,12 +214,81 @@ def test_queued_work_reaches_a_peer_that_was_busy_when_it_was_spawned(group):
     """
     a, b, c = group[0], group[1], group[2]
     a.exe(WHERE)
-    busy = [threading.Thread(target=engine.exe, args=("import time; time.sleep(1.0)",)) for engine in (b, c)]
+    busy = [threading.Thread(target=engine.exe, args=("import time; time.sleep(3.0)",)) for engine in (b, c)]
     for thread in busy:
         thread.start()
-    time.sleep(0.3)  # both peers hold their engine locks now
+    wait_until(lambda: b.isBusy() and c.isBusy(), what="both peers holding their engine locks")
     ran_on = a.eval("[f.result() for f in [srpy.spawn(where, 4.0), srpy.spawn(where, 0.1)]]")
     for thread in busy:
         thread.join(30)
     assert ran_on[0] == a.uri  # the first ran inline, in the task that waited for it
     assert ran_on[1] in (b.uri, c.uri)  # the second went to a peer as soon as one was free
+
+
+
+def test_the_peer_object_is_served_beside_the_engine(group):
+    """Engines call each other's peer object (srpy.peer); the engine object serves clients only."""
+    a = group[0]
+    with peer_object(a) as a_peer:
+        assert a_peer.ping() == "pong"
+        assert a_peer.info["URI"] == a.uri and a_peer.info["Name"] == a.info["Name"]
+        assert sorted(a_peer._call("peer_list")) == sorted(e.uri for e in group if e.uri != a.uri)
+        assert a_peer._call("peer_stats")["peers"] == a_peer._call("peer_list")
+    with pytest.raises(AttributeError, match="peer_stats"):
+        a._call("peer_stats")  # no longer part of the engine object
+
+
+def test_peer_threads_stay_bounded_while_take_match_waits(group):
+    """
+    A take_match that loops as entries trickle in keeps one remote wait per member and pattern:
+    the waiting engine's threads do not grow with the loops (they did: a thread per member per loop).
+    """
+    a, b = group[0], group[1]
+    process = psutil.Process(a.info["PID"])
+    before = process.num_threads()
+    b.exe("import threading, time\n"
+          "def produce():\n"
+          "    for i in range(40):\n"
+          "        time.sleep(0.02)\n"
+          "        me.put('trickle-%d' % i, i)\n"
+          "threading.Thread(target=produce).start()")
+    peak = [before]
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], process.num_threads())
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        got = a.eval("sorted(me.take_match('trickle-*', timeout=30)[1] for _ in range(40))")
+    finally:
+        stop.set()
+        sampler.join(10)
+    assert got == list(range(40))
+    # one wait per member, and room for the server's own workers (the old way grew by 17 here)
+    assert peak[0] <= before + 2 * len(group) + 4, "threads grew from %d to %d while waiting" % (before, peak[0])
+
+
+def test_a_flood_of_hints_is_handled_by_one_thief(group):
+    """
+    Hints a peer receives go to one thief thread, one steal at a time, not a thread each: with the
+    hinting engine stopped (SIGSTOP), a flood of its hints leaves the receiver with one steal
+    waiting for it, not hundreds.
+    """
+    a, b = group[0], group[1]
+    process = psutil.Process(b.info["PID"])
+    victim = psutil.Process(a.info["PID"])
+    before = process.num_threads()
+    victim.suspend()
+    try:
+        with peer_object(b) as b_peer:
+            for _ in range(200):  # b is idle: it goes to take work from a at each hint
+                assert b_peer._call("peer_hint", a.uri) is True
+            peak = process.num_threads()
+            assert peak <= before + 3, "threads grew from %d to %d under a flood of hints" % (before, peak)
+    finally:
+        victim.resume()
+    assert b.eval("len(me.peers())") == 2, "the hints cost no peer"

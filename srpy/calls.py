@@ -1,0 +1,195 @@
+"""
+The wrapper of every method an engine process exposes (L{engine_call}): the engine's lock, call
+logging, bulk bytes in (raw trailing bytes) and out (a result sent as raw bytes), user exceptions
+with their user-code traceback, and the call's time limit and abort (L{srpy.watch.CallWatch}).
+
+Both Pyro objects of an engine process use it: the namespace object (L{srpy.engine.Engine}) and
+the peer object (L{srpy.peerservice.PeerService}).
+"""
+
+import functools
+import logging
+import struct
+import time
+from typing import Any, Callable, List, Optional, Sequence
+
+from Pyro5.api import expose
+from Pyro5.callcontext import current_context
+
+from . import codec, errors, lite
+from .output import flush_output
+from .tracebacks import user_traceback
+
+call_log = logging.getLogger("srpy.engine.calls")
+
+#: bytes values at least this large travel as raw Pyro5 annotations, outside the serializer
+BLOB_MIN = 64 * 1024
+#: annotation that carries a call's result as raw bytes
+RESULT_BLOB = lite.RESULT_BLOB
+#: annotation listing the sizes of the raw byte strings that follow a call message
+TRAILING = lite.TRAILING
+
+
+def _read_trailing() -> List[bytes]:
+    """Read the raw byte strings that trail this call's message (straight into bytes, no copy)."""
+    sizes = current_context.annotations.get(TRAILING)
+    if not sizes:
+        return []
+    count = len(sizes) // 8
+    return [current_context.client.recv(n) for n in struct.unpack("!%dQ" % count, bytes(sizes))]
+
+
+class _StandIn(Exception):
+    """Carries a BaseException that is not an Exception (SystemExit, KeyboardInterrupt) over Pyro5."""
+
+
+@functools.lru_cache(maxsize=None)
+def _stand_in_type(name: str) -> type:
+    kind = type(name, (_StandIn,), {"__module__": "builtins"})
+    kind.__qualname__ = name
+    return kind
+
+
+def engine_call(locked: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """
+    Wrap an exposed method: the lock (if C{locked}), call logging, blobs, user exceptions, and the
+    call's time limit and abort (L{srpy.watch.CallWatch}): a locked call stopped by either ends
+    with L{errors.TaskTimeout} or L{errors.TaskAborted}, sent back as its ordinary reply.
+
+    The object served has C{debug} and C{timing} (log each call, its duration) and C{_trailing} (a
+    C{threading.local} for the call's raw trailing bytes); one with locked methods also has
+    C{_lock} (an L{srpy.lock.EngineLock}), C{_watch} (its L{srpy.watch.CallWatch}) and C{calls}
+    (how many locked calls ran).
+    """
+
+    def decorate(method: Callable[..., Any]) -> Callable[..., Any]:
+        name = method.__name__
+
+        @functools.wraps(method)
+        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+            current_context.response_annotations = {}
+            annotations = current_context.annotations
+            # first: nothing may fail with the trailing bytes unread
+            self._trailing.blobs = _read_trailing() if annotations and TRAILING in annotations else ()
+            self._trailing.names = annotations.get(lite.BLOB_NAMES) if annotations else None
+            if self.debug:
+                call_log.info("call %s%s", name, _short(args))
+            start = time.perf_counter() if self.timing else 0.0
+            call = None
+            try:
+                if locked:
+                    watch = self._watch
+                    # a record only for a call with a limit or an id: the common call stays cheap
+                    call = watch.record(name, annotations) if annotations or watch.max_task_time else None
+                    lock = self._lock
+                    lock.acquire()
+                    try:
+                        try:
+                            try:
+                                watch.begin(name, call)
+                                result = method(self, *args, **kwargs)
+                            finally:
+                                watch.end(call)
+                        except errors.CallInterrupted as exc:
+                            # the watchdog stopped this call (CallWatch only ever interrupts a call
+                            # it has a record of); it may have landed inside end() itself: end again
+                            watch.end(call)
+                            raise watch.stopped(call, exc) from None
+                        finally:
+                            self.calls += 1
+                            flush_output()
+                    finally:
+                        lock.release()
+                else:
+                    result = method(self, *args, **kwargs)
+                if call is not None and call.reason:  # user code swallowed the interrupt: still stopped
+                    raise self._watch.stopped(call, None)
+            except (errors.TaskTimeout, errors.TaskAborted) as exc:
+                if call is None or not call.reason:  # user code raised one itself
+                    exc.srpy_traceback = user_traceback(exc)
+                raise
+            except Exception as exc:
+                if call is not None and call.reason:  # the interrupt, turned into something else by user code
+                    raise self._watch.stopped(call, exc) from None
+                exc.srpy_traceback = user_traceback(exc)
+                raise
+            except BaseException as exc:  # SystemExit, KeyboardInterrupt from user code: keep serving
+                if call is not None and call.reason:
+                    raise self._watch.stopped(call, exc) from None
+                stand_in = _stand_in_type(type(exc).__name__)(*exc.args)
+                stand_in.srpy_traceback = user_traceback(exc)
+                raise stand_in from None
+            finally:
+                if self.timing:
+                    call_log.info("%s took %.6f s", name, time.perf_counter() - start)
+            return _result_as_blob(result)
+
+        return expose(wrapper)
+
+    return decorate
+
+
+def _result_as_blob(result: Any) -> Any:
+    """
+    Large bytes results go ahead of the reply, as a Pyro5 result message holding only the
+    annotation C{SBLB}, written with no copy; the reply itself then carries None. Only callers
+    using srpy's serializer get this (json callers cannot carry bytes anyway).
+    """
+    if type(result) is bytes and len(result) >= BLOB_MIN and current_context.serializer_id == codec.SERIALIZER_ID:
+        header = lite.HEADER.pack(b"PYRO", lite.PROTOCOL_VERSION, lite.MSG_RESULT, codec.SERIALIZER_ID, 0,
+                                  current_context.seq, 0, 8 + len(result), b"\0" * 16, 0, lite.MAGIC)
+        conn = current_context.client
+        conn.send(header + struct.pack("!4sI", RESULT_BLOB.encode("ascii"), len(result)))
+        conn.send(result)
+        return None
+    if current_context.serializer_id == lite.JSON_SERIALIZER_ID:
+        _check_json(result)
+    return result
+
+
+#: types json carries as they are, and types Pyro5's json serializer sends as text or a list
+_JSON_SCALARS = (type(None), bool, int, float, str)
+_JSON_AS_TEXT = {"datetime.datetime", "datetime.date", "decimal.Decimal", "uuid.UUID", "array.array"}
+
+
+def _check_json(result: Any) -> None:
+    """
+    Refuse, with a TypeError naming the type, a result json cannot carry: Pyro5's json serializer
+    would otherwise send an object (a module, say) as a dict of its attributes.
+    """
+    found = _non_json(result)
+    if found is not None:
+        where, value = found
+        exc = TypeError("cannot return a value of type %r (at result%s) to a json client: json carries "
+                        "None, bool, numbers, str, lists and dicts. Return something made of those "
+                        "(str(value), or the attributes you need), or use srpy.PythonEngine"
+                        % (type(value).__name__, where))
+        exc.srpy_traceback = "TypeError: %s\n" % exc
+        raise exc
+
+
+def _non_json(value: Any, depth: int = 0) -> Optional[tuple]:
+    """C{(where, part)} for the first part of C{value} that json cannot carry; None if all can."""
+    if isinstance(value, _JSON_SCALARS) or depth > 64:  # deeper: left to the serializer
+        return None
+    if isinstance(value, dict):
+        for key in value:
+            if not isinstance(key, _JSON_SCALARS):
+                return "[%r] (a key)" % (key,), key
+        items: Any = value.items()
+    elif isinstance(value, (list, tuple, set)):
+        items = enumerate(value)
+    else:
+        kind = type(value)
+        return None if "%s.%s" % (kind.__module__, kind.__qualname__) in _JSON_AS_TEXT else ("", value)
+    for key, item in items:
+        if not isinstance(item, _JSON_SCALARS):
+            found = _non_json(item, depth + 1)
+            if found is not None:
+                return "[%r]%s" % (key, found[0]), found[1]
+    return None
+
+
+def _short(args: Sequence[Any]) -> Any:
+    text = repr(tuple(args))
+    return text if len(text) < 200 else text[:197] + "..."

@@ -1,0 +1,131 @@
+"""
+The peer object: what an engine serves to the other engines of its group.
+
+An engine process serves two Pyro objects in one daemon: the engine (L{srpy.engine.Engine}, object
+id C{srpy.engine}), which clients call, and beside it the L{PeerService} (object id C{srpy.peer},
+URI L{srpy.group.peer_uri}), which only other engines call: messages, tuple-space entries, and
+spawned work. None of its methods takes the engine's lock, so they reach a busy engine.
+
+Its wire names keep the C{peer_} prefix they had on the engine object (C{peer_deliver},
+C{peer_space_read}, ...), beside C{whoami} and C{ping}: a client tells from the name alone that
+no time limit of the engine applies to the call. L{register} puts both objects in the daemon, and
+builds the engine's side of the group (peers, mailbox, tuple space, work sharing), whose
+handle is what L{srpy.this_engine} returns.
+"""
+
+import logging
+import threading
+from typing import Any, Dict, List, Optional, Tuple
+
+from . import peers
+from .calls import engine_call
+from .engine import OBJECT_ID
+from .group import PEER_OBJECT_ID, PeerGroup
+from .mailbox import Mailbox
+from .stealing import WorkSharing
+from .tuplespace import Space, TupleSpace
+
+log = logging.getLogger("srpy.peers")
+
+__all__ = ["PeerService", "register", "PEER_OBJECT_ID"]
+
+
+class PeerService:
+    """
+    The object an engine serves to its peers (object id L{PEER_OBJECT_ID}). Messages and work
+    requests are taken from peers only (C{PermissionError} for anything else).
+    """
+
+    def __init__(self, engine: Any, group: PeerGroup, mailbox: Mailbox, share: Space, work: WorkSharing) -> None:
+        self._engine = engine
+        self._group = group
+        self._mailbox = mailbox
+        self._share = share
+        self._work = work
+        self._trailing = threading.local()  # the call wrapper's (see srpy.calls.engine_call)
+
+    @property
+    def debug(self) -> bool:
+        return bool(self._engine.debug)
+
+    @property
+    def timing(self) -> bool:
+        return bool(self._engine.timing)
+
+    @engine_call(locked=False)
+    def whoami(self) -> Dict[str, Any]:
+        """The engine's description (as its own C{whoami}): what a peer knows this engine by."""
+        return self._engine.describe()
+
+    @engine_call(locked=False)
+    def ping(self) -> str:
+        """'pong'."""
+        return "pong"
+
+    @engine_call(locked=False)
+    def peer_list(self) -> List[str]:
+        """The URIs of this engine's peers."""
+        return [peer.uri for peer in self._group.peers()]
+
+    @engine_call(locked=False)
+    def peer_deliver(self, sender: str, tag: Any, value: Any) -> None:
+        """A message from peer C{sender}; waits while the mailbox is full (back-pressure)."""
+        if not self._group.is_peer(sender):
+            raise PermissionError("%s is not a peer of this engine: message refused" % sender)
+        self._mailbox.put(sender, tag, value)
+
+    @engine_call(locked=False)
+    def peer_hint(self, sender: str) -> bool:
+        """Peer C{sender} has queued work to take; True if this engine is busy (or now taking some)."""
+        return self._work.hint(sender)
+
+    @engine_call(locked=False)
+    def peer_steal(self, thief: str, count: int) -> List[Any]:
+        """Hand up to C{count} queued spawned calls to peer C{thief}."""
+        return self._work.steal(thief, int(count))
+
+    @engine_call(locked=False)
+    def peer_complete(self, call_id: str, outcome: Any) -> None:
+        """The outcome of a call this engine spawned and a peer ran."""
+        self._work.complete(call_id, outcome)
+
+    @engine_call(locked=False)
+    def peer_space_put(self, key: Any, value: Any) -> None:
+        """Hold C{value} under C{key} (this engine's share of the tuple space)."""
+        self._share.put(key, value)
+
+    @engine_call(locked=False)
+    def peer_space_read(self, key: Any, timeout: Optional[float], remove: bool) -> Any:
+        """The value under C{key}, waiting up to C{timeout}; removed if C{remove}."""
+        return self._share.read(key, timeout, bool(remove))
+
+    @engine_call(locked=False)
+    def peer_space_match(self, pattern: str, timeout: Optional[float]) -> Optional[str]:
+        """A key of this share matching the glob C{pattern}, waiting up to C{timeout}; None if none."""
+        return self._share.match(str(pattern), timeout)
+
+    @engine_call(locked=False)
+    def peer_space_fetch(self, key: Any, remove: bool) -> Tuple[bool, Any]:
+        """(True, value) for C{key} if held here (removed if C{remove}), else (False, None); no waiting."""
+        return self._share.fetch(key, bool(remove))
+
+    @engine_call(locked=False)
+    def peer_stats(self) -> Dict[str, Any]:
+        """Spawned calls run here and queued here, messages waiting, entries held, peers."""
+        return {"executed": self._work.executed, "queued": self._work.queued(), "mailbox": len(self._mailbox),
+                "entries": len(self._share), "peers": [p.uri for p in self._group.peers()]}
+
+
+def register(daemon: Any, engine: Any) -> str:
+    """
+    Serve C{engine} (an L{srpy.engine.Engine}) and its peer object in C{daemon}, and make its
+    handle the one L{srpy.this_engine} returns in this process; returns the engine's URI.
+    """
+    group = PeerGroup(engine)
+    mailbox = Mailbox()
+    share = Space()
+    work = WorkSharing(engine, group)
+    peers.attach(peers.EngineHandle(engine, group, mailbox, TupleSpace(engine, group, share), work))
+    engine.serve_peers(group.set_peers)
+    daemon.register(PeerService(engine, group, mailbox, share, work), PEER_OBJECT_ID)
+    return str(daemon.register(engine, OBJECT_ID))
