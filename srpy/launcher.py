@@ -1146,7 +1146,8 @@ def _restarter(options: argparse.Namespace, names: List[str]) -> Any:
 def check_python(python: str) -> None:
     """Make sure C{python} runs and has srpy (and its dependencies) importable."""
     try:
-        done = subprocess.run([python, "-c", "import srpy, sys; print(srpy.__version__)"],
+        # what an engine imports (srpy's façade alone loads nothing): its dependencies must be there too
+        done = subprocess.run([python, "-c", "import srpy, srpy.engine, srpy.daemon; print(srpy.__version__)"],
                               capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise SRPyError("--python %s: cannot run it: %s" % (python, exc)) from None
