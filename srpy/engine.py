@@ -42,7 +42,9 @@ import psutil
 from Pyro5.api import expose
 from Pyro5.callcontext import current_context
 
-from . import benchmark, codec, errors, functions, lite, peers, __version__
+from . import benchmark, codec, errors, functions, peers, wire
+from ._version import __version__
+from .tracebacks import user_traceback as _user_traceback
 
 log = logging.getLogger("srpy.engine")
 call_log = logging.getLogger("srpy.engine.calls")
@@ -51,11 +53,11 @@ output_log = logging.getLogger("srpy.engine.output")
 #: the Pyro5 object id engines are registered under
 OBJECT_ID = "srpy.engine"
 #: bytes values at least this large travel as raw Pyro5 annotations, outside the serializer
-BLOB_MIN = 64 * 1024
+BLOB_MIN = wire.BLOB_MIN
 #: annotation that carries a call's result as raw bytes
-RESULT_BLOB = lite.RESULT_BLOB
+RESULT_BLOB = wire.RESULT_BLOB
 #: annotation listing the sizes of the raw byte strings that follow a call message
-TRAILING = lite.TRAILING
+TRAILING = wire.TRAILING
 #: srpy's own source files: their frames are cut from the tracebacks sent back to callers
 _SRPY_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
@@ -65,8 +67,7 @@ def _read_trailing() -> List[bytes]:
     sizes = current_context.annotations.get(TRAILING)
     if not sizes:
         return []
-    count = len(sizes) // 8
-    return [current_context.client.recv(n) for n in struct.unpack("!%dQ" % count, bytes(sizes))]
+    return [current_context.client.recv(n) for n in wire.parse_trailing(sizes)]
 
 
 class _StandIn(Exception):
@@ -78,21 +79,6 @@ def _stand_in_type(name: str) -> type:
     kind = type(name, (_StandIn,), {"__module__": "builtins"})
     kind.__qualname__ = name
     return kind
-
-
-def _user_traceback(exc: BaseException) -> str:
-    """
-    The traceback of C{exc} from the first frame of user code on (srpy's own frames cut). User
-    code is source sent as text (C{<srpy ...>} files) and any module outside srpy: a function
-    shipped by reference runs from its module file in the sandbox or from an installed package.
-    """
-    tb = exc.__traceback__
-    while tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(_SRPY_DIR) \
-            and not tb.tb_frame.f_code.co_filename.startswith(functions.SOURCE_PREFIX):
-        tb = tb.tb_next
-    if tb is None:
-        return "".join(traceback.format_exception_only(type(exc), exc))
-    return "".join(traceback.format_exception(type(exc), exc, tb))
 
 
 def _engine_call(locked: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -111,7 +97,7 @@ def _engine_call(locked: bool) -> Callable[[Callable[..., Any]], Callable[..., A
             annotations = current_context.annotations
             # first: nothing may fail with the trailing bytes unread
             self._trailing.blobs = _read_trailing() if annotations and TRAILING in annotations else ()
-            self._trailing.names = annotations.get(lite.BLOB_NAMES) if annotations else None
+            self._trailing.names = annotations.get(wire.BLOB_NAMES) if annotations else None
             if self.debug:
                 call_log.info("call %s%s", name, _short(args))
             start = time.perf_counter() if self.timing else 0.0
@@ -176,13 +162,11 @@ def _result_as_blob(result: Any) -> Any:
     using srpy's serializer get this (json callers cannot carry bytes anyway).
     """
     if type(result) is bytes and len(result) >= BLOB_MIN and current_context.serializer_id == codec.SERIALIZER_ID:
-        header = lite.HEADER.pack(b"PYRO", lite.PROTOCOL_VERSION, lite.MSG_RESULT, codec.SERIALIZER_ID, 0,
-                                  current_context.seq, 0, 8 + len(result), b"\0" * 16, 0, lite.MAGIC)
         conn = current_context.client
-        conn.send(header + struct.pack("!4sI", RESULT_BLOB.encode("ascii"), len(result)))
+        conn.send(wire.blob_ahead(codec.SERIALIZER_ID, current_context.seq, len(result)))  # header, chunk head
         conn.send(result)
         return None
-    if current_context.serializer_id == lite.JSON_SERIALIZER_ID:
+    if current_context.serializer_id == wire.JSON_SERIALIZER_ID:
         _check_json(result)
     return result
 
@@ -289,9 +273,9 @@ BACKSTOP_GRACE = 2.0
 #: the file, in an engine's sandbox, that faulthandler's backstop writes the stacks to
 BACKSTOP_FILE = ".srpy-backstop.txt"
 #: annotation carrying a call's time limit (seconds, as a big-endian double)
-CALL_TIMEOUT = lite.CALL_TIMEOUT
+CALL_TIMEOUT = wire.CALL_TIMEOUT
 #: annotation naming a call so that L{Engine.abort} can stop it
-CALL_ID = lite.CALL_ID
+CALL_ID = wire.CALL_ID
 #: how many ids of calls aborted before they began an engine remembers
 _EARLY_ABORTS = 256
 
@@ -568,10 +552,8 @@ def _reply_now(conn: Any, seq: int, serializer_id: int, exc: BaseException) -> N
     try:
         from Pyro5 import serializers as pyro_serializers
         data = pyro_serializers.serializers_by_id[serializer_id].dumps(exc)
-        ending = struct.pack("!4sI", lite.ENDING.encode("ascii"), 0)  # this process ends right after
-        header = lite.HEADER.pack(b"PYRO", lite.PROTOCOL_VERSION, lite.MSG_RESULT, serializer_id,
-                                  lite.FLAGS_EXCEPTION, seq, len(data), len(ending), b"\0" * 16, 0, lite.MAGIC)
-        conn.send(header + ending + data)
+        ending = {wire.ENDING: b""}  # this process ends right after
+        conn.send(wire.pack_message(wire.MSG_RESULT, serializer_id, data, seq, wire.FLAGS_EXCEPTION, ending))
     except Exception as failure:  # the caller may be gone too; the engine stops either way
         log.warning("could not tell the caller about the runaway call: %s", failure)
 

@@ -41,7 +41,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import psutil
 from Pyro5 import config as pyro_config
 
-from . import __version__, codec, copyright, discovery, lite, peers
+from . import codec, discovery, peers, wire
+from ._version import __version__, copyright
 from .engine import BACKSTOP_FILE, EXIT_RUNAWAY, OBJECT_ID, Engine, capture_output, user_frame
 from .errors import SRPyError
 from .daemon import EngineDaemon
@@ -643,7 +644,7 @@ class Keeper:
         words = line.decode("utf-8", "replace").split(" ", 2)
         if words[0] == READY and len(words) == 3:
             self.uri, self.sandbox = words[1], words[2]
-            self.port = lite.parse_uri(self.uri)[2]
+            self.port = wire.parse_uri(self.uri)[2]
             self._restarting = False
             if not self._ready:
                 self._ready = True
@@ -1044,7 +1045,7 @@ class Supervisor:
     def _restart(self, index: int) -> None:
         old = self.engines[index]
         try:
-            new = self.restart(index, lite.parse_uri(old.uri)[2])
+            new = self.restart(index, wire.parse_uri(old.uri)[2])
         except SRPyError as exc:
             log.error("could not restart engine %s: %s", old.uri, exc)
             self._due[index] = time.monotonic() + min(MAX_BACKOFF, 0.5 * 2 ** self.restarts[index])

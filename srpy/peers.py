@@ -45,6 +45,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from . import codec, functions
 from .errors import CommunicationError, NotInEngine, PeerUnavailable, SRPyError, SRPyServerNotFound
+from .tracebacks import user_traceback
 
 log = logging.getLogger("srpy.peers")
 
@@ -259,7 +260,7 @@ class Social:
         Make the engines at C{uris} the peers (replacing the previous ones): those of this engine's
         group that pass the secret handshake are kept; returns their URIs.
         """
-        from .client import PythonEngine  # the client imports the engine module: import late
+        from .client import PythonEngine  # only an engine with peers needs the client
         with self._peers_lock:
             leaving = [self._peers.pop(uri) for uri in list(self._peers) if uri not in uris]
         for peer in leaving:
@@ -314,7 +315,7 @@ class Social:
     def call_peer(self, target: Any, method: str, *args: Any) -> Any:
         peer = self.peer(target)
         try:
-            return peer.client._call(method, *args)
+            return peer.client.call(method, *args)
         except (CommunicationError, SRPyServerNotFound) as exc:
             self.drop(peer.uri, exc)
             raise PeerUnavailable("peer %s did not answer %s(): %s" % (peer.uri, method, exc)) from None
@@ -417,8 +418,7 @@ class Social:
                 self.executed += 1
                 return ("ok", fn(*call.args, **call.kwargs))
         except Exception as exc:  # the call's failure is its outcome
-            from .engine import _user_traceback
-            exc.srpy_traceback = _user_traceback(exc)
+            exc.srpy_traceback = user_traceback(exc)
             return ("err", exc)
 
     def complete(self, call_id: str, outcome: Any) -> None:

@@ -77,7 +77,7 @@ def test_messages_both_ways_in_order(group):
     for thread in threads:
         thread.join(120)
     assert results[a.uri] == (True, {b.uri}) and results[b.uri] == (True, {a.uri})
-    assert a._call("peer_stats")["mailbox"] == 0 == b._call("peer_stats")["mailbox"]
+    assert a.call("peer_stats")["mailbox"] == 0 == b.call("peer_stats")["mailbox"]
 
 
 def test_full_mailbox_applies_back_pressure(group):
@@ -93,7 +93,7 @@ def test_full_mailbox_applies_back_pressure(group):
     sender.start()
     time.sleep(1.0)
     assert not done.is_set(), "the sender must wait while the receiver's mailbox is full"
-    assert b._call("peer_stats")["mailbox"] == 5
+    assert b.call("peer_stats")["mailbox"] == 5
     assert b.eval("[me.receive('bp', timeout=30)[1] for _ in range(12)]") == list(range(12))
     sender.join(30)
     assert done.is_set()
@@ -150,7 +150,7 @@ def test_killed_peer_work_is_redone(group):
     job.start()
     victim = psutil.Process(b.info["PID"])
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and b._call("peer_stats")["executed"] < 3:
+    while time.monotonic() < deadline and b.call("peer_stats")["executed"] < 3:
         time.sleep(0.02)
     victim.send_signal(signal.SIGKILL)
     assert wait_gone([victim.pid])
@@ -171,9 +171,9 @@ def test_groups_and_secrets_do_not_mix(start_launcher):
     kept = box.connectPeers()
     assert kept == {blue.uris[0]: [], red.uris[0]: []}
     blue_engine = box[0]
-    assert blue_engine._call("set_peers", secret.uris) == [], "an engine with another secret is no peer"
+    assert blue_engine.call("set_peers", secret.uris) == [], "an engine with another secret is no peer"
     with pytest.raises(PermissionError):
-        blue_engine._call("peer_deliver", red.uris[0], "tag", "intruder")
+        blue_engine.call("peer_deliver", red.uris[0], "tag", "intruder")
     blue_engine.exe(SETUP)
     assert blue_engine.eval("len(me.peers())") == 0
     box.close()

@@ -1,0 +1,27 @@
+"""
+The traceback a caller sees of an exception raised by user code on an engine: srpy's own frames
+cut, so that it starts where the user's code does (used by the engine and its peer side).
+"""
+
+import os
+import traceback
+
+from .functions import SOURCE_PREFIX
+
+#: srpy's own source files: their frames are cut from the tracebacks sent back to callers
+SRPY_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def user_traceback(exc: BaseException) -> str:
+    """
+    The traceback of C{exc} from the first frame of user code on (srpy's own frames cut). User
+    code is source sent as text (C{<srpy ...>} files) and any module outside srpy: a function
+    shipped by reference runs from its module file in the sandbox or from an installed package.
+    """
+    tb = exc.__traceback__
+    while tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(SRPY_DIR) \
+            and not tb.tb_frame.f_code.co_filename.startswith(SOURCE_PREFIX):
+        tb = tb.tb_next
+    if tb is None:
+        return "".join(traceback.format_exception_only(type(exc), exc))
+    return "".join(traceback.format_exception(type(exc), exc, tb))
