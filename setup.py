@@ -4,7 +4,7 @@ import re
 
 from setuptools import find_packages, setup
 
-with open("srpy/__init__.py", encoding="utf-8") as handle:
+with open("srpy/_version.py", encoding="utf-8") as handle:
     VERSION = re.search(r'__version__ = "([^"]+)"', handle.read()).group(1)
 with open("README.md", encoding="utf-8") as handle:
     README = handle.read()

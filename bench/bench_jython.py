@@ -16,8 +16,9 @@ Usage (from CPython 3, with srpy installed and C{jython} on the PATH)::
 
     python bench/bench_jython.py [--rounds 10] [--calls 500] [--json figures.json]
 
-This file is also the Jython side: C{jython bench/bench_jython.py --client URI ...} prints the
-samples of its measures as json. It is Python 2.7 + 3 syntax for that reason.
+This file is also the Jython side: C{jython bench/bench_jython.py --client URI --lite-dir DIR ...}
+prints the samples of its measures as json, with the one-file client DIR/lite.py (which the
+CPython side writes with L{srpy.lite.save}). It is Python 2.7 + 3 syntax for that reason.
 """
 from __future__ import division, print_function
 
@@ -67,10 +68,10 @@ def take_turns(measures, rounds, calls, warmup):
 
 # -- the Jython side ------------------------------------------------------------------------------
 
-def jython_client(uri, rounds, calls):
-    """Run in Jython: sample lite over Java's sockets and over Jython's socket module."""
+def jython_client(uri, rounds, calls, lite_dir):
+    """Run in Jython: sample lite (the one file in C{lite_dir}) over Java's sockets and over Jython's socket module."""
     sys.dont_write_bytecode = True
-    sys.path.append(os.path.join(ROOT, "srpy"))
+    sys.path.append(lite_dir)
     import lite
     java = lite.Engine(uri)
     python_sockets = lite.Engine(uri, transport_factory=lite.SocketTransport)
@@ -123,9 +124,13 @@ def cpython_samples(uri, rounds, calls):
 
 
 def jython_samples(uri, rounds, calls):
-    done = subprocess.run(["jython", os.path.abspath(__file__), "--client", uri, "--rounds", str(rounds),
-                           "--calls", str(calls)], stdout=subprocess.PIPE, universal_newlines=True,
-                          timeout=900, check=True)
+    import tempfile
+    from srpy import lite
+    with tempfile.TemporaryDirectory() as folder:
+        lite.save(folder)
+        done = subprocess.run(["jython", os.path.abspath(__file__), "--client", uri, "--lite-dir", folder,
+                               "--rounds", str(rounds), "--calls", str(calls)], stdout=subprocess.PIPE,
+                              universal_newlines=True, timeout=900, check=True)
     result = json.loads(done.stdout.strip().splitlines()[-1])
     return result["version"], result["samples"]
 
@@ -149,7 +154,7 @@ def report(samples):
 
 
 def parse(argv):
-    options = {"client": None, "rounds": ROUNDS, "calls": CALLS, "json": None}
+    options = {"client": None, "lite-dir": None, "rounds": ROUNDS, "calls": CALLS, "json": None}
     args = list(argv)
     while args:
         flag = args.pop(0)
@@ -164,7 +169,7 @@ def parse(argv):
 def main(argv):
     options = parse(argv)
     if options["client"]:
-        jython_client(options["client"], options["rounds"], options["calls"])
+        jython_client(options["client"], options["rounds"], options["calls"], options["lite-dir"])
         return 0
     process, uri = start_engine()
     try:

@@ -84,14 +84,14 @@ def tree_speedup(box: srpy.EngBox, leaves: int, work: int, rounds: int) -> Dict[
             pool.map(sum_of_primes, [work // 10] * 4, chunksize=1)
         for _ in range(rounds):
             for engine in box:
-                engine._call("set_peers", [])
+                engine.call("set_peers", [])
             one.append(timed(lambda: _check(first.eval("tree(0, n, w)", n=leaves, w=work), expected)))
             box.connectPeers()
             two.append(timed(lambda: _check(first.eval("tree(0, n, w)", n=leaves, w=work), expected)))
             pool_one.append(timed(lambda: pool1.map(sum_of_primes, [work] * leaves, chunksize=1)))
             pool_two.append(timed(lambda: pool2.map(sum_of_primes, [work] * leaves, chunksize=1)))
     for engine in box:
-        engine._call("set_peers", [])
+        engine.call("set_peers", [])
     m1, m2 = statistics.median(one), statistics.median(two)
     p1, p2 = statistics.median(pool_one), statistics.median(pool_two)
     return {"leaves": leaves, "leaf_work": work, "one_engine_s": one, "two_engines_s": two,

@@ -4,30 +4,52 @@ srpy - Simple Remote Python: run Python on every core of every machine you have.
 Every engine is a process holding one persistent Python namespace, served over Pyro5. This module
 is the public face of the package; everything a user needs is named here.
 
- - L{PythonEngine}: a client for one engine (SRPy's API).
- - L{EngBox}: many engines as one container and one C{concurrent.futures.Executor}.
- - L{newSubEngine}, L{stopSubEngine}: start and stop a local engine process from Python.
- - L{detectNCPUs}: the number of usable cores.
- - L{this_engine}, L{spawn}: for code running on an engine, its peers, messages, shared data
-   and work sharing (L{srpy.peers}).
- - L{lite}: a dependency-free client that also runs on Jython 2.7.
- - L{errors}: every exception srpy raises.
+ - L{PythonEngine<srpy.client.PythonEngine>}: a client for one engine (SRPy's API).
+ - L{EngBox<srpy.box.EngBox>}: many engines as one container and one C{concurrent.futures.Executor}.
+ - L{newSubEngine<srpy.launcher.newSubEngine>}, L{stopSubEngine<srpy.launcher.stopSubEngine>}: start and
+   stop a local engine process from Python.
+ - L{detectNCPUs<srpy.launcher.detectNCPUs>}: the number of usable cores.
+ - L{this_engine<srpy.peers.this_engine>}, L{spawn<srpy.peers.spawn>}: for code running on an engine, its
+   peers, messages, shared data and work sharing (L{srpy.peers}).
+ - L{srpy.lite}: a dependency-free client that also runs on Jython 2.7.
+ - L{srpy.errors}: every exception srpy raises.
+
+The names load lazily (PEP 562): C{import srpy.lite} or C{import srpy.errors} loads only what
+they need, not Pyro5's server and the engine; C{srpy.EngBox} imports L{srpy.box} when first used.
 """
 
-__version__ = "0.3.0"
-version = __version__
-copyright = "Copyright (c) 2009, 2026 the srpy developers. BSD-3-Clause."
+import importlib as _importlib
+import sys as _sys
+from typing import TYPE_CHECKING as _TYPE_CHECKING, Any as _Any, Dict as _Dict, List as _List
 
-from . import errors  # noqa: E402
-from .client import PythonEngine, Namespace, RemoteObject  # noqa: E402
-from .errors import (SRPyError, SRPyServerNotFound, AuthenticationError, CommunicationError,  # noqa: E402
-                     ConnectionLost, CallTimeout, SerializationError, MessageTooLargeError, RemoteError,
-                     RemoteSystemExit, TaskTimeout, TaskAborted, EngineDead, NoEnginesError, MissingPackagesError,
-                     PeerUnavailable)
-from .launcher import newSubEngine, stopSubEngine, detectNCPUs  # noqa: E402
-from .box import EngBox, MultiRunResult  # noqa: E402
-from .functions import FunctionShippingError  # noqa: E402
-from .peers import this_engine, spawn  # noqa: E402
+from ._version import __version__, copyright
+
+if _TYPE_CHECKING:  # what type checkers and readers see; at run time, __getattr__ below imports on demand
+    from . import errors
+    from .box import EngBox, MultiRunResult
+    from .client import Namespace, PythonEngine, RemoteObject
+    from .errors import (AuthenticationError, CallTimeout, CommunicationError, ConnectionLost, EngineDead,
+                         MessageTooLargeError, MissingPackagesError, NoEnginesError, PeerUnavailable, RemoteError,
+                         RemoteSystemExit, SerializationError, SRPyError, SRPyServerNotFound, TaskAborted,
+                         TaskTimeout)
+    from .functions import FunctionShippingError
+    from .launcher import detectNCPUs, newSubEngine, stopSubEngine
+    from .peers import spawn, this_engine
+
+version = __version__
+
+#: every public name, and the module it lives in (imported at its first use)
+_HOMES: _Dict[str, str] = {
+    "PythonEngine": "client", "Namespace": "client", "RemoteObject": "client",
+    "newSubEngine": "launcher", "stopSubEngine": "launcher", "detectNCPUs": "launcher",
+    "EngBox": "box", "MultiRunResult": "box",
+    "FunctionShippingError": "functions",
+    "this_engine": "peers", "spawn": "peers",
+}
+_HOMES.update(dict.fromkeys([
+    "SRPyError", "SRPyServerNotFound", "AuthenticationError", "CommunicationError", "ConnectionLost", "CallTimeout",
+    "SerializationError", "MessageTooLargeError", "RemoteError", "RemoteSystemExit", "TaskTimeout", "TaskAborted",
+    "EngineDead", "NoEnginesError", "MissingPackagesError", "PeerUnavailable"], "errors"))
 
 __all__ = [
     "this_engine", "spawn", "PeerUnavailable",
@@ -38,3 +60,27 @@ __all__ = [
     "TaskTimeout", "TaskAborted",
     "version", "copyright", "__version__",
 ]
+
+
+def __getattr__(name: str) -> _Any:
+    """A public name, or a submodule (C{srpy.errors}, C{srpy.lite}, ...), imported at its first use."""
+    home = _HOMES.get(name)
+    if home is not None:
+        value = getattr(_importlib.import_module("." + home, __name__), name)
+    elif not name.startswith("__"):
+        try:
+            value = _importlib.import_module("." + name, __name__)
+        except ModuleNotFoundError as exc:
+            if exc.name != __name__ + "." + name:  # the submodule exists, but something it imports does not
+                raise
+            raise AttributeError("module %r has no attribute %r" % (__name__, name)) from None
+    else:
+        raise AttributeError("module %r has no attribute %r" % (__name__, name))
+    globals()[name] = value  # once loaded, a plain attribute: no second lookup
+    return value
+
+
+def __dir__() -> _List[str]:
+    """The public names, the submodules loaded so far and the module's own dunders."""
+    loaded = [name.rpartition(".")[2] for name in list(_sys.modules) if name.startswith(__name__ + ".")]
+    return sorted(set(__all__) | set(loaded) | {name for name in globals() if name.startswith("__")})

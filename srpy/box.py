@@ -112,8 +112,8 @@ class EngBox(concurrent.futures.Executor):
 
     def _connect(self, uri: str, timeout: Optional[float] = None) -> PythonEngine:
         """A client for C{uri}, made by this box: L{close} closes it (engines given to the box are the giver's)."""
-        options = {} if timeout is None else {"connect_timeout": timeout}
-        engine = PythonEngine(uri, secret=self._secret, ssl_context=self._ssl_context, **options)
+        engine = PythonEngine(uri, secret=self._secret, ssl_context=self._ssl_context,
+                              connect_timeout=5.0 if timeout is None else timeout)
         with self._lock:
             self._owned.add(id(engine))
         return engine
@@ -293,7 +293,7 @@ class EngBox(concurrent.futures.Executor):
         its secret handshake. Returns {uri: the peers it kept}.
         """
         uris = [engine.uri for engine in self.getEngines()]
-        results = _parallel(self.getEngines(), lambda e: e._call("set_peers", uris))
+        results = _parallel(self.getEngines(), lambda e: e.call("set_peers", uris))
         return {engine.uri: _raise_if_error(kept) for engine, kept in results}
 
     # -- discovery ----------------------------------------------------------------------------------
@@ -347,7 +347,7 @@ class EngBox(concurrent.futures.Executor):
             tar.add(path, arcname=os.path.basename(os.path.normpath(path)),
                     filter=lambda info: None if info.issym() or info.islnk() else info)
         archive = buffer.getvalue()
-        results = _parallel(self.getEngines(), lambda e: e._call_with_vars("unpack", (), {"archive": archive}))
+        results = _parallel(self.getEngines(), lambda e: e.call_with_vars("unpack", (), {"archive": archive}))
         return {engine.uri: _raise_if_error(result) for engine, result in results}
 
     # -- the executor ------------------------------------------------------------------------------

@@ -9,25 +9,24 @@ the peer object (L{srpy.peerservice.PeerService}).
 
 import functools
 import logging
-import struct
 import time
 from typing import Any, Callable, List, Optional, Sequence
 
 from Pyro5.api import expose
 from Pyro5.callcontext import current_context
 
-from . import codec, errors, lite
+from . import codec, errors, wire
 from .output import flush_output
 from .tracebacks import user_traceback
 
 call_log = logging.getLogger("srpy.engine.calls")
 
 #: bytes values at least this large travel as raw Pyro5 annotations, outside the serializer
-BLOB_MIN = 64 * 1024
+BLOB_MIN = wire.BLOB_MIN
 #: annotation that carries a call's result as raw bytes
-RESULT_BLOB = lite.RESULT_BLOB
+RESULT_BLOB = wire.RESULT_BLOB
 #: annotation listing the sizes of the raw byte strings that follow a call message
-TRAILING = lite.TRAILING
+TRAILING = wire.TRAILING
 
 
 def _read_trailing() -> List[bytes]:
@@ -35,8 +34,7 @@ def _read_trailing() -> List[bytes]:
     sizes = current_context.annotations.get(TRAILING)
     if not sizes:
         return []
-    count = len(sizes) // 8
-    return [current_context.client.recv(n) for n in struct.unpack("!%dQ" % count, bytes(sizes))]
+    return [current_context.client.recv(n) for n in wire.parse_trailing(sizes)]
 
 
 class _StandIn(Exception):
@@ -71,7 +69,7 @@ def engine_call(locked: bool) -> Callable[[Callable[..., Any]], Callable[..., An
             annotations = current_context.annotations
             # first: nothing may fail with the trailing bytes unread
             self._trailing.blobs = _read_trailing() if annotations and TRAILING in annotations else ()
-            self._trailing.names = annotations.get(lite.BLOB_NAMES) if annotations else None
+            self._trailing.names = annotations.get(wire.BLOB_NAMES) if annotations else None
             if self.debug:
                 call_log.info("call %s%s", name, _short(args))
             start = time.perf_counter() if self.timing else 0.0
@@ -136,13 +134,11 @@ def _result_as_blob(result: Any) -> Any:
     using srpy's serializer get this (json callers cannot carry bytes anyway).
     """
     if type(result) is bytes and len(result) >= BLOB_MIN and current_context.serializer_id == codec.SERIALIZER_ID:
-        header = lite.HEADER.pack(b"PYRO", lite.PROTOCOL_VERSION, lite.MSG_RESULT, codec.SERIALIZER_ID, 0,
-                                  current_context.seq, 0, 8 + len(result), b"\0" * 16, 0, lite.MAGIC)
         conn = current_context.client
-        conn.send(header + struct.pack("!4sI", RESULT_BLOB.encode("ascii"), len(result)))
+        conn.send(wire.blob_ahead(codec.SERIALIZER_ID, current_context.seq, len(result)))  # header, chunk head
         conn.send(result)
         return None
-    if current_context.serializer_id == lite.JSON_SERIALIZER_ID:
+    if current_context.serializer_id == wire.JSON_SERIALIZER_ID:
         _check_json(result)
     return result
 

@@ -20,18 +20,18 @@ The client side of one engine: L{PythonEngine}, with SRPy's whole surface.
 """
 
 import collections
+import contextlib
 import os
 import statistics
-import struct
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
-from . import codec, errors, lite, shipping
-from .engine import BLOB_MIN, RESULT_BLOB
+from . import codec, errors, shipping, wire
+from .wire import BLOB_MIN, BLOB_NAMES, CALL_ID, CALL_TIMEOUT, RESULT_BLOB
 
 
 class WireFormat:
-    """srpy's serializer (L{srpy.codec}) in the shape L{srpy.lite.Connection} wants."""
+    """srpy's serializer (L{srpy.codec}) in the shape L{srpy.wire.Connection} wants."""
 
     serializer_id = codec.SERIALIZER_ID
 
@@ -56,44 +56,103 @@ WIRE_FORMAT = WireFormat()
 LIMIT_GRACE = 8.0
 #: seconds a client waits for a fresh engine after the old one ended its process to stop a call
 RESTART_WAIT = 10.0
+#: a call's timeout that means: as long as it takes, whatever the client's C{timeout} (for C{wait})
+NO_TIMEOUT: Any = object()
 #: engine calls that no limit applies to (they do not take the engine's lock)
 _CONTROL_CALLS = frozenset(["ping", "is_busy", "wait", "benchmark", "whoami", "status", "set_group", "abort"])
 
 
-class PythonEngine(lite.Engine):
+class _Shared:
     """
-    A client for one engine (see SRPy's API). Safe to share between threads.
+    What a client and its views (L{PythonEngine.limited}, L{PythonEngine.tagged}) hold in common:
+    one object, so that a view reads and sets the original's state.
+    """
+
+    def __init__(self) -> None:
+        self.info: Dict[str, Any] = {}
+        self.name = ""
+        self.group = ""
+        self.hostname = ""
+        self.ip = ""
+        self.port = 0
+        self.timeout: Optional[float] = None
+        #: the engine's own limit on every call (its whoami 'Max Task Time'); None: none
+        self.max_task_time: Optional[float] = None
+        #: ids of the calls asked to stop (the latest 1024)
+        self.aborted: "collections.OrderedDict[bytes, None]" = collections.OrderedDict()
+
+
+class _SharedAttribute:
+    """An attribute of a L{PythonEngine} kept in its L{_Shared} state, the same for all its views."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, engine: Any, owner: Optional[type] = None) -> Any:
+        if engine is None:
+            return self
+        return getattr(engine._shared, self.name)
+
+    def __set__(self, engine: Any, value: Any) -> None:
+        setattr(engine._shared, self.name, value)
+
+
+class PythonEngine:
+    """
+    A client for one engine (see SRPy's API). Safe to share between threads: each call takes a
+    connection from the client's L{pool<srpy.wire.Pool>}.
 
     @ivar uri: the engine's URI.
     @ivar info: the engine's L{whoami} description, read when connecting.
     @ivar ns: attribute-style view of the engine's namespace (L{Namespace}).
+    @ivar timeout: seconds any call may take before L{srpy.errors.CallTimeout} (None: no limit).
+    @ivar pool: the engine's connections (L{srpy.wire.Pool}), shared with every view.
+
+    Besides SRPy's surface, a package-internal API, for srpy's own modules (box, scheduler,
+    status, peers) and not meant for users: L{call}, L{call_with_vars}, L{connection},
+    L{call_on}, L{call_annotations}, L{expect_restart} and the L{pool}.
     """
 
-    #: until when (monotonic clock) a refused connection may be an engine restarting to stop a call
-    _restart_until = 0.0
     #: time limit of calls that run code (see L{limited}); None: no limit
     call_timeout: Optional[float] = None
     #: the id every call carries (see L{tagged}); None: no id
     call_id: Optional[bytes] = None
-    #: the engine's own limit on every call (its whoami 'Max Task Time'); None: none
-    _max_task_time: Optional[float] = None
+    _view_closed = False
+
+    info = _SharedAttribute()
+    name = _SharedAttribute()
+    group = _SharedAttribute()
+    hostname = _SharedAttribute()
+    ip = _SharedAttribute()
+    port = _SharedAttribute()
+    timeout = _SharedAttribute()
 
     def __init__(self, uri: Any, name: str = "", group: str = "", secret: Optional[str] = None,
                  connect_timeout: float = 5.0, ssl_context: Any = None) -> None:
         uri = str(uri)
         try:
-            lite.parse_uri(uri)
+            _, ip, port = wire.parse_uri(uri)
         except ValueError as exc:
             raise errors.SRPyServerNotFound(uri, str(exc)) from None
-        super().__init__(uri, secret=secret, serializer=WIRE_FORMAT, ssl_context=ssl_context,
-                         connect_timeout=connect_timeout)
-        self.info: Dict[str, Any] = self.whoami()
+        self.pool = wire.Pool(uri, secret, WIRE_FORMAT, ssl_context, connect_timeout, owner=type(self).__name__)
+        self.pool.release(self.pool.connect())  # fail now, not at the first call, when nothing answers
+        self._shared = _Shared()
+        self.ip, self.port = ip, port
+        self.ns = Namespace(self)
+        self.whoami()
         self.name = name or self.info.get("Name", "")
         self.group = group or self.info.get("Group", "")
-        _, self.ip, self.port = lite.parse_uri(uri)
         self.hostname = self.info.get("Hostname", "")
-        self.ns = Namespace(self)
-        self._aborted: "collections.OrderedDict[bytes, None]" = collections.OrderedDict()  # ids asked to stop
+
+    @property
+    def uri(self) -> str:
+        """The engine's URI."""
+        return self.pool.uri
+
+    @property
+    def connect_timeout(self) -> float:
+        """Seconds to connect and complete the handshake."""
+        return self.pool.connect_timeout
 
     # -- limits, call ids, abort -------------------------------------------------------------------
 
@@ -104,18 +163,18 @@ class PythonEngine(lite.Engine):
         they return. A call that overruns it fails with L{srpy.errors.TaskTimeout}: the engine
         interrupts the code and keeps its namespace, or, if the code holds the interpreter (a long
         C call), ends and restarts its process at the same URI. The view shares this client's
-        connections; closing it leaves this client open.
+        connections and state; closing it leaves this client open.
 
         >>> # eng.limited(5).exe("while True: pass")   -> TaskTimeout after 5 s
         """
-        return _View(self._base(), seconds, self.call_id)
+        return _View(self, seconds, self.call_id)
 
     def tagged(self, call_id: Optional[bytes]) -> "PythonEngine":
         """
         A view of this engine whose calls carry C{call_id} (see L{new_call_id}), so that
         L{abort}C{(call_id)} stops the one running. Keeps this view's limit.
         """
-        return _View(self._base(), self.call_timeout, call_id)
+        return _View(self, self.call_timeout, call_id)
 
     @staticmethod
     def new_call_id() -> bytes:
@@ -132,11 +191,55 @@ class PythonEngine(lite.Engine):
 
         @raise CallTimeout: the engine did not answer within C{timeout} seconds.
         """
-        base = self._base()
-        base._aborted[bytes(call_id)] = None
-        while len(base._aborted) > 1024:
-            base._aborted.popitem(last=False)
-        return bool(base._invoke("abort", (bytes(call_id),), None, None, timeout)[0])
+        aborted = self._shared.aborted
+        aborted[bytes(call_id)] = None
+        while len(aborted) > 1024:
+            aborted.popitem(last=False)
+        if timeout is None:
+            timeout = self.timeout
+        with self.pool.connection() as conn:  # neither this view's limit nor its id: the abort must get through
+            return bool(conn.call("abort", (bytes(call_id),), None, None, timeout)[0])
+
+    # -- the package-internal API (for srpy's own modules) -----------------------------------------
+
+    def call(self, method: str, *args: Any, timeout: Optional[float] = None) -> Any:
+        """
+        For srpy's own modules: the engine's method C{method(*args)}, with this view's limit and
+        call id; a result sent as raw bytes (SBLB) is returned as those bytes.
+
+        @param timeout: seconds to wait for the answer (default: the limit and a grace, or the
+            client's C{timeout}; L{NO_TIMEOUT}: as long as it takes).
+        """
+        value, annotations = self._invoke(method, args, timeout)
+        if annotations and RESULT_BLOB in annotations:
+            return annotations[RESULT_BLOB]
+        return value
+
+    def call_with_vars(self, method: str, args: Tuple[Any, ...], variables: Dict[str, Any]) -> Any:
+        """
+        For srpy's own modules: L{call}C{(method, *args, variables)}, where bytes values of at
+        least L{BLOB_MIN<srpy.wire.BLOB_MIN>} bytes in C{variables} travel raw after the message
+        (SRAW, SRBN). C{variables} is changed: those values are replaced by None.
+        """
+        trailing, names = [], []
+        for key, value in variables.items():
+            if type(value) is bytes and len(value) >= BLOB_MIN:
+                # the bytes travel raw after the message; the annotation, never the value, says where
+                variables[key] = None
+                names.append(key)
+                trailing.append(value)
+        extra = {BLOB_NAMES: "\0".join(names).encode("utf-8")} if names else None
+        value, response = self._invoke(method, args + (variables,), None, trailing, extra)
+        if response and RESULT_BLOB in response:
+            return response[RESULT_BLOB]
+        return value
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[wire.Connection]:
+        """For srpy's own modules: C{with engine.connection() as conn:} a pooled connection (for L{call_on})."""
+        self._check_open()
+        with self.pool.connection() as conn:
+            yield conn
 
     def call_annotations(self, call_id: Optional[bytes] = None) -> Optional[Dict[str, bytes]]:
         """The annotations of a call through this view: its time limit and its id (None if neither)."""
@@ -145,25 +248,25 @@ class PythonEngine(lite.Engine):
             return None
         annotations = {}
         if self.call_timeout is not None:
-            annotations[lite.CALL_TIMEOUT] = struct.pack("!d", self.call_timeout)
+            annotations[CALL_TIMEOUT] = wire.pack_call_limit(self.call_timeout)
         if call_id is not None:
             if len(call_id) != 8:
                 raise ValueError("a call id is 8 bytes, not %d" % len(call_id))
-            annotations[lite.CALL_ID] = bytes(call_id)
+            annotations[CALL_ID] = bytes(call_id)
         return annotations
 
     def call_on(self, conn: Any, method: str, args: Tuple[Any, ...] = (), call_id: Optional[bytes] = None,
                 timeout: Optional[float] = None, trailing: Any = (),
                 extra: Optional[Dict[str, bytes]] = None) -> Tuple[Any, Any]:
         """
-        Make the call C{method(*args)} on C{conn} (a connection of this engine's, see
-        C{_acquire}), with this view's limit and C{call_id}; return C{(value, response
-        annotations)}. A connection lost, or no answer, after the call's limit (this view's, or
-        the engine's C{--max-task-time}) raises L{srpy.errors.TaskTimeout}; lost after
+        For srpy's own modules: make the call C{method(*args)} on C{conn} (a connection of this
+        engine's, see L{connection}), with this view's limit and C{call_id}; return C{(value,
+        response annotations)}. A connection lost, or no answer, after the call's limit (this
+        view's, or the engine's C{--max-task-time}) raises L{srpy.errors.TaskTimeout}; lost after
         L{abort}C{(call_id)}, L{srpy.errors.TaskAborted}.
 
         @param timeout: seconds to wait for the answer (default: the limit and a grace, or the
-            client's C{timeout}).
+            client's C{timeout}; L{NO_TIMEOUT}: as long as it takes).
         """
         call_id = call_id if call_id is not None else self.call_id
         annotations = self.call_annotations(call_id)
@@ -172,9 +275,9 @@ class PythonEngine(lite.Engine):
         limit = self.call_timeout
         if timeout is None:
             timeout = limit + LIMIT_GRACE if limit is not None else self.timeout
-        elif timeout is lite._NO_TIMEOUT:  # wait(): as long as it takes, whatever the client's timeout
+        elif timeout is NO_TIMEOUT:  # wait(): as long as it takes, whatever the client's timeout
             timeout = None
-        if limit is None and call_id is None and not self._engine_limit():
+        if limit is None and call_id is None and not self._shared.max_task_time:
             return conn.call(method, args, None, annotations, timeout, trailing)  # the common call
         started = time.monotonic()
         try:
@@ -183,74 +286,62 @@ class PythonEngine(lite.Engine):
             if getattr(exc, "engine_ending", False):
                 # the engine ends its process to stop the call, and a fresh one starts in
                 # milliseconds, sooner than the pool's check of idle connections: reuse no
-                # connection to it, and let new connections wait out the restart (see _connect)
+                # connection to it, and let new connections wait out the restart
                 conn.close()
-                self._base()._expect_restart()
+                self.expect_restart()
             raise
         except (errors.ConnectionLost, errors.CallTimeout) as exc:
             error = self._stopped_error(method, time.monotonic() - started, call_id, exc)
             if error is None:
                 raise
             if isinstance(exc, errors.ConnectionLost):
-                self._base()._expect_restart()
-                self._await_restart()
+                self.expect_restart()
+                self.pool.await_restart(RESTART_WAIT)
             raise error from None
 
-    def _expect_restart(self) -> None:
+    def expect_restart(self) -> None:
         """
-        A call was stopped, and the engine may be ending its process for it: drop the idle
-        connections (they may reach that process for a few more milliseconds), and let new ones
-        wait out a restart (see L{_connect}).
+        For srpy's own modules: a call was stopped, and the engine may be ending its process for
+        it: drop the idle connections (they may reach that process for a few more milliseconds),
+        and let new ones wait out a restart, for up to L{RESTART_WAIT} s (L{srpy.wire.Pool.expect_restart}).
         """
-        self._restart_until = time.monotonic() + RESTART_WAIT
-        with self._pool_lock:
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.close()
+        self.pool.expect_restart(RESTART_WAIT)
 
-    def _connect(self) -> Any:
-        """
-        A new connection. Right after a call was stopped (the engine may be ending its process
-        for it), a refused or reset connection is tried again until the fresh engine answers, for
-        up to L{RESTART_WAIT} s: the caller's next call must find the engine serving.
-        """
+    # -- the calls underneath -----------------------------------------------------------------------
+
+    def _invoke(self, method: str, args: Tuple[Any, ...], timeout: Optional[float],
+                trailing: Any = (), extra: Optional[Dict[str, bytes]] = None) -> Tuple[Any, Any]:
+        """A call over a pooled connection, with this view's limit and call id (through L{call_on})."""
+        if self._view_closed:
+            self._check_open()
+        pool = self.pool
+        conn = pool.acquire()  # acquire and release, not pool.connection(): a context manager costs 1 us a call
         try:
-            return super()._connect()
-        except errors.SRPyServerNotFound:
-            base = self._base()
-            if time.monotonic() >= base._restart_until:
-                raise
-        self._await_restart()
-        return super()._connect()
+            if self.call_timeout is None and self.call_id is None and self._shared.max_task_time is None:
+                # the common call, straight
+                if timeout is None:
+                    timeout = self._shared.timeout
+                elif timeout is NO_TIMEOUT:
+                    timeout = None
+                return conn.call(method, args, None, extra, timeout, trailing)
+            return self.call_on(conn, method, args, timeout=timeout, trailing=trailing, extra=extra)
+        finally:
+            pool.release(conn)
 
-    def _await_restart(self) -> None:
-        """
-        The engine ended its process to stop a call: wait (up to L{RESTART_WAIT} s) until the
-        fresh engine answers at the same URI, so that the caller's next call finds it serving
-        rather than the old process's closing socket.
-        """
-        base = self._base()
-        deadline, delay = time.monotonic() + RESTART_WAIT, 0.01
-        while time.monotonic() < deadline:
-            try:
-                conn = lite.Engine._connect(base)
-            except errors.SRPyError:
-                time.sleep(delay)
-                delay = min(delay * 2, 0.25)
-                continue
-            base._release(conn)
-            return
+    def _check_open(self) -> None:
+        if self._view_closed:
+            raise errors.SRPyError("this view of %s (limited or tagged) is closed" % self.uri)
 
     def _stopped_error(self, method: str, elapsed: float, call_id: Optional[bytes],
                        exc: BaseException) -> Optional[errors.SRPyError]:
         """What a call that lost its connection (or its answer) after C{elapsed} s really met, if a limit or an abort."""
         if method in _CONTROL_CALLS or method.startswith("peer_"):
             return None
-        if call_id is not None and call_id in self._base()._aborted:
+        if call_id is not None and call_id in self._shared.aborted:
             return errors.TaskAborted("the call %s() was aborted: the engine at %s ended its process to stop it "
                                       "(the code held the interpreter); a fresh engine serves at the same URI"
                                       % (method, self.uri))
-        limits = [(self.call_timeout, "its time limit"), (self._engine_limit(), "the engine's --max-task-time")]
+        limits = [(self.call_timeout, "its time limit"), (self._shared.max_task_time, "the engine's --max-task-time")]
         hit = [(limit, which) for limit, which in limits if limit and elapsed >= limit]
         if not hit:
             return None
@@ -263,46 +354,31 @@ class PythonEngine(lite.Engine):
                                   "ended its process to stop it; a fresh engine serves at the same URI, with an "
                                   "empty namespace" % (method, which, limit, self.uri))
 
-    def _engine_limit(self) -> Optional[float]:
-        return self._max_task_time
-
-    def _base(self) -> "PythonEngine":
-        return self
-
-    # -- transport with bulk bytes ------------------------------------------------------------------
-
-    def _limited_invoke(self, method: str, args: Tuple[Any, ...], timeout: Optional[float],
-                        trailing: Any = (), extra: Optional[Dict[str, bytes]] = None) -> Tuple[Any, Any]:
-        """C{_invoke}, through L{call_on}: a pooled connection, this view's limit and call id."""
-        if self.call_timeout is None and self.call_id is None and self._max_task_time is None:
-            return self._invoke(method, args, None, extra, timeout, trailing)  # the common call, straight
-        conn = self._acquire()
-        try:
-            return self.call_on(conn, method, args, timeout=timeout, trailing=trailing, extra=extra)
-        finally:
-            self._release(conn)
-
-    def _call(self, method: str, *args: Any, timeout: Optional[float] = None) -> Any:
-        value, annotations = self._limited_invoke(method, args, timeout)
-        if annotations and RESULT_BLOB in annotations:
-            return annotations[RESULT_BLOB]
-        return value
-
-    def _call_with_vars(self, method: str, args: Tuple[Any, ...], variables: Dict[str, Any]) -> Any:
-        trailing, names = [], []
-        for key, value in variables.items():
-            if type(value) is bytes and len(value) >= BLOB_MIN:
-                # the bytes travel raw after the message; the annotation, never the value, says where
-                variables[key] = None
-                names.append(key)
-                trailing.append(value)
-        extra = {lite.BLOB_NAMES: "\0".join(names).encode("utf-8")} if names else None
-        value, response = self._limited_invoke(method, args + (variables,), None, trailing, extra)
-        if response and RESULT_BLOB in response:
-            return response[RESULT_BLOB]
-        return value
-
     # -- SRPy's surface ------------------------------------------------------------------------------
+
+    def set(self, **variables: Any) -> None:
+        """Create or overwrite variables in the engine's namespace."""
+        self.call_with_vars("set", (), variables)
+
+    def get(self, vars: Any = None) -> Any:
+        """None: the namespace's names; a name: its value; a list of names: {name: value}."""
+        return self.call("get", vars)
+
+    def clear(self) -> None:
+        """Empty the namespace."""
+        self.call("clear")
+
+    def eval(self, expr: str, **variables: Any) -> Any:
+        """Set C{variables}, then evaluate C{expr} in the namespace and return its value."""
+        return self.call_with_vars("eval", (expr,), variables)
+
+    def exe(self, code: str, **variables: Any) -> None:
+        """Set C{variables}, then execute C{code} in the namespace."""
+        self.call_with_vars("exe", (code,), variables)
+
+    def vexe(self, code: str, get: Any = (), **variables: Any) -> Dict[str, Any]:
+        """Run C{code} in a throw-away namespace made of C{variables}; return {name: value} for C{get}."""
+        return self.call_with_vars("vexe", (code, list(get)), variables)
 
     def install(self, *modules: Any) -> List[str]:
         """
@@ -312,24 +388,43 @@ class PythonEngine(lite.Engine):
         files: Dict[str, str] = {}
         for module in modules:
             files.update(shipping.module_files(module))
-        return self._call("install", files)
+        return self.call("install", files)
 
-    def imp(self, *modules: str) -> None:
+    def install_source(self, module_name: str, source: str) -> List[str]:
+        """Ship one module's source text to the engine's sandbox, so L{imp} finds it."""
+        path = module_name.replace(".", "/") + ".py"
+        return self.call("install", {path: source})
+
+    def imp(self, *modules: Any) -> None:
         """Import the named modules in the engine's namespace (as C{import name} binds them)."""
-        self._call("imp", [m.__name__ if hasattr(m, "__name__") else m for m in modules])
+        self.call("imp", [m.__name__ if hasattr(m, "__name__") else m for m in modules])
 
     def associateFunction(self, name: str) -> Callable[..., Any]:
         """A local callable that calls the engine's function C{name} (dotted names allowed)."""
-        description = self._call("inspect", name)
+        description = self.call("inspect", name)
         if description["kind"] != "object" or not description["callable"]:
             raise TypeError("%r on %s is not a function" % (name, self))
         return _remote_callable(self, name, description)
 
+    def ping(self) -> str:
+        """'pong', if the engine answers."""
+        return self.call("ping")
+
     def whoami(self) -> Dict[str, Any]:
         """The engine's description: SRPy's keys plus name, group, cores, load, memory and more."""
-        self.info = self._call("whoami")
-        self._max_task_time = self.info.get("Max Task Time")
+        self.info = self.call("whoami")
+        self._shared.max_task_time = self.info.get("Max Task Time")
         return self.info
+
+    def isBusy(self) -> bool:
+        """True while the engine runs a call that holds its lock."""
+        return self.call("is_busy")
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        """Block until the engine is idle (True), or C{timeout} seconds passed (False)."""
+        if timeout is None or self.timeout is None:
+            return self.call("wait", timeout, timeout=NO_TIMEOUT)
+        return self.call("wait", timeout, timeout=self.timeout + timeout)
 
     def benchmark(self, cycles: Optional[int] = None, pings: int = 5) -> Tuple[float, float, bool]:
         """
@@ -339,9 +434,9 @@ class PythonEngine(lite.Engine):
         trips = []
         for _ in range(max(1, pings)):
             start = time.perf_counter()
-            self._call("ping")
+            self.call("ping")
             trips.append(time.perf_counter() - start)
-        result = self._call("benchmark", cycles)
+        result = self.call("benchmark", cycles)
         return statistics.median(trips), result["proc"], result["busy"]
 
     def getURI(self) -> str:
@@ -362,12 +457,19 @@ class PythonEngine(lite.Engine):
 
     def setGroup(self, name: str) -> None:
         """Label this engine (on the engine too) with group C{name}."""
-        self._call("set_group", name)
+        self.call("set_group", name)
         self.group = name
 
     def getGroup(self) -> str:
         """The engine's group label."""
         return self.group
+
+    def close(self) -> None:
+        """
+        Close every pooled connection (the engine keeps running). Calls under way finish; any later
+        call raises L{srpy.errors.ConnectionLost}. Closing again does nothing.
+        """
+        self.pool.close()
 
     def __repr__(self) -> str:
         return "<PythonEngine %s on %s>" % (self.info.get("PythonEngine ID", self.uri), self.hostname)
@@ -384,13 +486,9 @@ class PythonEngine(lite.Engine):
 
 class _View(PythonEngine):
     """
-    L{PythonEngine.limited} and L{PythonEngine.tagged}: the same engine and connections, with a
-    time limit and a call id of its own. Everything but those (and C{ns}) is the original's: the
-    view reads and sets the original's attributes, and calls go through the original's pool.
-    Closing a view only closes the view.
+    L{PythonEngine.limited} and L{PythonEngine.tagged}: the same engine, pool and state (L{_Shared}),
+    with a time limit, a call id and a C{ns} of its own. Closing a view only closes the view.
     """
-
-    _OWN = frozenset(["_original", "call_timeout", "call_id", "ns", "_view_closed"])
 
     def __init__(self, original: PythonEngine, seconds: Optional[float], call_id: Optional[bytes]) -> None:
         # no PythonEngine.__init__: a view opens no connection and asks the engine nothing
@@ -398,47 +496,15 @@ class _View(PythonEngine):
             raise ValueError("a time limit is a number of seconds above 0, not %r" % (seconds,))
         if call_id is not None and len(call_id) != 8:
             raise ValueError("a call id is 8 bytes, not %d" % len(call_id))
-        object.__setattr__(self, "_original", original)
-        object.__setattr__(self, "call_timeout", seconds)
-        object.__setattr__(self, "call_id", call_id)
-        object.__setattr__(self, "ns", Namespace(self))
-        object.__setattr__(self, "_view_closed", False)
-
-    def __getattr__(self, name: str) -> Any:  # only for what the view does not hold itself
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return getattr(self._original, name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in self._OWN:
-            object.__setattr__(self, name, value)
-        else:
-            setattr(self._original, name, value)
-
-    def _base(self) -> PythonEngine:
-        return self._original
-
-    @property
-    def _max_task_time(self) -> Optional[float]:  # type: ignore[override]
-        return self._original._max_task_time
-
-    def _acquire(self) -> Any:
-        if self._view_closed:
-            raise errors.SRPyError("this view of %s (limited or tagged) is closed" % self.uri)
-        return self._original._acquire()
-
-    def _release(self, conn: Any) -> None:
-        self._original._release(conn)
-
-    def _invoke(self, method: str, args: Any = (), kwargs: Any = None, annotations: Any = None,
-                timeout: Any = None, trailing: Any = ()) -> Any:
-        if self._view_closed:
-            raise errors.SRPyError("this view of %s (limited or tagged) is closed" % self.uri)
-        return self._original._invoke(method, args, kwargs, annotations, timeout, trailing)
+        self.pool = original.pool
+        self._shared = original._shared
+        self.call_timeout = seconds
+        self.call_id = call_id
+        self.ns = Namespace(self)
 
     def close(self) -> None:
         """Close this view; the engine client it was made from stays open."""
-        object.__setattr__(self, "_view_closed", True)
+        self._view_closed = True
 
     def __repr__(self) -> str:
         return "<PythonEngine %s on %s, limited to %s s>" % (
@@ -447,7 +513,7 @@ class _View(PythonEngine):
 
 def _remote_callable(engine: PythonEngine, path: str, description: Dict[str, Any]) -> Callable[..., Any]:
     def remote(*args: Any, **kwargs: Any) -> Any:
-        return engine._call("call", path, args, kwargs)
+        return engine.call("call", path, args, kwargs)
 
     remote.__name__ = remote.__qualname__ = description.get("name") or path.rpartition(".")[2]
     remote.__doc__ = description.get("doc") or None
@@ -473,7 +539,7 @@ class Namespace:
         self._engine.set(**{name: value})
 
     def __delattr__(self, name: str) -> None:
-        self._engine._call("delete", [name])
+        self._engine.call("delete", [name])
 
     def dir(self) -> List[str]:
         """The names defined in the engine's namespace."""
@@ -498,7 +564,7 @@ class RemoteObject:
         return _lookup(self._engine, self._path + "." + name)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._engine._call("call", self._path, args, kwargs)
+        return self._engine.call("call", self._path, args, kwargs)
 
     def __repr__(self) -> str:
         return "<remote %s %s on %r>" % (self._type, self._path, self._engine)
@@ -506,7 +572,7 @@ class RemoteObject:
 
 def _lookup(engine: PythonEngine, path: str) -> Any:
     try:
-        description = engine._call("inspect", path)
+        description = engine.call("inspect", path)
     except NameError as exc:
         raise AttributeError(str(exc)) from None
     if description["kind"] == "value":

@@ -15,8 +15,6 @@ keep-serialized blob arguments (which it would read with a plain C{marshal.loads
 """
 
 import socket
-import struct
-import zlib
 from typing import Any, Dict, List, Optional, Set
 
 from Pyro5 import config as pyro_config
@@ -26,13 +24,12 @@ from Pyro5 import serializers as pyro_serializers
 from Pyro5 import server as pyro_server
 from Pyro5.callcontext import current_context
 
-from . import codec, errors, listener, lite, logbuffer
+from . import codec, errors, listener, logbuffer, wire
 from .security import HANDSHAKE_MAX_SIZE, SecureDaemon, note_bad_input, note_too_large
 
 _WAITALL = getattr(socket, "MSG_WAITALL", 0)
-_INVOKE = lite.MSG_INVOKE
+_INVOKE = wire.MSG_INVOKE
 _FAST_FLAGS = 0  # any flag (oneway, batch, compressed, ...) takes Pyro5's path
-_EMPTY_CORRELATION = b"\0" * 16
 #: what Pyro5's server loop takes quietly as the client going away
 _CLIENT_GONE = (OSError, pyro_errors.ConnectionClosedError, pyro_errors.SecurityError, pyro_errors.TimeoutError)
 
@@ -62,10 +59,11 @@ class EngineDaemon(SecureDaemon):
             raise pyro_errors.ConnectionClosedError("malformed message: %s" % exc) from None
 
     def _handle(self, conn: Any) -> None:
-        header = _read(conn, lite.HEADER.size)
-        tag, version, msgtype, serializer_id, flags, seq, data_size, ann_size, _, _, magic = lite.HEADER.unpack(header)
-        if tag != b"PYRO" or magic != lite.MAGIC or version != lite.PROTOCOL_VERSION:
-            raise pyro_errors.ProtocolError("invalid message or protocol version")
+        header = _read(conn, wire.HEADER.size)
+        try:
+            msgtype, serializer_id, flags, seq, data_size, ann_size = wire.parse_header(header)
+        except wire.HeaderError:
+            raise pyro_errors.ProtocolError("invalid message or protocol version") from None
         size, limit = data_size + ann_size, pyro_config.MAX_MESSAGE_SIZE
         if msgtype == _INVOKE and size > limit and ann_size <= limit:
             # a call over the limit is read and dropped a chunk at a time, and answered with the sizes
@@ -109,7 +107,7 @@ class EngineDaemon(SecureDaemon):
                 "in smaller parts, or give the engine a larger limit"
                 % (size, "" if what == "message" else " of raw data", limit, limit / (1024 * 1024)))
         note_too_large(conn, text)
-        if flags & lite.FLAGS_ONEWAY:
+        if flags & wire.FLAGS_ONEWAY:
             return
         if serializer_id == codec.SERIALIZER_ID:
             data = _exception_reply(errors.MessageTooLargeError(text))
@@ -117,9 +115,7 @@ class EngineDaemon(SecureDaemon):
             data = pyro_serializers.serializers_by_id[serializer_id].dumps(pyro_errors.MessageTooLargeError(text))
         else:
             raise pyro_errors.ProtocolError(text)
-        header = lite.HEADER.pack(b"PYRO", lite.PROTOCOL_VERSION, lite.MSG_RESULT, serializer_id,
-                                  lite.FLAGS_EXCEPTION, seq, len(data), 0, _EMPTY_CORRELATION, 0, lite.MAGIC)
-        conn.send(header + data)
+        conn.send(wire.pack_message(wire.MSG_RESULT, serializer_id, data, seq, wire.FLAGS_EXCEPTION))
 
     def _serve(self, conn: Any, seq: int, payload: bytes, ann_size: int, annotations: Dict[str, Any]) -> None:
         current_context.client = conn
@@ -135,12 +131,9 @@ class EngineDaemon(SecureDaemon):
             data, flags = codec.dumps(result), 0
         except Exception as exc:  # the call's failure is its reply, as in Pyro5
             exc._pyroTraceback = pyro_errors.format_traceback(detailed=pyro_config.DETAILED_TRACEBACK)
-            data, flags = _exception_reply(exc), lite.FLAGS_EXCEPTION
+            data, flags = _exception_reply(exc), wire.FLAGS_EXCEPTION
         annotations = current_context.response_annotations
-        chunks = b"".join(_chunk(k, v) for k, v in annotations.items()) if annotations else b""
-        header = lite.HEADER.pack(b"PYRO", lite.PROTOCOL_VERSION, lite.MSG_RESULT, codec.SERIALIZER_ID, flags,
-                                  seq, len(data), len(chunks), _EMPTY_CORRELATION, 0, lite.MAGIC)
-        conn.send(header + chunks + data)
+        conn.send(wire.pack_message(wire.MSG_RESULT, codec.SERIALIZER_ID, data, seq, flags, annotations))
 
     def _target(self, obj_id: str, method: str) -> Any:
         obj = self.objectsById.get(obj_id)
@@ -178,13 +171,13 @@ def _trailing_size(annotations: Dict[str, Any]) -> int:
     How many raw bytes a call announces after its message (srpy's C{SRAW} annotation), whatever
     its serializer; a malformed list ends the connection.
     """
-    sizes = annotations.get(lite.TRAILING)
+    sizes = annotations.get(wire.TRAILING)
     if sizes is None:
         return 0
-    if len(sizes) % 8:
-        raise pyro_errors.ProtocolError("malformed %s annotation (%d bytes, not a list of 8-byte sizes)"
-                                        % (lite.TRAILING, len(sizes)))
-    return sum(struct.unpack("!%dQ" % (len(sizes) // 8), bytes(sizes)))
+    try:
+        return sum(wire.parse_trailing(sizes))
+    except errors.ProtocolError as exc:
+        raise pyro_errors.ProtocolError(str(exc)) from None
 
 
 #: bytes read at a time when dropping a refused message: the limit is on memory, not on what is sent
@@ -200,20 +193,11 @@ def _discard(conn: Any, size: int) -> None:
 
 
 def _annotations(payload: bytes, size: int) -> Dict[str, memoryview]:
-    view = memoryview(payload)
-    found, offset = {}, 0
-    while offset < size:
-        key = bytes(view[offset:offset + 4]).decode("ascii")
-        length = int.from_bytes(view[offset + 4:offset + 8], "big")
-        if offset + 8 + length > size:
-            raise pyro_errors.ProtocolError("annotation chunk length exceeds remaining data")
-        found[key] = view[offset + 8:offset + 8 + length]
-        offset += 8 + length
-    return found
-
-
-def _chunk(key: str, value: Any) -> bytes:
-    return struct.pack("!4sI", key.encode("ascii"), len(value)) + bytes(value)
+    """The annotations that open C{payload} (L{srpy.wire.parse_annotations}), as Pyro5's protocol errors."""
+    try:
+        return wire.parse_annotations(payload, size)
+    except errors.ProtocolError as exc:
+        raise pyro_errors.ProtocolError(str(exc)) from None
 
 
 def _exception_reply(exc: BaseException) -> bytes:
@@ -283,11 +267,10 @@ class _GuardedMessage(pyro_protocol.ReceivingMessage):
         ann_size = self.annotations_size
         if self.flags & pyro_protocol.FLAGS_COMPRESSED and len(payload) == self.data_size + ann_size:
             limit = HANDSHAKE_MAX_SIZE if self.type == pyro_protocol.MSG_CONNECT else pyro_config.MAX_MESSAGE_SIZE
-            inflater = zlib.decompressobj()
-            data = inflater.decompress(bytes(payload[ann_size:]), max(0, limit - ann_size) + 1)
-            if len(data) + ann_size > limit or not inflater.eof:
-                raise pyro_errors.ProtocolError("compressed message is incomplete or inflates to more than %d bytes"
-                                                % limit)
+            try:
+                data = wire.inflate(bytes(payload[ann_size:]), max(0, limit - ann_size))
+            except errors.ProtocolError as exc:
+                raise pyro_errors.ProtocolError("the client sent %s" % exc) from None
             payload = bytes(payload[:ann_size]) + data
             self.flags &= ~pyro_protocol.FLAGS_COMPRESSED
             self.data_size = len(data)

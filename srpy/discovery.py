@@ -31,7 +31,7 @@ from Pyro5 import errors as pyro_errors
 from Pyro5.api import Proxy, locate_ns
 from Pyro5.nameserver import start_ns
 
-from . import lite, listener, security
+from . import listener, security, wire
 from .errors import SRPyError
 
 log = logging.getLogger("srpy.discovery")
@@ -85,7 +85,7 @@ def name_server(host: Optional[str] = None, port: Optional[int] = None,
             # Pyro5's proxies take their TLS from process-wide settings: the handshake is done here,
             # with this context, and the proxy is given the connection that passed it
             uri = "PYRO:%s@%s:%d" % (pyro_core.NAMESERVER_NAME, host or "127.0.0.1", port or pyro_config.NS_PORT)
-            conn = lite.Connection(uri, ssl_context=context, connect_timeout=10.0)
+            conn = wire.Connection(uri, ssl_context=context, connect_timeout=10.0)
             proxy = Proxy(pyro_core.NAMESERVER_NAME, connected_socket=conn.transport.sock)
     except (pyro_errors.PyroError, SRPyError, OSError) as exc:  # OSError: a broadcast with no route for it
         where = "%s:%s" % (host, port) if host else "on this machine or by broadcast"
@@ -161,7 +161,7 @@ def remove_entries(names: List[str], host: Optional[str] = None, port: Optional[
 def _refusal(host: str, port: Optional[int]) -> Optional[str]:
     """Why a name server at host:port refused a plain client, if it said (one that serves TLS does)."""
     try:
-        lite.Connection("PYRO:%s@%s:%d" % (pyro_core.NAMESERVER_NAME, host, port or pyro_config.NS_PORT),
+        wire.Connection("PYRO:%s@%s:%d" % (pyro_core.NAMESERVER_NAME, host, port or pyro_config.NS_PORT),
                         connect_timeout=PROBE_TIMEOUT).close()
     except SRPyError as exc:
         return str(exc) if "TLS" in str(exc) else None
@@ -170,7 +170,7 @@ def _refusal(host: str, port: Optional[int]) -> Optional[str]:
 
 def _accepts_connections(uri: str) -> bool:
     try:
-        _, host, port = lite.parse_uri(uri)
+        _, host, port = wire.parse_uri(uri)
         with socket.create_connection((host, port), PROBE_TIMEOUT):
             return True
     except (OSError, ValueError):

@@ -36,8 +36,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import psutil
 
-from . import benchmark, codec, errors, functions, __version__
-from .calls import BLOB_MIN, RESULT_BLOB, engine_call
+from . import benchmark, codec, errors, functions
+from ._version import __version__
+from .calls import engine_call
 from .lock import EngineLock
 from .tracebacks import user_traceback
 from .watch import CallWatch
@@ -47,7 +48,7 @@ log = logging.getLogger("srpy.engine")
 #: the Pyro5 object id engines are registered under
 OBJECT_ID = "srpy.engine"
 
-__all__ = ["OBJECT_ID", "Engine", "BLOB_MIN", "RESULT_BLOB"]  # the last two: the client's, until srpy.wire holds them
+__all__ = ["OBJECT_ID", "Engine"]
 
 
 class Engine:

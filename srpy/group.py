@@ -12,7 +12,7 @@ import logging
 import threading
 from typing import Any, Callable, Dict, List
 
-from . import lite
+from . import wire
 from .client import PythonEngine
 from .errors import CommunicationError, PeerUnavailable, SRPyError, SRPyServerNotFound
 from .fanout import fan_out
@@ -34,7 +34,7 @@ def peer_uri(engine_uri: str) -> str:
     >>> peer_uri("PYRO:srpy.engine@127.0.0.1:4000")
     'PYRO:srpy.peer@127.0.0.1:4000'
     """
-    lite.parse_uri(engine_uri)  # ValueError if it is no direct URI
+    wire.parse_uri(engine_uri)  # ValueError if it is no direct URI
     return "PYRO:%s@%s" % (PEER_OBJECT_ID, str(engine_uri).strip().partition("@")[2])
 
 
@@ -150,7 +150,7 @@ class PeerGroup:
         """
         peer = self.peer(target)
         try:
-            return peer.client._call(method, *args)
+            return peer.client.call(method, *args)
         except (CommunicationError, SRPyServerNotFound) as exc:
             self.drop(peer.uri, exc)
             raise PeerUnavailable("peer %s did not answer %s(): %s" % (peer.uri, method, exc)) from None

@@ -41,7 +41,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import psutil
 from Pyro5 import config as pyro_config
 
-from . import __version__, codec, copyright, discovery, lite, peerservice
+from . import codec, discovery, peerservice, wire
+from ._version import __version__, copyright
 from .engine import Engine
 from .output import capture_output
 from .watch import BACKSTOP_FILE, EXIT_RUNAWAY, user_frame
@@ -644,7 +645,7 @@ class Keeper:
         words = line.decode("utf-8", "replace").split(" ", 2)
         if words[0] == READY and len(words) == 3:
             self.uri, self.sandbox = words[1], words[2]
-            self.port = lite.parse_uri(self.uri)[2]
+            self.port = wire.parse_uri(self.uri)[2]
             self._restarting = False
             if not self._ready:
                 self._ready = True
@@ -1046,7 +1047,7 @@ class Supervisor:
     def _restart(self, index: int) -> None:
         old = self.engines[index]
         try:
-            new = self.restart(index, lite.parse_uri(old.uri)[2])
+            new = self.restart(index, wire.parse_uri(old.uri)[2])
         except SRPyError as exc:
             log.error("could not restart engine %s: %s", old.uri, exc)
             self._due[index] = time.monotonic() + min(MAX_BACKOFF, 0.5 * 2 ** self.restarts[index])
@@ -1148,7 +1149,8 @@ def _restarter(options: argparse.Namespace, names: List[str]) -> Any:
 def check_python(python: str) -> None:
     """Make sure C{python} runs and has srpy (and its dependencies) importable."""
     try:
-        done = subprocess.run([python, "-c", "import srpy, sys; print(srpy.__version__)"],
+        # what an engine imports (srpy's façade alone loads nothing): its dependencies must be there too
+        done = subprocess.run([python, "-c", "import srpy, srpy.engine, srpy.daemon; print(srpy.__version__)"],
                               capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise SRPyError("--python %s: cannot run it: %s" % (python, exc)) from None

@@ -41,7 +41,7 @@ from Pyro5 import errors as pyro_errors
 from Pyro5 import socketutil
 from Pyro5 import svr_threads
 
-from . import security
+from . import security, wire
 from .security import Handshake, note_bad_input, refusal
 
 log = logging.getLogger("srpy.listener")
@@ -404,14 +404,15 @@ class GuardedServer:
         if not first:
             self._forget(pending)
             return False
-        if b"PYRO".startswith(first[:4]) and len(first) < 8:
+        verdict, serializer_id = wire.sniff(first)
+        if verdict == "maybe":
             # maybe plain Pyro5: wait for its first 8 bytes. Not by watching the socket: the bytes
             # peeked at keep it readable, and the loop would spin; the sweep looks again
             self._unwatch(pending)
             self._peek_later.add(pending)
             return False
-        if first[:4] == b"PYRO":
-            pending.out = refusal(TLS_ONLY, first[7])
+        if verdict == "pyro":
+            pending.out = refusal(TLS_ONLY, serializer_id)
             self._linger(pending)
             return True
         assert self._tls is not None

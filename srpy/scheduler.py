@@ -33,7 +33,7 @@ Data flow::
    iterable only as far as L{IMAP_BUFFER} items ahead of what its consumer has taken (bounded
    memory over an endless iterable). A map whose consumer stops (break, C{close()}, a timeout,
    an exception, Ctrl-C) cuts nothing more, and its chunks still running are stopped on their
-   engines (C{abort}, by the call's L{CALL_ID<srpy.lite.CALL_ID>}).
+   engines (C{abort}, by the call's L{CALL_ID<srpy.wire.CALL_ID>}).
 
 Faults: a batch whose engine stops answering goes back to the front of the queue for the other
 engines (its results were never received, so nothing runs twice from the caller's point of view);
@@ -71,8 +71,9 @@ from concurrent.futures import CancelledError, Future, InvalidStateError
 from concurrent.futures import TimeoutError as FutureTimeout  # the builtin one from Python 3.11 on
 from typing import Any, Callable, Deque, Dict, Iterator, List, Optional
 
-from . import codec, lite
+from . import codec
 from .fanout import fan_out, start_thread
+from .wire import RESULT_BLOB
 from .errors import (CallTimeout, CommunicationError, EngineDead, MessageTooLargeError, MissingPackagesError,
                      NoEnginesError, SerializationError, SRPyError, SRPyServerNotFound, TaskAborted, TaskTimeout, UnknownFunction)
 
@@ -725,23 +726,22 @@ class Scheduler:
         hold its batch for ever. C{call_id} names the call, so that it can be aborted.
         """
         engine = slot.engine
-        conn = engine._acquire()
-        entry = (slot, conn, time.monotonic())
-        with self._cond:
-            slot.vanished = False
-            self._calls[id(slot)] = entry
-            if self._watchdog is None:
-                self._watchdog = start_thread(self._watch, name="srpy-watchdog")
-        try:
-            view = engine.limited(timeout) if timeout else engine
-            value, annotations = view.call_on(conn, method, args, call_id=call_id)
-        finally:
+        with engine.connection() as conn:
+            entry = (slot, conn, time.monotonic())
             with self._cond:
-                if self._calls.get(id(slot)) is entry:
-                    del self._calls[id(slot)]
-            engine._release(conn)
-        if annotations and lite.RESULT_BLOB in annotations:
-            return annotations[lite.RESULT_BLOB]
+                slot.vanished = False
+                self._calls[id(slot)] = entry
+                if self._watchdog is None:
+                    self._watchdog = start_thread(self._watch, name="srpy-watchdog")
+            try:
+                view = engine.limited(timeout) if timeout else engine
+                value, annotations = view.call_on(conn, method, args, call_id=call_id)
+            finally:
+                with self._cond:
+                    if self._calls.get(id(slot)) is entry:
+                        del self._calls[id(slot)]
+        if annotations and RESULT_BLOB in annotations:
+            return annotations[RESULT_BLOB]
         return value
 
     def _watch(self) -> None:
@@ -762,7 +762,7 @@ class Scheduler:
         """Ping the engine of a call under way; if it does not answer, cut the call."""
         slot, conn, _ = entry
         try:
-            alive = slot.engine._call("ping", timeout=ANSWER_TIMEOUT) == "pong"
+            alive = slot.engine.call("ping", timeout=ANSWER_TIMEOUT) == "pong"
         except SRPyError:
             alive = False
         if not alive:  # an engine that just ended (a runaway stopped, a kill) answers its call or closes it meanwhile
@@ -939,7 +939,7 @@ class Scheduler:
         """Give C{slot} work again once its engine is idle; an engine that stops answering is gone."""
         while slot.active:
             try:
-                if slot.engine._call("wait", HEARTBEAT, timeout=HEARTBEAT + ANSWER_TIMEOUT):
+                if slot.engine.call("wait", HEARTBEAT, timeout=HEARTBEAT + ANSWER_TIMEOUT):
                     break
             except SRPyError as exc:
                 slot.vanished = isinstance(exc, (CallTimeout, SRPyServerNotFound))  # no answer at all
@@ -980,7 +980,7 @@ class Scheduler:
         try:
             while not self._stopping.wait(delay) and time.monotonic() < deadline:
                 try:
-                    engine.info = engine._call("whoami", timeout=ANSWER_TIMEOUT)
+                    engine.info = engine.call("whoami", timeout=ANSWER_TIMEOUT)
                     back = True
                     break
                 except (SRPyError, OSError):
@@ -999,7 +999,7 @@ class Scheduler:
     @staticmethod
     def _still_answers(engine: Any) -> bool:
         try:
-            conn = engine._connect()
+            conn = engine.pool.connect()
         except SRPyError:
             return False
         try:
@@ -1149,7 +1149,7 @@ def missing_packages(engines: List[Any], names: List[str]) -> Optional[MissingPa
         return None
     missing: Dict[str, List[str]] = {}
     for engine in engines:
-        lacks = engine._call("check_modules", names)
+        lacks = engine.call("check_modules", names)
         if lacks:
             missing["%s (%s)" % (engine.uri, engine.info.get("Python Executable", "?"))] = lacks
     return MissingPackagesError(missing) if missing else None

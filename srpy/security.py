@@ -23,7 +23,6 @@ import socket
 import ssl
 import threading
 import time
-import zlib
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from Pyro5 import core
@@ -32,7 +31,7 @@ from Pyro5 import protocol
 from Pyro5 import serializers as pyro_serializers
 from Pyro5.server import Daemon
 
-from . import codec, lite
+from . import codec, wire
 from .errors import SRPyError
 
 log = logging.getLogger("srpy.security")
@@ -205,8 +204,8 @@ class SecretChallenge:
     def __init__(self, secret: str, cnonce: str) -> None:
         self._secret = secret
         self._cnonce = cnonce
-        self._snonce = lite.new_nonce()
-        challenge = {"nonce": self._snonce, "proof": lite.proof(secret, "server", cnonce, self._snonce)}
+        self._snonce = wire.new_nonce()
+        challenge = {"nonce": self._snonce, "proof": wire.proof(secret, "server", cnonce, self._snonce)}
         #: the challenge, as the body of a json connect message
         self.message = json.dumps(challenge).encode("utf-8")
 
@@ -216,7 +215,7 @@ class SecretChallenge:
         """
         given = answer.get("proof") if isinstance(answer, dict) else None
         if not isinstance(given, str) or len(given) > 128 \
-                or not lite.same_text(given, lite.proof(self._secret, "client", self._snonce, self._cnonce)):
+                or not wire.same_text(given, wire.proof(self._secret, "client", self._snonce, self._cnonce)):
             auth_log.warning("refused a client at %s: wrong secret", peer)
             raise pyro_errors.SecurityError("wrong secret: the client could not prove it knows this engine's secret")
 
@@ -308,7 +307,7 @@ class Handshake:
         if self._challenge is None:
             self._finish()
             return
-        self._out.append(_message(protocol.MSG_CONNECT, lite.JSON_SERIALIZER_ID, self._challenge.message, self._seq))
+        self._out.append(_message(protocol.MSG_CONNECT, wire.JSON_SERIALIZER_ID, self._challenge.message, self._seq))
         self._step = self._answer_header
         self.needed = protocol_header_size
 
@@ -317,7 +316,7 @@ class Handshake:
             _, size, serializer_id = self._parse_header(data, protocol.MSG_CONNECT, ANSWER_MAX_SIZE, "answer")
         except _Refused as refused:
             raise _Refused("malformed answer to the secret challenge: %s" % refused.text) from None
-        if serializer_id != lite.JSON_SERIALIZER_ID:
+        if serializer_id != wire.JSON_SERIALIZER_ID:
             raise _Refused("malformed answer to the secret challenge: it must be json")
         self._step = self._answer_body
         self.needed = size
@@ -349,14 +348,11 @@ class Handshake:
 
     # framing
     def _parse_header(self, data: bytes, wanted: int, limit: int, what: str) -> Tuple[int, int, int]:
-        tag, version, msgtype, serializer_id, flags, seq, data_size, ann_size, _, _, magic = \
-            lite.HEADER.unpack(data)
-        if tag != b"PYRO":
-            raise _Refused("invalid data")
-        if version != lite.PROTOCOL_VERSION:
-            raise _Refused("invalid protocol version: %d" % version)
-        if magic != lite.MAGIC:
-            raise _Refused("invalid magic number")
+        try:
+            msgtype, serializer_id, flags, seq, data_size, ann_size = wire.parse_header(data)
+        except wire.HeaderError as exc:  # worded as Pyro5's own server words it
+            raise _Refused({"tag": "invalid data", "version": "invalid protocol version: %s" % (exc.value,),
+                            "magic": "invalid magic number"}[exc.field]) from None
         if serializer_id in pyro_serializers.serializers_by_id:
             self._serializer_id = serializer_id  # refusals from here on in the client's own serializer
         self._seq = seq
@@ -373,23 +369,16 @@ class Handshake:
     def _body(self, payload: bytes, limit: int) -> bytes:
         """The data of the message whose header came last: annotations checked and skipped, inflated within C{limit}."""
         flags, data_size, ann_size = self._header
-        offset = 0
-        while offset < ann_size:
-            if ann_size - offset < 8:
-                raise _Refused("malformed annotations")
-            length = int.from_bytes(payload[offset + 4:offset + 8], "big")
-            if length > ann_size - offset - 8:
-                raise _Refused("annotation chunk length exceeds remaining data")
-            offset += 8 + length
+        try:
+            wire.parse_annotations(payload, ann_size)  # checked, and not used
+        except SRPyError as exc:  # wire's ProtocolError
+            raise _Refused(str(exc)) from None
         body = payload[ann_size:]
         if flags & protocol.FLAGS_COMPRESSED:
-            inflater = zlib.decompressobj()
             try:
-                body = inflater.decompress(body, limit + 1)
-            except zlib.error as exc:
-                raise _Refused("corrupt compressed data: %s" % exc) from None
-            if len(body) > limit or not inflater.eof:
-                raise _Refused("compressed message is incomplete or inflates to more than %d bytes" % limit)
+                body = wire.inflate(body, limit)
+            except SRPyError as exc:
+                raise _Refused("a message of %s" % exc) from None
         return body
 
 
@@ -400,8 +389,7 @@ def refusal(text: str, serializer_id: Optional[int] = None, seq: int = 0) -> byt
 
 
 def _message(msgtype: int, serializer_id: int, data: bytes, seq: int) -> bytes:
-    return lite.HEADER.pack(b"PYRO", lite.PROTOCOL_VERSION, msgtype, serializer_id, 0, seq, len(data), 0,
-                            b"\0" * 16, 0, lite.MAGIC) + data
+    return wire.pack_message(msgtype, serializer_id, data, seq)
 
 
 def _serializer(serializer_id: int) -> Any:
@@ -465,12 +453,12 @@ _MARSHAL_ID = 2
 _CONNECT_DECODERS: Dict[int, Callable[[bytes], Any]] = {
     1: _serpent_plain,
     _MARSHAL_ID: _marshal_plain,
-    lite.JSON_SERIALIZER_ID: lambda body: json.loads(body.decode("utf-8")),
+    wire.JSON_SERIALIZER_ID: lambda body: json.loads(body.decode("utf-8")),
     4: _msgpack_plain,
     codec.SERIALIZER_ID: _marshal_plain,  # srpy's format, as plain marshal: no tagged values before the handshake
 }
-protocol_header_size = lite.HEADER.size
-_PREFIX = b"PYRO" + lite.PROTOCOL_VERSION.to_bytes(2, "big")  # how every message srpy accepts starts
+protocol_header_size = wire.HEADER.size
+_PREFIX = wire.pack_header(0, 0, 0)[:6]  # how every message srpy accepts starts: b"PYRO" and the version
 
 
 def _recv_before(sock: Any, size: int, deadline: float) -> bytes:

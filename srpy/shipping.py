@@ -15,7 +15,6 @@ import sysconfig
 import types
 from typing import Any, Dict, List, Optional
 
-from . import lite
 from .errors import SRPyError
 
 
@@ -35,11 +34,25 @@ def module_files(module: Any) -> Dict[str, str]:
     if spec.submodule_search_locations:
         files: Dict[str, str] = {}
         for location in spec.submodule_search_locations:
-            files.update(lite.package_sources(location, top))
+            files.update(package_sources(location, top))
         return files
     if name != top:
         raise ShippingError("%s is not a package, so it has no module %s" % (top, name))
     return {top + ".py": _read_source(spec.origin, name)}
+
+
+def package_sources(location: str, top: str) -> Dict[str, str]:
+    """The .py files under a package folder C{location}, keyed C{top/relative/path.py}."""
+    files: Dict[str, str] = {}
+    for folder, subfolders, names in os.walk(location):
+        subfolders[:] = sorted(d for d in subfolders if d != "__pycache__" and not d.startswith("."))
+        for filename in sorted(names):
+            if filename.endswith(".py"):
+                full = os.path.join(folder, filename)
+                relative = os.path.relpath(full, location).replace(os.sep, "/")
+                with open(full, encoding="utf-8") as handle:
+                    files[top + "/" + relative] = handle.read()
+    return files
 
 
 def _find(name: str) -> Any:
@@ -168,7 +181,7 @@ def imported_names(source: str, path: str = "<source>") -> List[str]:
         tree = ast.parse(source, path)
     except SyntaxError:
         return []
-    names = set()
+    names: set = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names.update(alias.name.partition(".")[0] for alias in node.names)

@@ -34,7 +34,7 @@ def collect(uris: Sequence[str], secret: Optional[str] = None, timeout: float = 
     def ask(index: int) -> None:
         try:
             with PythonEngine(uris[index], secret=secret, connect_timeout=timeout) as engine:
-                results[index] = engine._call("status", timeout=timeout)
+                results[index] = engine.call("status", timeout=timeout)
         except AuthenticationError as exc:
             results[index] = {"uri": uris[index], "down": str(exc), "needs_secret": True}
         except (SRPyError, OSError) as exc:

@@ -12,7 +12,7 @@ import traceback
 from . import functions
 
 #: srpy's own source files: their frames are cut from the tracebacks sent back to callers
-_SRPY_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+SRPY_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 def user_traceback(exc: BaseException) -> str:
@@ -22,7 +22,7 @@ def user_traceback(exc: BaseException) -> str:
     shipped by reference runs from its module file in the sandbox or from an installed package.
     """
     tb = exc.__traceback__
-    while tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(_SRPY_DIR) \
+    while tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(SRPY_DIR) \
             and not tb.tb_frame.f_code.co_filename.startswith(functions.SOURCE_PREFIX):
         tb = tb.tb_next
     if tb is None:

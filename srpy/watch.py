@@ -15,7 +15,6 @@ import ctypes
 import faulthandler
 import logging
 import os
-import struct
 import sys
 import sysconfig
 import threading
@@ -24,8 +23,8 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 from Pyro5.callcontext import current_context
 
-from . import errors, functions, lite
-from .tracebacks import _SRPY_DIR, user_traceback
+from . import errors, functions, wire
+from .tracebacks import SRPY_DIR, user_traceback
 
 log = logging.getLogger("srpy.engine")
 
@@ -39,9 +38,9 @@ BACKSTOP_GRACE = 2.0
 #: the file, in an engine's sandbox, that faulthandler's backstop writes the stacks to
 BACKSTOP_FILE = ".srpy-backstop.txt"
 #: annotation carrying a call's time limit (seconds, as a big-endian double)
-CALL_TIMEOUT = lite.CALL_TIMEOUT
+CALL_TIMEOUT = wire.CALL_TIMEOUT
 #: annotation naming a call so that L{srpy.engine.Engine.abort} can stop it
-CALL_ID = lite.CALL_ID
+CALL_ID = wire.CALL_ID
 #: how many ids of calls aborted before they began an engine remembers
 _EARLY_ABORTS = 256
 
@@ -116,11 +115,8 @@ class CallWatch:
 
     def record(self, name: str, annotations: Any) -> Optional[_Call]:
         """A record for the call about to run, if it has a limit or an id; None if it has neither."""
-        sent = annotations.get(CALL_TIMEOUT) if annotations else None
-        limit = struct.unpack("!d", bytes(sent))[0] if sent and len(sent) == 8 else None
+        limit = wire.parse_call_limit(annotations.get(CALL_TIMEOUT) if annotations else None)
         source = "its time limit"
-        if limit is not None and not limit > 0:  # NaN, zero or negative: no limit of the caller's
-            limit = None
         if self.max_task_time and (limit is None or limit >= self.max_task_time):
             limit, source = self.max_task_time, "the engine's --max-task-time"
         call_id = annotations.get(CALL_ID) if annotations else None
@@ -303,7 +299,7 @@ def user_frame(entries: Sequence[Tuple[str, Any, str]]) -> str:
     else the innermost frame outside srpy; else the innermost frame.
     """
     def own(filename: str) -> bool:
-        return os.path.abspath(filename).startswith(_SRPY_DIR) and not filename.startswith(functions.SOURCE_PREFIX)
+        return os.path.abspath(filename).startswith(SRPY_DIR) and not filename.startswith(functions.SOURCE_PREFIX)
 
     choice = next((e for e in entries if e[0].startswith(functions.SOURCE_PREFIX)
                    or not (own(e[0]) or os.path.abspath(e[0]).startswith(_STDLIB))), None)
@@ -318,9 +314,7 @@ def _reply_now(conn: Any, seq: int, serializer_id: int, exc: BaseException) -> N
     try:
         from Pyro5 import serializers as pyro_serializers
         data = pyro_serializers.serializers_by_id[serializer_id].dumps(exc)
-        ending = struct.pack("!4sI", lite.ENDING.encode("ascii"), 0)  # this process ends right after
-        header = lite.HEADER.pack(b"PYRO", lite.PROTOCOL_VERSION, lite.MSG_RESULT, serializer_id,
-                                  lite.FLAGS_EXCEPTION, seq, len(data), len(ending), b"\0" * 16, 0, lite.MAGIC)
-        conn.send(header + ending + data)
+        ending = {wire.ENDING: b""}  # this process ends right after
+        conn.send(wire.pack_message(wire.MSG_RESULT, serializer_id, data, seq, wire.FLAGS_EXCEPTION, ending))
     except Exception as failure:  # the caller may be gone too; the engine stops either way
         log.warning("could not tell the caller about the runaway call: %s", failure)

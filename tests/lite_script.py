@@ -1,6 +1,6 @@
 # -*- coding: utf-8 -*-
 """
-Exercise srpy's single-file client (srpy/lite.py) against real engines. Runs unchanged under
+Exercise srpy's one-file client (srpy/wire.py and srpy/lite.py, saved as one lite.py) against real engines. Runs unchanged under
 Jython 2.7 and CPython 3 (tests/test_lite.py runs it under both)::
 
     jython tests/lite_script.py --uri URI1 --uri URI2 --secure-uri URI3 --secret S --dead-uri URI4
@@ -8,8 +8,9 @@ Jython 2.7 and CPython 3 (tests/test_lite.py runs it under both)::
 
 Options may also come from the environment: SRPY_LITE_URIS (space separated), SRPY_LITE_SECURE_URI,
 SRPY_LITE_SECRET, SRPY_LITE_DEAD_URI, SRPY_LITE_DOOMED_URI. The doomed engine, if given, is killed
-by the script (to see a call lose its engine). lite.py is loaded as a plain module named lite, the way
-a Jython user copies it, from SRPY_LITE_DIR or else the srpy folder next to this one.
+by the script (to see a call lose its engine). The one-file client is loaded as a plain module named
+lite, the way a Jython user copies it, from the folder SRPY_LITE_DIR names (write it there with
+C{python3 -m srpy.lite --save DIR}; tests/test_lite.py does).
 
 Prints one line per check and last C{N passed, M failed}; exits 1 if any check failed.
 """
@@ -28,8 +29,11 @@ PY2 = sys.version_info[0] == 2
 
 
 def load_lite():
-    """Import lite.py as the plain module C{lite}, from SRPY_LITE_DIR or the srpy folder."""
-    path = os.path.join(os.environ.get("SRPY_LITE_DIR") or os.path.join(os.path.dirname(HERE), "srpy"), "lite.py")
+    """Import the one-file client SRPY_LITE_DIR/lite.py as the plain module C{lite}."""
+    folder = os.environ.get("SRPY_LITE_DIR")
+    if not folder:
+        raise SystemExit("set SRPY_LITE_DIR to a folder holding the one-file client: python3 -m srpy.lite --save DIR")
+    path = os.path.join(folder, "lite.py")
     sys.dont_write_bytecode = True
     if PY2:
         import imp

@@ -290,7 +290,7 @@ def test_a_closed_engine_raises_instead_of_reconnecting(engine_uri, client):
         assert inside.ping() == "pong"
     with pytest.raises(srpy.ConnectionLost, match="was closed"):
         inside.ping()
-    assert not eng._idle and not inside._idle  # nothing reconnected behind the caller's back
+    assert not eng.pool.idle and not inside.pool.idle  # nothing reconnected behind the caller's back
 
 
 def test_a_closed_engine_s_namespace_view_raises_too(engine_uri):

@@ -284,8 +284,8 @@ def test_abort_of_a_call_blocked_in_c_ends_the_engine_and_a_fresh_one_serves(bas
 def test_abort_takes_an_id_of_8_bytes(basic_uri):
     with srpy.PythonEngine(basic_uri) as eng:
         with pytest.raises(ValueError, match="8 bytes"):
-            eng._call("abort", b"short")
-        assert eng._call("abort", "00" * 8) is False, "16 hex digits (what a json client can send)"
+            eng.call("abort", b"short")
+        assert eng.call("abort", "00" * 8) is False, "16 hex digits (what a json client can send)"
         with pytest.raises(ValueError, match="8 bytes"):
             eng.tagged(b"short")
 

@@ -1,6 +1,7 @@
 """
-The single-file client (srpy/lite.py): tests/lite_script.py against real engines under CPython 3
-and under Debian's real Jython 2.7, and the wire framing against impostor servers.
+The one-file client (srpy/wire.py and srpy/lite.py, written as one lite.py by C{python3 -m srpy.lite
+--save DIR}): tests/lite_script.py against real engines under CPython 3 and under Debian's real
+Jython 2.7, and the wire framing against impostor servers.
 """
 
 import json
@@ -46,7 +47,17 @@ def script_engines():
     plain.shutdown()
 
 
-def run_script(command, engines, doomed_uri, timeout):
+@pytest.fixture(scope="module")
+def saved_lite(tmp_path_factory):
+    """The folder holding the one-file client, written the way doc/jython.md tells users to."""
+    folder = tmp_path_factory.mktemp("one-file")
+    done = subprocess.run([sys.executable, "-m", "srpy.lite", "--save", str(folder)], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == str(folder / "lite.py"), done.stdout
+    return folder
+
+
+def run_script(command, engines, doomed_uri, timeout, lite_dir):
     args = []
     for uri in engines["uris"]:
         args += ["--uri", uri]
@@ -54,6 +65,8 @@ def run_script(command, engines, doomed_uri, timeout):
              "--doomed-uri", doomed_uri]
     env = dict(os.environ)
     env.pop("SRPY_SECRET", None)
+    env.pop("PYTHONPATH", None)  # the one file alone, not the srpy package, must do
+    env["SRPY_LITE_DIR"] = str(lite_dir)
     done = subprocess.run(command + [SCRIPT] + args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, timeout=timeout, env=env, cwd=HERE)
     lines = done.stdout.strip().splitlines()
@@ -63,9 +76,9 @@ def run_script(command, engines, doomed_uri, timeout):
     return done.stdout
 
 
-def test_script_under_cpython(script_engines, start_launcher):
+def test_script_under_cpython(script_engines, start_launcher, saved_lite):
     doomed = start_launcher(["-b"]).uris[0]
-    output = run_script([sys.executable], script_engines, doomed, timeout=110)
+    output = run_script([sys.executable], script_engines, doomed, timeout=110, lite_dir=saved_lite)
     assert "transport SocketTransport" in output
 
 
@@ -81,12 +94,50 @@ def jython_command():
 
 
 @pytest.mark.timeout(300)
-def test_script_under_jython(script_engines, start_launcher):
+def test_script_under_jython(script_engines, start_launcher, saved_lite):
     command = jython_command()
     doomed = start_launcher(["-b"]).uris[0]
-    output = run_script(command, script_engines, doomed, timeout=280)
+    output = run_script(command, script_engines, doomed, timeout=280, lite_dir=saved_lite)
     assert "transport JavaSocketTransport" in output, "Jython must use java.net.Socket"
     assert "on java" in output
+
+
+# -- the one file ---------------------------------------------------------------------------------
+
+def test_the_saved_file_is_wire_then_lite_and_stands_alone(saved_lite):
+    text = (saved_lite / "lite.py").read_text(encoding="utf-8")
+    wire_text = open(os.path.join(os.path.dirname(lite.__file__), "wire.py"), encoding="utf-8").read()
+    assert wire_text.rstrip("\n") in text, "wire.py's whole text comes first"
+    assert "from .wire import" not in text and "\n# -- srpy package imports: begin" not in text, "the cut"
+    assert text.index("class Pool(") < text.index("class Engine(") < text.index("class Box(")
+    probe = ("import sys; sys.path.insert(0, sys.argv[1]); import lite; "
+             "assert lite.Engine.__module__ == 'lite' and lite.SRPyError.__module__ == 'lite'; "
+             "assert not [m for m in sys.modules if m.split('.')[0] in ('srpy', 'Pyro5', 'serpent')]; "
+             "print(sorted(set(lite.__all__) - set(dir(lite))), lite.save(sys.argv[2]))")
+    again = saved_lite / "again"
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    done = subprocess.run([sys.executable, "-c", probe, str(saved_lite), str(again)], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=60, env=env, cwd=str(saved_lite))
+    assert done.returncode == 0 and done.stdout.split()[0] == "[]", done.stdout
+    assert (again / "lite.py").read_text(encoding="utf-8") == text, "the one file saves a copy of itself"
+
+
+def test_the_package_module_copied_alone_names_the_save_command(tmp_path):
+    (tmp_path / "lite.py").write_bytes(open(lite.__file__, "rb").read())
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    done = subprocess.run([sys.executable, "-c", "import lite"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, timeout=60, env=env, cwd=str(tmp_path))
+    assert done.returncode == 1
+    assert done.stdout.strip().splitlines()[-1] == (
+        "ImportError: this lite.py is srpy's package module and needs srpy/wire.py: for the one-file client to "
+        "copy, run `python3 -m srpy.lite --save DIR` and copy DIR/lite.py"), done.stdout
+
+
+def test_save_returns_the_path_it_wrote(tmp_path):
+    path = lite.save(str(tmp_path / "new" / "folder"))
+    assert path == str(tmp_path / "new" / "folder" / "lite.py") and os.path.isfile(path)
 
 
 # -- the framing, against impostor servers -------------------------------------------------------

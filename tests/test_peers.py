@@ -91,7 +91,7 @@ def test_messages_both_ways_in_order(group):
         thread.join(120)
     assert results[a.uri] == (True, {b.uri}) and results[b.uri] == (True, {a.uri})
     with peer_object(a) as a_peer, peer_object(b) as b_peer:
-        assert a_peer._call("peer_stats")["mailbox"] == 0 == b_peer._call("peer_stats")["mailbox"]
+        assert a_peer.call("peer_stats")["mailbox"] == 0 == b_peer.call("peer_stats")["mailbox"]
 
 
 def test_full_mailbox_applies_back_pressure(group):
@@ -106,10 +106,10 @@ def test_full_mailbox_applies_back_pressure(group):
     sender = threading.Thread(target=flood)
     sender.start()
     with peer_object(b) as b_peer:
-        wait_until(lambda: b_peer._call("peer_stats")["mailbox"] == 5, what="a full mailbox")
+        wait_until(lambda: b_peer.call("peer_stats")["mailbox"] == 5, what="a full mailbox")
         # 12 messages cannot fit in 5 until the receiver takes some: the sender is held
         assert not done.wait(0.5), "the sender must wait while the receiver's mailbox is full"
-        assert b_peer._call("peer_stats")["mailbox"] == 5
+        assert b_peer.call("peer_stats")["mailbox"] == 5
     assert b.eval("[me.receive('bp', timeout=30)[1] for _ in range(12)]") == list(range(12))
     sender.join(30)
     assert done.is_set()
@@ -167,7 +167,7 @@ def test_killed_peer_work_is_redone(group):
     victim = psutil.Process(b.info["PID"])
     with peer_object(b) as b_peer:
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and b_peer._call("peer_stats")["executed"] < 3:
+        while time.monotonic() < deadline and b_peer.call("peer_stats")["executed"] < 3:
             time.sleep(0.02)
     victim.send_signal(signal.SIGKILL)
     assert wait_gone([victim.pid])
@@ -188,9 +188,9 @@ def test_groups_and_secrets_do_not_mix(start_launcher):
     kept = box.connectPeers()
     assert kept == {blue.uris[0]: [], red.uris[0]: []}
     blue_engine = box[0]
-    assert blue_engine._call("set_peers", secret.uris) == [], "an engine with another secret is no peer"
+    assert blue_engine.call("set_peers", secret.uris) == [], "an engine with another secret is no peer"
     with peer_object(blue_engine) as blue_peer, pytest.raises(PermissionError):
-        blue_peer._call("peer_deliver", red.uris[0], "tag", "intruder")
+        blue_peer.call("peer_deliver", red.uris[0], "tag", "intruder")
     blue_engine.exe(SETUP)
     assert blue_engine.eval("len(me.peers())") == 0
     box.close()
@@ -232,10 +232,10 @@ def test_the_peer_object_is_served_beside_the_engine(group):
     with peer_object(a) as a_peer:
         assert a_peer.ping() == "pong"
         assert a_peer.info["URI"] == a.uri and a_peer.info["Name"] == a.info["Name"]
-        assert sorted(a_peer._call("peer_list")) == sorted(e.uri for e in group if e.uri != a.uri)
-        assert a_peer._call("peer_stats")["peers"] == a_peer._call("peer_list")
+        assert sorted(a_peer.call("peer_list")) == sorted(e.uri for e in group if e.uri != a.uri)
+        assert a_peer.call("peer_stats")["peers"] == a_peer.call("peer_list")
     with pytest.raises(AttributeError, match="peer_stats"):
-        a._call("peer_stats")  # no longer part of the engine object
+        a.call("peer_stats")  # no longer part of the engine object
 
 
 def test_peer_threads_stay_bounded_while_take_match_waits(group):
@@ -286,7 +286,7 @@ def test_a_flood_of_hints_is_handled_by_one_thief(group):
     try:
         with peer_object(b) as b_peer:
             for _ in range(200):  # b is idle: it goes to take work from a at each hint
-                assert b_peer._call("peer_hint", a.uri) is True
+                assert b_peer.call("peer_hint", a.uri) is True
             peak = process.num_threads()
             assert peak <= before + 3, "threads grew from %d to %d under a flood of hints" % (before, peak)
     finally:

@@ -408,7 +408,7 @@ def test_user_code_reading_stdin_does_not_hang_the_engine(start_launcher):
     launcher = start_launcher(["-n", "1"], count=1)
     with srpy.PythonEngine(launcher.uris[0]) as eng:
         with pytest.raises(EOFError):
-            eng._invoke("exe", ("input()", {}), timeout=15)  # a hang fails the test, not the session
+            eng.call("exe", "input()", {}, timeout=15)  # a hang fails the test, not the session
         with pytest.raises(EOFError):
             eng.exe("import sys; sys.stdin.readline() or (_ for _ in ()).throw(EOFError)")
         assert eng.ping() == "pong"
