@@ -557,7 +557,5 @@ class SrpySerializer(_pyro_serializers.SerializerBase):
 
 def register() -> None:
     """Make Pyro5 (client and daemon side) understand srpy's format. Idempotent."""
-    if SERIALIZER_ID not in _pyro_serializers.serializers_by_id:
-        serializer = SrpySerializer()
-        _pyro_serializers.serializers[SERIALIZER_NAME] = serializer
-        _pyro_serializers.serializers_by_id[SERIALIZER_ID] = serializer
+    from . import _pyro5  # the engine side only: it loads Pyro5's server
+    _pyro5.register_serializer(SrpySerializer(), SERIALIZER_NAME)

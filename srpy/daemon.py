@@ -12,19 +12,19 @@ flags, unknown objects) is handed to Pyro5's own C{handleRequest}, after the sam
 message, whatever its serializer or flags, is held to the same size limit, raw trailing bytes to
 the same limit, marshal to L{srpy.codec.check_marshal}, inflation to the size limit; Pyro5's
 keep-serialized blob arguments (which it would read with a plain C{marshal.loads}) are refused.
+What this takes of Pyro5's internals (its registry, its message class, its own handleRequest) it
+takes through L{srpy._pyro5}, which says why and checks each against the installed Pyro5.
 """
 
 import socket
-from typing import Any, Dict, List, Optional, Set
+from typing import Any, Dict, List, Set
 
 from Pyro5 import config as pyro_config
 from Pyro5 import errors as pyro_errors
 from Pyro5 import protocol as pyro_protocol
-from Pyro5 import serializers as pyro_serializers
-from Pyro5 import server as pyro_server
 from Pyro5.callcontext import current_context
 
-from . import codec, errors, listener, logbuffer, wire
+from . import _pyro5, codec, errors, listener, logbuffer, wire
 from .security import HANDSHAKE_MAX_SIZE, SecureDaemon, note_bad_input, note_too_large
 
 _WAITALL = getattr(socket, "MSG_WAITALL", 0)
@@ -42,7 +42,11 @@ class EngineDaemon(SecureDaemon):
         with listener.serving_daemons():  # accept and handshake without blocking (srpy.listener)
             super().__init__(*args, **kwargs)
         self._exposed: Dict[str, Set[str]] = {}
-        _guard_pyro()
+        _pyro5.check_once()
+        # this process's Pyro5 reads marshal only after codec's check, and every message within
+        # srpy's limits (an engine process serves one engine daemon)
+        _pyro5.guard_marshal(codec.check_marshal)
+        _pyro5.guard_messages(HANDSHAKE_MAX_SIZE)
 
     def handleRequest(self, conn: Any) -> None:
         """
@@ -85,15 +89,15 @@ class EngineDaemon(SecureDaemon):
             self._serve(conn, seq, payload, ann_size, annotations)
             return
         # every other message passes the same checks (above, and here), then Pyro5's own handling
-        if serializer_id not in pyro_serializers.serializers_by_id and msgtype != pyro_protocol.MSG_PING:
+        if _pyro5.serializer(serializer_id) is None and msgtype != pyro_protocol.MSG_PING:
             raise pyro_errors.ProtocolError("unknown serializer id %d" % serializer_id)
         if msgtype == _INVOKE and flags & pyro_protocol.FLAGS_KEEPSERIALIZED:
             # Pyro5 would read the BLBI annotation with a plain marshal.loads and pass a blob that no
             # engine method takes: refused, as a reply to this call
             exc = pyro_errors.ProtocolError("srpy engines take no Pyro5 SerializedBlob arguments (flag 0x20)")
-            self._sendExceptionResponse(conn, seq, serializer_id, exc, None)
+            _pyro5.send_exception(self, conn, seq, serializer_id, exc)
             return
-        super().handleRequest(_Replay(conn, header, payload))
+        _pyro5.handle_as_pyro5(self, _Replay(conn, header, payload))
 
     def _refuse_too_large(self, conn: Any, serializer_id: int, flags: int, seq: int, size: int, what: str) -> None:
         """
@@ -109,39 +113,34 @@ class EngineDaemon(SecureDaemon):
         note_too_large(conn, text)
         if flags & wire.FLAGS_ONEWAY:
             return
+        theirs = _pyro5.serializer(serializer_id)
         if serializer_id == codec.SERIALIZER_ID:
             data = _exception_reply(errors.MessageTooLargeError(text))
-        elif serializer_id in pyro_serializers.serializers_by_id:  # a type Pyro5's own clients rebuild
-            data = pyro_serializers.serializers_by_id[serializer_id].dumps(pyro_errors.MessageTooLargeError(text))
+        elif theirs is not None:  # a type Pyro5's own clients rebuild
+            data = theirs.dumps(pyro_errors.MessageTooLargeError(text))
         else:
             raise pyro_errors.ProtocolError(text)
         conn.send(wire.pack_message(wire.MSG_RESULT, serializer_id, data, seq, wire.FLAGS_EXCEPTION))
 
     def _serve(self, conn: Any, seq: int, payload: bytes, ann_size: int, annotations: Dict[str, Any]) -> None:
-        current_context.client = conn
-        current_context.seq = seq
-        current_context.msg_flags = 0
-        current_context.serializer_id = codec.SERIALIZER_ID
-        current_context.correlation_id = None
-        current_context.response_annotations = {}
+        _pyro5.enter_call(conn, seq, codec.SERIALIZER_ID, annotations)
         try:
-            current_context.annotations = annotations
             obj_id, method, vargs, kwargs = codec.loads_untrusted(payload[ann_size:] if ann_size else payload)
             result = self._target(obj_id, method)(*vargs, **kwargs)
             data, flags = codec.dumps(result), 0
         except Exception as exc:  # the call's failure is its reply, as in Pyro5
-            exc._pyroTraceback = pyro_errors.format_traceback(detailed=pyro_config.DETAILED_TRACEBACK)
+            _pyro5.attach_traceback(exc)
             data, flags = _exception_reply(exc), wire.FLAGS_EXCEPTION
         annotations = current_context.response_annotations
         conn.send(wire.pack_message(wire.MSG_RESULT, codec.SERIALIZER_ID, data, seq, flags, annotations))
 
     def _target(self, obj_id: str, method: str) -> Any:
-        obj = self.objectsById.get(obj_id)
+        obj = _pyro5.registered_object(self, obj_id)
         if obj is None:
             raise pyro_errors.DaemonError("unknown object")
         exposed = self._exposed.get(obj_id)
         if exposed is None:
-            exposed = self._exposed[obj_id] = set(pyro_server._get_exposed_members(obj)["methods"])
+            exposed = self._exposed[obj_id] = _pyro5.exposed_methods(obj)
         if method not in exposed:
             raise AttributeError("attempt to access unexposed or unknown method: %s" % method)
         return getattr(obj, method)
@@ -206,86 +205,8 @@ def _exception_reply(exc: BaseException) -> bytes:
     except (TypeError, ValueError) as failure:
         substitute = pyro_errors.PyroError("error serializing exception: %s. Original exception: %s: %s"
                                            % (failure, type(exc), exc))
-        substitute._pyroTraceback = getattr(exc, "_pyroTraceback", None)
+        _pyro5.copy_traceback(exc, substitute)
         return codec.dumps(substitute)
-
-
-class _CheckedMarshal(pyro_serializers.MarshalSerializer):
-    """Pyro5's marshal serializer, with the check of L{codec.check_marshal} on what it reads."""
-
-    def loadsCall(self, data: Any) -> Any:
-        data = self._convertToBytes(data)
-        codec.check_marshal(data)
-        return super().loadsCall(data)
-
-    def loads(self, data: Any) -> Any:
-        data = self._convertToBytes(data)
-        codec.check_marshal(data)
-        return super().loads(data)
-
-    def recreate_classes(self, literal: Any) -> Any:
-        """
-        Pyro5's walk over what marshal read, done once for each shared item: marshal shares
-        repeated items, and a few hundred bytes of tuples that each hold the previous one twice
-        would otherwise take 2**n steps.
-        """
-        done: Dict[int, Any] = {}
-
-        def walk(value: Any) -> Any:
-            kind = type(value)
-            if kind is not dict and kind is not list and kind is not tuple and kind is not set:
-                return value
-            key = id(value)
-            if key not in done:
-                if kind is dict:
-                    done[key] = (self.dict_to_class(value) if "__class__" in value
-                                 else {k: walk(v) for k, v in value.items()})
-                else:
-                    done[key] = kind(walk(v) for v in value)
-            return done[key]
-
-        return walk(literal)
-
-
-class _GuardedMessage(pyro_protocol.ReceivingMessage):
-    """
-    Pyro5's received message, with two limits Pyro5 lacks: a connect message holds at most
-    L{HANDSHAKE_MAX_SIZE} bytes (so a client that has not passed the handshake cannot make the
-    engine hold more), and a compressed message inflates to at most Pyro5's C{MAX_MESSAGE_SIZE}
-    (Pyro5 inflates it whole: a megabyte of compressed zeros would take a gigabyte).
-    """
-
-    def __init__(self, header: bytes, payload: Optional[bytes] = None) -> None:
-        super().__init__(header)
-        size = self.data_size + self.annotations_size
-        if self.type == pyro_protocol.MSG_CONNECT and size > HANDSHAKE_MAX_SIZE:
-            raise pyro_errors.ProtocolError("connect message too large (%d, max=%d)" % (size, HANDSHAKE_MAX_SIZE))
-        if payload is not None:
-            self.add_payload(payload)
-
-    def add_payload(self, payload: Any) -> None:
-        ann_size = self.annotations_size
-        if self.flags & pyro_protocol.FLAGS_COMPRESSED and len(payload) == self.data_size + ann_size:
-            limit = HANDSHAKE_MAX_SIZE if self.type == pyro_protocol.MSG_CONNECT else pyro_config.MAX_MESSAGE_SIZE
-            try:
-                data = wire.inflate(bytes(payload[ann_size:]), max(0, limit - ann_size))
-            except errors.ProtocolError as exc:
-                raise pyro_errors.ProtocolError("the client sent %s" % exc) from None
-            payload = bytes(payload[:ann_size]) + data
-            self.flags &= ~pyro_protocol.FLAGS_COMPRESSED
-            self.data_size = len(data)
-        super().add_payload(payload)
-
-
-def _guard_pyro() -> None:
-    """
-    Make this process's Pyro5 read marshal (serializer id 2) only through L{_CheckedMarshal}, and
-    messages only through L{_GuardedMessage} (an engine process serves one engine daemon).
-    """
-    if not isinstance(pyro_serializers.serializers_by_id.get(2), _CheckedMarshal):
-        checked = _CheckedMarshal()
-        pyro_serializers.serializers["marshal"] = pyro_serializers.serializers_by_id[2] = checked
-    pyro_protocol.ReceivingMessage = _GuardedMessage  # type: ignore[misc]
 
 
 class _Replay:

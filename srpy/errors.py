@@ -144,3 +144,10 @@ class CallInterrupted(BaseException):
     srpy turns it into L{TaskTimeout} or L{TaskAborted} at the call's boundary. Never raised on
     the client.
     """
+
+
+class IncompatiblePyro5Error(SRPyError):
+    """
+    The installed Pyro5 changed one of the internals srpy relies on (C{srpy._pyro5}'s table); the
+    message names each one and how it changed, and the Pyro5 versions srpy was checked against.
+    """

@@ -34,14 +34,13 @@ import socket
 import ssl
 import threading
 import time
-from typing import Any, Callable, Deque, Dict, Iterator, List, Optional
+from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Set
 
 from Pyro5 import config as pyro_config
 from Pyro5 import errors as pyro_errors
 from Pyro5 import socketutil
-from Pyro5 import svr_threads
 
-from . import security, wire
+from . import _pyro5, security, wire
 from .security import Handshake, note_bad_input, refusal
 
 log = logging.getLogger("srpy.listener")
@@ -90,6 +89,9 @@ class GuardedServer:
     text. Safe to shut down from any thread.
     """
 
+    #: a daemon served here runs srpy's handshake (L{srpy.security.Handshake}), not Pyro5's
+    runs_srpy_handshake = True
+
     def __init__(self) -> None:
         self.daemon: Any = None
         self.sock: Optional[socket.socket] = None
@@ -105,7 +107,8 @@ class GuardedServer:
         self._waker, self._wake_end = socket.socketpair()
         self._workers: Optional[_Workers] = None
         self._next_sweep = 0.0
-        self._peek_later: set = set()  # TLS-port clients that sent part of "PYRO": looked at again by the sweep
+        # TLS-port clients that sent part of "PYRO": looked at again by the sweep
+        self._peek_later: Set[_Pending] = set()
         self._next_housekeeping = 0.0
         self._accept_paused_until = 0.0
         self._closed = False
@@ -257,7 +260,7 @@ class GuardedServer:
             if now >= self._next_housekeeping:
                 self._next_housekeeping = now + 5.0
                 try:
-                    self.daemon._housekeeping()
+                    _pyro5.housekeeping(self.daemon)
                 except Exception as exc:  # a daemon's own housekeeping hook: logged, serving goes on
                     log.warning("housekeeping failed: %s", exc)
         return True
@@ -281,7 +284,8 @@ class GuardedServer:
 
     def _pause_accepting(self) -> None:
         with contextlib.suppress(KeyError, ValueError):
-            self._selector.unregister(self.sock)
+            if self.sock is not None:
+                self._selector.unregister(self.sock)
         self._accept_paused_until = time.monotonic() + 0.1
 
     def _admit(self, csock: socket.socket, caddr: Any) -> None:
@@ -296,7 +300,7 @@ class GuardedServer:
         if csock.family in (socket.AF_INET, socket.AF_INET6):
             with contextlib.suppress(OSError):
                 csock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1 if pyro_config.SOCK_NODELAY else 0)
-        conn = socketutil.SocketConnection(csock)
+        conn = _pyro5.connection(csock)
         pending = _Pending(conn, peer, self._tls is not None)
         if self._tls is None:
             pending.handshake = Handshake(self.daemon, conn, "%s" % peer)
@@ -339,7 +343,8 @@ class GuardedServer:
         if self._accept_paused_until and now >= self._accept_paused_until:
             self._accept_paused_until = 0.0
             with contextlib.suppress(KeyError, ValueError, OSError):
-                self._selector.register(self.sock, selectors.EVENT_READ, _ACCEPT)
+                if self.sock is not None:
+                    self._selector.register(self.sock, selectors.EVENT_READ, _ACCEPT)
 
     # -- one pending handshake --------------------------------------------------------------------------
 
@@ -499,7 +504,7 @@ class GuardedServer:
                 if not (tls and conn.sock.pending()) and not poller.poll(wait_ms):
                     self._park(conn)
                     return
-                self.daemon.handleRequest(conn)
+                _pyro5.serve_message(self.daemon, conn)
         except _GONE:
             pass  # the client went away, or (srpy's daemon) sent what ends its connection: logged there
         except pyro_errors.TimeoutError as exc:
@@ -523,7 +528,7 @@ class GuardedServer:
 
     def _disconnect(self, conn: Any) -> None:
         try:
-            self.daemon._clientDisconnect(conn)
+            _pyro5.client_gone(self.daemon, conn)
         except Exception as exc:  # a daemon's own hook: logged, the connection closes anyway
             log.warning("error in clientDisconnect: %s", exc)
         conn.close()
@@ -593,7 +598,7 @@ class _Workers:
         return "%d workers (%d idle), %d connections waiting" % (self._threads, self._idle, len(self._queue))
 
 
-_install_lock = threading.Lock()
+#: the TLS context of the daemon being created (set within L{serving_daemons} only)
 _tls_override: Optional[ssl.SSLContext] = None
 
 
@@ -601,21 +606,15 @@ _tls_override: Optional[ssl.SSLContext] = None
 def serving_daemons(tls: Optional[ssl.SSLContext] = None) -> Iterator[None]:
     """
     Within this block, a Pyro5 daemon being created serves through L{GuardedServer}, with TLS
-    from C{tls} if given (else from Pyro5's SSL settings, as Pyro5's own server). (Pyro5 picks its
-    transport server class by name inside C{Daemon.__init__} and takes no other: this puts
-    L{GuardedServer} under that name for the moment, with Pyro5's thread server type.)
+    from C{tls} if given (else from Pyro5's SSL settings, as Pyro5's own server)
+    (L{srpy._pyro5.daemons_served_by}: one thread at a time).
     """
     global _tls_override
-    with _install_lock:
-        saved, saved_type = svr_threads.SocketServer_Threadpool, pyro_config.SERVERTYPE
-        svr_threads.SocketServer_Threadpool = GuardedServer  # type: ignore[misc]
-        pyro_config.SERVERTYPE = "thread"
+    with _pyro5.daemons_served_by(GuardedServer):
         _tls_override = tls
         try:
             yield
         finally:
-            svr_threads.SocketServer_Threadpool = saved  # type: ignore[misc]
-            pyro_config.SERVERTYPE = saved_type
             _tls_override = None
 
 

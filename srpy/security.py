@@ -25,13 +25,11 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from Pyro5 import core
 from Pyro5 import errors as pyro_errors
 from Pyro5 import protocol
-from Pyro5 import serializers as pyro_serializers
 from Pyro5.server import Daemon
 
-from . import codec, wire
+from . import _pyro5, codec, wire
 from .errors import SRPyError
 
 log = logging.getLogger("srpy.security")
@@ -135,7 +133,11 @@ class SecureDaemon(Daemon):
     """
     A Pyro5 daemon whose connect handshake is srpy's L{Handshake}: strictly decoded, within
     L{HANDSHAKE_TIMEOUT} for the whole of it, and, given a secret, passed only by clients that
-    prove they know it.
+    prove they know it. It is created within L{srpy.listener.serving_daemons}, whose server runs
+    that handshake: created elsewhere it refuses to exist, since Pyro5's own server would run
+    Pyro5's handshake, which knows no secret.
+
+    @raise SRPyError: created outside L{srpy.listener.serving_daemons}.
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, secret: Optional[str] = None,
@@ -145,39 +147,10 @@ class SecureDaemon(Daemon):
         if BAD_INPUT_LIMIT not in protocol_log.filters:
             protocol_log.addFilter(BAD_INPUT_LIMIT)
         super().__init__(host=host, port=port, **kwargs)
-
-    def _handshake(self, conn: Any, denied_reason: Optional[str] = None) -> bool:
-        """
-        Pyro5's entry point for a connect handshake, on a blocking connection: L{Handshake}, with a
-        deadline for the whole of it (not for each read). A client refused for C{denied_reason} is
-        told so at once, without reading what it sent.
-        """
-        if denied_reason:
-            try:
-                conn.sock.settimeout(0)
-                conn.sock.send(refusal(denied_reason))
-            except OSError:
-                pass
-            return False
-        handshake = Handshake(self, conn, _peer(conn))
-        deadline = time.monotonic() + HANDSHAKE_TIMEOUT
-        try:
-            while True:
-                out = handshake.take_output()
-                if out:
-                    conn.sock.settimeout(max(0.001, deadline - time.monotonic()))
-                    conn.sock.sendall(out)
-                if not handshake.needed:
-                    return bool(handshake.accepted)
-                handshake.feed(_recv_before(conn.sock, handshake.needed, deadline))
-        except (OSError, pyro_errors.ConnectionClosedError, pyro_errors.TimeoutError) as exc:
-            note_bad_input(conn, exc, "handshake")
-            return False
-        finally:
-            try:
-                conn.sock.settimeout(None)
-            except OSError:
-                pass
+        if not getattr(self.transportServer, "runs_srpy_handshake", False):
+            self.close()
+            raise SRPyError("a SecureDaemon serves only through srpy.listener.serving_daemons(): Pyro5's own "
+                            "server would run Pyro5's handshake, without srpy's secret check")
 
     def secret_challenge(self, handshake: Any) -> Optional["SecretChallenge"]:
         """
@@ -335,7 +308,7 @@ class Handshake:
     def _finish(self) -> None:
         request = self._request
         response = self.daemon.validateHandshake(self.conn, request["handshake"])
-        meta = self.daemon.objectsById[core.DAEMON_NAME].get_metadata(request["object"])
+        meta = _pyro5.object_metadata(self.daemon, request["object"])
         data = _serializer(self._serializer_id).dumps({"handshake": response, "meta": meta})
         self._out.append(_message(protocol.MSG_CONNECTOK, self._serializer_id, data, self._seq))
         self.accepted = True
@@ -353,7 +326,7 @@ class Handshake:
         except wire.HeaderError as exc:  # worded as Pyro5's own server words it
             raise _Refused({"tag": "invalid data", "version": "invalid protocol version: %s" % (exc.value,),
                             "magic": "invalid magic number"}[exc.field]) from None
-        if serializer_id in pyro_serializers.serializers_by_id:
+        if _pyro5.serializer(serializer_id) is not None:
             self._serializer_id = serializer_id  # refusals from here on in the client's own serializer
         self._seq = seq
         if msgtype != wanted:
@@ -384,7 +357,7 @@ class Handshake:
 
 def refusal(text: str, serializer_id: Optional[int] = None, seq: int = 0) -> bytes:
     """A Pyro5 CONNECTFAIL message saying C{text}, in the given serializer if known (else marshal, as Pyro5's)."""
-    sid = serializer_id if serializer_id in pyro_serializers.serializers_by_id else _MARSHAL_ID
+    sid = serializer_id if serializer_id is not None and _pyro5.serializer(serializer_id) is not None else _MARSHAL_ID
     return _message(protocol.MSG_CONNECTFAIL, sid, _serializer(sid).dumps(text), seq)
 
 
@@ -393,13 +366,13 @@ def _message(msgtype: int, serializer_id: int, data: bytes, seq: int) -> bytes:
 
 
 def _serializer(serializer_id: int) -> Any:
-    return pyro_serializers.serializers_by_id.get(serializer_id) or pyro_serializers.serializers_by_id[_MARSHAL_ID]
+    return _pyro5.serializer(serializer_id) or _pyro5.serializer(_MARSHAL_ID)
 
 
 def _decode_connect(serializer_id: int, body: bytes) -> Dict[str, Any]:
     """The connect request, read with the plainest decoder for its serializer, or L{_Refused}."""
     decoder = _CONNECT_DECODERS.get(serializer_id)
-    if decoder is None or serializer_id not in pyro_serializers.serializers_by_id:
+    if decoder is None or _pyro5.serializer(serializer_id) is None:
         raise _Refused("unknown serializer id %d" % serializer_id)
     try:
         request = decoder(body)
@@ -459,25 +432,6 @@ _CONNECT_DECODERS: Dict[int, Callable[[bytes], Any]] = {
 }
 protocol_header_size = wire.HEADER.size
 _PREFIX = wire.pack_header(0, 0, 0)[:6]  # how every message srpy accepts starts: b"PYRO" and the version
-
-
-def _recv_before(sock: Any, size: int, deadline: float) -> bytes:
-    """Exactly C{size} bytes from C{sock}, all of them before C{deadline} (time.monotonic())."""
-    chunks, got = [], 0
-    while got < size:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise pyro_errors.TimeoutError("the handshake took longer than %s s" % HANDSHAKE_TIMEOUT)
-        sock.settimeout(remaining)
-        try:
-            chunk = sock.recv(min(size - got, 65536))
-        except socket.timeout:
-            continue  # the deadline check above ends it
-        if not chunk:
-            raise pyro_errors.ConnectionClosedError("the client went away during the handshake")
-        chunks.append(chunk)
-        got += len(chunk)
-    return b"".join(chunks)
 
 
 def _clip(text: str, limit: int = 120) -> str:

@@ -174,7 +174,7 @@ class CallWatch:
     def stopped(self, call: _Call, exc: Optional[BaseException]) -> errors.SRPyError:
         """The error a stopped call ends with, its traceback showing where the code was stopped."""
         early = call.reason == "abort" and call.stopped_at == call.started
-        failure = self._error(call, "refused it (it was aborted before it began)" if early
+        failure: Any = self._error(call, "refused it (it was aborted before it began)" if early
                               else "stopped it by interrupting its code (the namespace is kept)")
         if exc is not None:
             failure.srpy_traceback = user_traceback(exc).replace(
@@ -260,9 +260,9 @@ class CallWatch:
         where = _innermost_user_frame(sys._current_frames().get(call.thread))
         log.warning("call %s() did not stop when interrupted (at %s); the engine process ends (exit %d) so "
                      "that a fresh one serves at %s", call.name, where, EXIT_RUNAWAY, self.engine.uri)
-        failure = self._error(call, "ended its process to stop it (the code did not stop when interrupted: a long "
-                                    "call into C, such as time.sleep, or code catching BaseException); a fresh "
-                                    "engine serves at the same URI, with an empty namespace")
+        failure: Any = self._error(call, "ended its process to stop it (the code did not stop when interrupted: a "
+                                         "long call into C, such as time.sleep, or code catching BaseException); a "
+                                         "fresh engine serves at the same URI, with an empty namespace")
         failure.srpy_traceback = "Stopped at (most recent call last):\n  %s\n" % where
         try:  # first: no client may connect to this process now that it is going away
             self.engine.stop_listening()
@@ -312,8 +312,9 @@ def user_frame(entries: Sequence[Tuple[str, Any, str]]) -> str:
 def _reply_now(conn: Any, seq: int, serializer_id: int, exc: BaseException) -> None:
     """Send C{exc} as the reply to call C{seq} on C{conn} (the call itself is stuck)."""
     try:
-        from Pyro5 import serializers as pyro_serializers
-        data = pyro_serializers.serializers_by_id[serializer_id].dumps(exc)
+        from . import _pyro5
+        # (an unknown serializer id raises here: the caller hears nothing, as it would not understand)
+        data = _pyro5.serializer(serializer_id).dumps(exc)  # type: ignore[union-attr]
         ending = {wire.ENDING: b""}  # this process ends right after
         conn.send(wire.pack_message(wire.MSG_RESULT, serializer_id, data, seq, wire.FLAGS_EXCEPTION, ending))
     except Exception as failure:  # the caller may be gone too; the engine stops either way

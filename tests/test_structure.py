@@ -1,15 +1,17 @@
 """
 The shape of the package, checked like behaviour: no import cycles among srpy's modules (lazy,
-function-level imports included), the frame format packed and parsed in srpy/wire.py only, no
-server module that imports the clients, and a client module that loads nothing beyond the
-standard library.
+function-level imports included), the frame format packed and parsed in srpy/wire.py only, Pyro5's
+internals touched in srpy/_pyro5.py only, no server module that imports the clients, and a client
+module that loads nothing beyond the standard library.
 """
 
 import ast
+import io
 import os
 import re
 import subprocess
 import sys
+import tokenize
 
 import pytest
 
@@ -21,6 +23,50 @@ SERVER_MODULES = {"engine", "daemon", "security", "listener", "launcher", "cli",
 #: what only srpy/wire.py may hold: packing or parsing a Pyro5 header or an annotation chunk
 FRAMING = re.compile(r"""HEADER\.pack|HEADER\.unpack|CHUNK\.pack|CHUNK\.unpack|struct\.(?:pack|unpack)(?:_from)?\(\s*["']!4sI"""
                      r"""|b["']PYRO["']|["']!4sHBBHHII16sHH["']""")
+
+
+#: what only srpy/_pyro5.py may touch: Pyro5's internals (its module text's table), in code (not in
+#: strings or comments): the names, writing the fields of Pyro5's call context, the serializer table
+PYRO5_INTERNALS = re.compile(
+    r"\b(?:serializers_by_id|SerializerBase|MarshalSerializer|_convertToBytes|recreate_classes|dict_to_class"
+    r"|ReceivingMessage|recv_stub|add_payload|svr_threads|SocketServer_Threadpool|SocketConnection|handleRequest"
+    r"|_housekeeping|_clientDisconnect|_handshake|_sendExceptionResponse|objectsById|get_metadata"
+    r"|_get_exposed_members|_pyroTraceback)\b"
+    r"|serializers \. serializers\b"
+    r"|\bcurrent_context \. (?:client|client_sock_addr|seq|msg_flags|serializer_id|annotations|correlation_id)"
+    r" =(?!=)")
+#: the exceptions, each with its reason: {module: the internal names it may use}
+PYRO5_ALLOWED = {
+    # EngineDaemon overrides the hook a transport server calls (srpy._pyro5.serve_message), and
+    # hands what it does not serve itself to Pyro5's own (srpy._pyro5.handle_as_pyro5)
+    "daemon": {"handleRequest"},
+    # srpy's serializer class is a Pyro5 serializer (codec's redesign may move it; _pyro5.check()
+    # verifies the base's shape meanwhile)
+    "codec": {"SerializerBase", "_convertToBytes"},
+    # wire's client side: its own handshake method, not Pyro5's
+    "wire": {"_handshake"},
+}
+
+
+def code_lines(path):
+    """{line: that line's code as its tokens joined by spaces, strings and comments left out}."""
+    with open(path, encoding="utf-8") as handle:
+        text = handle.read()
+    lines = {}
+    for token in tokenize.generate_tokens(io.StringIO(text).readline):
+        if token.type in (tokenize.NAME, tokenize.OP, tokenize.NUMBER):
+            lines.setdefault(token.start[0], []).append(token.string)
+    return {number: " ".join(tokens) for number, tokens in lines.items()}
+
+
+def pyro5_internals_used(path, name):
+    """["path:line: code"] where module C{name} touches a Pyro5 internal it is not allowed."""
+    allowed = PYRO5_ALLOWED.get(name, set())
+    found = []
+    for number, code in sorted(code_lines(path).items()):
+        if any(match.group(0) not in allowed for match in PYRO5_INTERNALS.finditer(code)):
+            found.append("%s:%d: %s" % (os.path.relpath(path, ROOT), number, code))
+    return found
 
 
 def modules():
@@ -159,6 +205,35 @@ def test_the_framing_check_would_catch_a_header_packed_elsewhere():
                  "struct.pack('!4sI', key, len(value))", 'fields = HEADER.unpack(data)', 'if tag != b"PYRO":'):
         assert FRAMING.search(line), line
     assert not FRAMING.search("wire.pack_header(wire.MSG_RESULT, 83, len(data), seq)")
+
+
+def test_only_the_pyro5_module_touches_pyro5_internals():
+    offenders = []
+    for name, path in modules().items():
+        if name != "_pyro5":
+            offenders += pyro5_internals_used(path, name)
+    assert not offenders, "Pyro5 internals touched outside srpy/_pyro5.py:\n" + "\n".join(offenders)
+
+
+def test_the_pyro5_internals_check_would_catch_an_internal_used_elsewhere(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text('''"""A docstring may name svr_threads.SocketServer_Threadpool and objectsById."""
+import socket  # a comment may name _get_exposed_members
+from Pyro5 import svr_threads
+data = pyro_serializers.serializers_by_id[serializer_id].dumps(exc)
+pyro_serializers.serializers["srpy"] = serializer
+meta = daemon.objectsById[core.DAEMON_NAME].get_metadata(name)
+current_context.seq = seq
+exc._pyroTraceback = text
+if current_context.seq == seq: pass
+text = "exposed: %s" % _pyro5.exposed_methods(obj)
+''', encoding="utf-8")
+    found = [line.split(":")[1] for line in pyro5_internals_used(str(sample), "sample")]
+    assert found == ["3", "4", "5", "6", "7", "8"], found
+    # an exception holds for its own module only: daemon's override is found under another name
+    elsewhere = pyro5_internals_used(os.path.join(PACKAGE, "daemon.py"), "not-daemon")
+    assert any("def handleRequest" in line for line in elsewhere), elsewhere
+    assert not pyro5_internals_used(os.path.join(PACKAGE, "daemon.py"), "daemon")
 
 
 def test_no_server_module_imports_a_client_module():
