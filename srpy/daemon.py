@@ -130,7 +130,7 @@ class EngineDaemon(SecureDaemon):
         current_context.response_annotations = {}
         try:
             current_context.annotations = annotations
-            obj_id, method, vargs, kwargs = codec.loads_untrusted(payload[ann_size:] if ann_size else payload)
+            obj_id, method, vargs, kwargs = codec.loads(payload[ann_size:] if ann_size else payload)
             result = self._target(obj_id, method)(*vargs, **kwargs)
             data, flags = codec.dumps(result), 0
         except Exception as exc:  # the call's failure is its reply, as in Pyro5
