@@ -384,3 +384,15 @@ def test_the_old_name_of_loads_is_loads():
     assert codec.loads_untrusted is codec.loads
     value = [(i, "x") for i in range(100)]
     assert codec.loads(codec.dumps(value)) == value
+
+
+def test_the_wire_format_is_what_older_peers_read():
+    """srpy writes marshal version 2, plain where it can, else the tagged form, as it always did (serializer 83)."""
+    call = ("srpy.engine", "eval", ("1+1",), {"a": [1, 2.5, b"x"]})
+    assert codec.dumps(call) == marshal.dumps(call, 2) and codec.SERIALIZER_ID == 83
+    value = [datetime.date(2009, 5, 1), bytearray(b"ab"), {1, 2}]
+    assert codec.dumps(value) == marshal.dumps((codec._MARK, [(codec._TAG, "date", "2009-05-01"),
+                                                              (codec._TAG, "bytearray", b"ab"),
+                                                              (codec._TAG, "set", (1, 2))]), 2)
+    assert codec.dumps(datetime.datetime(2020, 1, 2, 3, 4)) == marshal.dumps(
+        (codec._MARK, (codec._TAG, "datetime", "2020-01-02T03:04:00")), 2)
