@@ -5,14 +5,27 @@ Why marshal: measured on this kind of machine it is the fastest of Pyro5's seria
 only one that keeps C{bytes}, C{tuple}, C{set}, C{frozenset} and C{complex} as they are. Nothing is
 ever unpickled. Types marshal does not know but that have an exact textual form (C{datetime},
 C{date}, C{time}, C{timedelta}, C{Decimal}, C{UUID}, C{array}, C{bytearray}, exceptions) travel as
-tagged tuples (marshal itself would turn every buffer into plain C{bytes});
-subclasses of tuple, list, dict, int, float and str (named tuples, enums) travel as their base type,
-as with Pyro5's serpent. Anything else is refused with a L{SerializationError} naming its type.
+tagged tuples (marshal itself would turn every buffer into plain C{bytes}; an aware C{datetime} or
+C{time} arrives with a fixed-offset C{datetime.timezone} for its offset);
+subclasses of tuple, list, dict, int, float, complex, str and bytes (named tuples, enums) travel as
+their base type, as with Pyro5's serpent. Anything else is refused with a L{SerializationError}
+naming its type.
 
-The common case costs one C{marshal.dumps} after a type check of the containers' items (at C speed
-for containers of plain values): values are only walked when they hold something marshal would
-refuse or change, and on the receiving side only when the sender marked the message as holding
-tagged values.
+The contracts, and where each one lives:
+ - B{Can it travel} is whether L{dumps} accepts it: callers that only ask (the engine's
+   C{inspect}, function shipping, the scheduler) call L{dumps}, so no second check can disagree.
+ - B{Does marshal write it as exactly itself} decides whether L{dumps} sends plain marshal (the
+   common case: one C{marshal.dumps} and a check) or the tagged encoding: L{_marshal_exact}.
+ - B{What comes out of the wire is plain data, bounded by its size} holds for every reader of
+   srpy's format, whoever sent it: the engine reading calls, the client reading replies, an engine
+   reading a peer. L{loads} runs L{check_marshal} on every message (marshal trusts the sizes
+   it reads), then builds only marshal's own types and srpy's tagged ones. Pyro5's plain marshal
+   format (read by srpy's daemon, and before the handshake) gets the same L{check_marshal}.
+
+The type codes of marshal's format are not written here: they are learnt at import time from what
+marshal itself writes for one sample of each type srpy carries (L{_learn_layouts}), so a code this
+module has not seen (a code object, C{Ellipsis}, a type a later Python adds) is refused on reading
+and never taken for exact on sending.
 
 >>> loads(dumps({'a': (1, 2.5, b'raw'), 'b': {3, 4}}))
 {'a': (1, 2.5, b'raw'), 'b': {3, 4}}
@@ -35,8 +48,9 @@ import decimal
 import itertools
 import marshal
 import struct
+import sys
 import uuid
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Set, Tuple
 
 from Pyro5 import serializers as _pyro_serializers
 
@@ -49,41 +63,37 @@ SERIALIZER_NAME = "srpy"
 
 _MARK = "\x00srpy-tagged\x00"   # first item of a message whose value holds tagged items
 _TAG = "\x00srpy\x00"           # first item of one tagged item: (_TAG, kind, payload)
-_NATIVE = (type(None), bool, int, float, complex, str, bytes)
-_MARSHAL_SAFE = frozenset(_NATIVE)
-_MARSHAL_PLAIN = _MARSHAL_SAFE | {list, tuple, set, frozenset, dict}
+#: the types marshal writes as themselves that hold no other value
+_SCALARS = frozenset((type(None), bool, int, float, complex, str, bytes))
+_CONTAINERS = frozenset((list, tuple, set, frozenset, dict))
+#: every type marshal writes as itself (and reads back as itself): all srpy lets out of marshal
+_PLAIN = _SCALARS | _CONTAINERS
 _MAX_DEPTH = 200
 #: marshal format written: version 2 has no reference table, which costs 4x on lists of tuples
 _VERSION = 2
-_SMALL = 32  # containers up to this size are checked item by item
-_SMALL_DATA = 512  # marshal data up to this size: its value is checked, not the data
+_SMALL = 32  # a nesting level of up to this many items is checked item by item, a larger one at C speed
+_SMALL_DATA = 512  # marshal data up to this size: its value is checked, not the data (L{_marshal_exact})
 
 
 def dumps(value: Any) -> bytes:
     """
     Serialize C{value}; raise L{SerializationError} naming what cannot travel. marshal writes it
-    as it is unless it holds a type marshal refuses (then the tagged encoding takes over) or a
-    buffer other than C{bytes} (C{bytearray}, C{array}, ...), which marshal would silently write
-    as bytes: L{_marshal_keeps} looks for those in the value, or, for data made mostly of runs of
-    numbers (where that is much cheaper), a short walk over marshal's output finds no byte string.
+    as it is when it holds only types marshal writes as themselves (L{_marshal_exact}); otherwise
+    the tagged encoding takes over.
     """
     kind = type(value)
-    if kind in _MARSHAL_SAFE:  # a plain scalar: marshal writes it as it is
+    if kind in _SCALARS:  # a plain scalar: marshal writes it as it is
         return marshal.dumps(value, _VERSION)
-    try:
-        # a user tuple shaped like srpy's own message mark would be read back as that mark: escape it
-        data = None if kind is tuple and len(value) == 2 and _is_text(value[0], _MARK) \
-            else marshal.dumps(value, _VERSION)
-    except (ValueError, MemoryError):
-        # a type marshal cannot write, or nested too deeply, or (MemoryError) a set whose items
-        # marshal to the same bytes but do not compare (two complex NaNs: marshal sorts set items):
-        # the walk encodes or reports it
-        data = None
-    if data is not None:
-        if len(data) <= _SMALL_DATA:  # a small value: the walk over the value is the cheaper one
-            if _marshal_keeps(value):
-                return data
-        elif _walk_marshal(data, find_bytes=True, budget=len(data) // 1024 + 16) is False or _marshal_keeps(value):
+    # a user tuple shaped like srpy's own message mark would be read back as that mark: it goes tagged
+    if not (kind is tuple and len(value) == 2 and _is_text(value[0], _MARK)):
+        try:
+            data = marshal.dumps(value, _VERSION)
+        except (ValueError, MemoryError):
+            # a type marshal cannot write, or nested too deeply, or (MemoryError) a set whose items
+            # marshal to the same bytes but do not compare (two complex NaNs: marshal sorts set items):
+            # the tagged encoding encodes or reports it
+            data = b""
+        if data and _marshal_exact(value, data):
             return data
     try:
         return marshal.dumps((_MARK, _encode(value, "value")), _VERSION)
@@ -92,98 +102,39 @@ def dumps(value: Any) -> bytes:
                                         "itself): flatten it first") from None
 
 
-def _marshal_keeps(value: Any, depth: int = 0) -> bool:
-    """
-    True when C{value} holds only types marshal writes as themselves. marshal silently turns any
-    other buffer (C{bytearray}, C{array}, C{memoryview}) into C{bytes}, so those must be walked.
-    Small containers (a call's arguments, mostly) are checked item by item; large ones one nesting
-    level at a time, at C speed (L{_marshal_keeps_wide}).
-    """
-    kind = type(value)
-    if kind in _MARSHAL_SAFE:
-        return True
-    if kind not in _MARSHAL_PLAIN or depth > _MAX_DEPTH:
-        return False
-    if len(value) > _SMALL:
-        return _marshal_keeps_wide(value)
-    safe = _MARSHAL_SAFE
-    if kind is dict:
-        for key, item in value.items():
-            if type(key) not in safe and not _marshal_keeps(key, depth + 1):
-                return False
-            if type(item) not in safe and (type(item) not in _MARSHAL_PLAIN or item) \
-                    and not _marshal_keeps(item, depth + 1):
-                return False
-        return True
-    for item in value:  # an empty container (a call's empty variables, mostly) needs no walk
-        if type(item) not in safe and (type(item) not in _MARSHAL_PLAIN or item) \
-                and not _marshal_keeps(item, depth + 1):
-            return False
-    return True
-
-
-def _marshal_keeps_wide(value: Any) -> bool:
-    """L{_marshal_keeps} for large containers: one nesting level at a time, C{set(map(type, level))}."""
-    level: Any = (value,)
-    for _ in range(_MAX_DEPTH):
-        kinds = set(map(type, level))
-        if kinds <= _MARSHAL_SAFE:
-            return True
-        if not kinds <= _MARSHAL_PLAIN:
-            return False
-        if dict in kinds:
-            parts: List[Any] = []
-            for item in level:
-                if type(item) is dict:
-                    parts += (item.keys(), item.values())
-                elif type(item) not in _MARSHAL_SAFE:
-                    parts.append(item)
-            level = parts
-        elif not kinds.isdisjoint(_MARSHAL_SAFE):
-            level = [v for v in level if type(v) not in _MARSHAL_SAFE]
-        level = list(itertools.chain.from_iterable(level))
-    return False
-
-
 def loads(data: bytes) -> Any:
     """
-    Deserialize what L{dumps} made. The data is checked first (L{check_marshal}) unless it is a
-    lone number or string, so a reply from a peer that is not what it claims costs no more memory
-    than its size: clients bound what they accept as engines do.
+    Deserialize what L{dumps} made, from any peer: L{check_marshal} first, so that data that is
+    not what it claims costs no more memory than its size and builds only plain data (then
+    srpy's tagged kinds). Engines reading calls and clients reading replies run the same checks.
+
+    @raise ValueError: for anything that L{dumps} did not make (and nothing else).
     """
-    if not data or _KINDS[data[0]] not in _SCALAR_KINDS:
-        _walk_marshal(data)
-    value = marshal.loads(data)
-    if type(value) is tuple and len(value) == 2 and value[0] == _MARK:
-        return _decode_tagged(value[1])
-    return value
-
-
-def loads_trusted(data: bytes) -> Any:
-    """
-    L{loads} without the check, for data from a peer that proved it holds the secret (the walk
-    costs about 0.1-0.3 us per item on item-heavy data: 100,000 short tuples take 25 ms more).
-    """
-    value = marshal.loads(data)
-    if type(value) is tuple and len(value) == 2 and value[0] == _MARK:
-        return _decode_tagged(value[1])
-    return value
-
-
-def loads_untrusted(data: bytes) -> Any:
-    """L{loads} for bytes from the wire: L{check_marshal} first, so garbage costs no more than its size."""
-    _walk_marshal(data)  # check_marshal's walk
-    value = marshal.loads(data)
-    if type(value) is tuple and len(value) == 2 and value[0] == _MARK:
-        return _decode_tagged(value[1])
-    return value
-
-
-def _decode_tagged(value: Any) -> Any:
+    if not data or _LAYOUTS[data[0]] != len(data):  # else the data is one number, None or bool: nothing to bound
+        check_marshal(data)
     try:
-        return _decode(value, {})
-    except RecursionError:
-        raise ValueError("bad srpy data (tagged values nested too deeply)") from None
+        value = marshal.loads(data)
+    except (EOFError, TypeError) as exc:  # marshal's other complaints are ValueErrors already
+        raise ValueError("bad marshal data (%s)" % exc) from None
+    if type(value) is tuple and len(value) == 2 and value[0] == _MARK:
+        try:
+            return _decode(value[1], {})
+        except RecursionError:
+            raise ValueError("bad srpy data (tagged values nested too deeply)") from None
+        except (ArithmeticError, TypeError) as exc:
+            # what a decoder makes of a payload of the right type but the wrong content (Decimal's
+            # InvalidOperation, a timedelta's OverflowError, an unhashable item of a tagged set):
+            # every reader expects one ValueError for bad data
+            raise ValueError("bad srpy data (%s: %s)" % (type(exc).__name__, _clip(str(exc)))) from None
+    return value
+
+
+#: the former name of L{loads} (it checked where plain L{loads} did not; now every reader checks)
+loads_untrusted = loads
+
+
+def _clip(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _is_text(item: Any, text: str) -> bool:
@@ -191,14 +142,122 @@ def _is_text(item: Any, text: str) -> bool:
     return type(item) is str and item == text
 
 
+# -- does marshal write the value as exactly itself? ------------------------------------------------
+# marshal writes its own types exactly and refuses every other type, with two exceptions: any
+# object with a buffer (bytearray, array, memoryview, numpy arrays, ...) it writes as bytes, and
+# a few objects srpy does not carry (code, Ellipsis, StopIteration) it writes as themselves.
+# So a value is exact when it holds only the types in _PLAIN. Two proofs of that, each sound on
+# its own: marshal's output holds no byte string and no code this module does not know (cheap on
+# runs of numbers, which it skips at C speed; it gives up after a few steps on item-heavy data),
+# or the value's own types, walked one nesting level at a time (the definition; cheap on
+# item-heavy data). The property tests in tests/test_codec.py check that they agree.
+
+def _marshal_exact(value: Any, data: bytes) -> bool:
+    """
+    True when C{data}, marshal's output for C{value}, reads back as exactly C{value}. The data's
+    proof is tried first only on data longer than L{_SMALL_DATA}: on less (a call's arguments),
+    the value's costs less (0.5 us against 1.4 us for a small call), and either answer is the same.
+    """
+    if len(data) > _SMALL_DATA and _exact_by_data(data, len(data) // 1024 + 16):
+        return True
+    return _exact_by_value(value)
+
+
+def _exact_by_data(data: bytes, budget: int) -> bool:
+    """
+    True when C{data} (written by marshal, so well formed) holds only items of types that read
+    back as themselves and no byte string; False when it holds something else, or when that
+    takes more than C{budget} steps to tell (a run of fixed-size items, such as numbers, is one
+    step).
+    """
+    end = len(data)
+    pos = 0
+    layouts = _EXACT_LAYOUTS
+    unpack = _INT32.unpack_from
+    while pos < end:  # the branches in order of how often srpy's own (version 2) data meets them
+        budget -= 1
+        if budget < 0:
+            return False
+        layout = layouts[data[pos]]
+        if layout > 0:
+            pos += layout
+            if pos < end and layouts[data[pos]] == layout:
+                pos = _past_run(data, pos, layout)
+        elif layout == _LEN4:
+            pos += 5 + unpack(data, pos + 1)[0]
+        elif layout == _COUNT4:
+            pos += 5
+        elif layout == _LEN1:
+            pos += 2 + data[pos + 1]
+        elif layout == _COUNT1:
+            pos += 2
+        elif layout == _LONG:
+            pos += 5 + _DIGIT_SIZE * abs(unpack(data, pos + 1)[0])
+        elif layout == _TEXT2:
+            pos += 2 + data[pos + 1]
+            pos += 1 + data[pos]
+        else:  # a byte string (bytes, or a buffer marshal flattened) or a code srpy does not carry
+            return False
+    return True
+
+
+def _exact_by_value(value: Any) -> bool:
+    """
+    True when C{value} holds only objects of the types marshal writes as themselves (L{_PLAIN}),
+    walked one nesting level at a time: a small level item by item, a large one at C speed
+    (C{set(map(type, level))}), as calls' arguments are small and bulk data is wide.
+    """
+    kind = type(value)
+    if kind in _SCALARS:
+        return True
+    if kind is dict:
+        level: Any = [*value, *value.values()]
+    elif kind in _CONTAINERS:
+        level = value
+    else:
+        return False
+    for _ in range(_MAX_DEPTH):
+        if len(level) > _SMALL:
+            kinds = set(map(type, level))
+            if kinds <= _SCALARS:
+                return True
+            if not kinds <= _PLAIN:
+                return False
+            if dict not in kinds:
+                if not kinds.isdisjoint(_SCALARS):
+                    level = [item for item in level if type(item) not in _SCALARS]
+                level = list(itertools.chain.from_iterable(level))
+                continue
+        nested: List[Any] = []
+        for item in level:
+            kind = type(item)
+            if kind in _SCALARS or (kind in _CONTAINERS and not item):  # an empty one: a call's {} of variables
+                continue
+            if kind is dict:
+                nested += item  # its keys
+                nested += item.values()
+            elif kind in _CONTAINERS:
+                nested += item
+            else:
+                return False
+        if not nested:
+            return True
+        level = nested
+    return False
+
+
+# -- what comes out of the wire: plain data, bounded by its size -------------------------------------
+
 def check_marshal(data: bytes) -> None:
     """
     Refuse marshal data that would make C{marshal.loads} reserve far more memory than the data's
-    size. marshal trusts the item counts it reads: five bytes announcing a tuple of 2**31 items
-    make it allocate (and fill) 16 GiB before it notices that the items are missing. This walks
-    the data's type codes without building anything and checks that the containers together
-    announce no more items than there are bytes, that no integer is longer than the data, and
-    that there is no code object (srpy never sends one). Whatever else is wrong is left to
+    size, or build anything but plain data. marshal trusts the item counts it reads: five bytes
+    announcing a tuple of 2**31 items make it allocate (and fill) 16 GiB before it notices that
+    the items are missing. This walks the data's type codes without building anything and checks
+    that the containers together announce no more items than there are bytes, that no integer is
+    longer than the data, and that every code is one marshal writes for None, bool, int, float,
+    complex, str, bytes, tuple, list, dict, set or frozenset (no code object, no Ellipsis, no
+    type this module has not learnt: L{_learn_layouts}). Whatever else is wrong is left to
     C{marshal.loads}, which reports it without reserving memory first.
 
     >>> check_marshal(marshal.dumps([1, (2.5, "three"), {4: b"five"}]))
@@ -206,97 +265,188 @@ def check_marshal(data: bytes) -> None:
     Traceback (most recent call last):
     ...
     ValueError: bad marshal data (containers announce more items than the data holds)
+    >>> check_marshal(marshal.dumps(compile("1", "", "eval")))
+    Traceback (most recent call last):
+    ...
+    ValueError: bad marshal data (type code ... is not plain data: srpy reads None, bool, numbers, ...)
 
-    @raise ValueError: the data announces more than it holds, or holds a code object.
-    """
-    _walk_marshal(data)
-
-
-def _walk_marshal(data: bytes, find_bytes: bool = False, budget: int = -1) -> Optional[bool]:
-    """
-    L{check_marshal}'s walk over the type codes of C{data}. With C{find_bytes} (on data that
-    marshal itself wrote), stop and return True at the first byte string or code object instead,
-    False if there is none; None when the walk takes more than C{budget} steps (runs of fixed-size
-    items, such as numbers, count one step each).
+    @raise ValueError: the data announces more than it holds, or holds something but plain data.
     """
     end = len(data)
     pos = total = 0
-    kinds = _KINDS
+    layouts = _LAYOUTS
     unpack = _INT32.unpack_from
     while pos < end:  # the branches in order of how often srpy's own (version 2) data meets them
-        budget -= 1
-        if budget == 0:
-            return None
-        kind = kinds[data[pos]]
-        if kind == _LEN4 or kind == _BYTES:
-            if find_bytes and kind == _BYTES:
-                return True
+        layout = layouts[data[pos]]
+        if layout > 0:
+            pos += layout
+            if pos < end and layouts[data[pos]] == layout:
+                pos = _past_run(data, pos, layout)
+        elif layout == _LEN4:
             if pos + 5 > end:
-                return find_bytes  # marshal.loads stops here with its own error
+                return  # marshal.loads stops here with its own error
             count = unpack(data, pos + 1)[0]
             if count < 0:
-                return find_bytes
+                return
             pos += 5 + count
-        elif kind == _COUNTED:
+        elif layout == _COUNT4:
             if pos + 5 > end:
-                return find_bytes
+                return
             count = unpack(data, pos + 1)[0]
             if count < 0:
-                return find_bytes
+                return
             total += count
             if total > end:
                 raise ValueError("bad marshal data (containers announce more items than the data holds)")
             pos += 5
-        elif kind > 0:  # fixed size; a run of fixed-size items of one size is skipped at C speed
-            pos += kind
-            if pos < end and kinds[data[pos]] == kind:
-                codes = _FIXED_RUNS[kind]
-                while True:
-                    window = data[pos:pos + kind * _RUN_WINDOW:kind]
-                    same = len(window) - len(window.lstrip(codes))
-                    pos += same * kind
-                    if same < _RUN_WINDOW:
-                        break
-        elif kind == _LEN1 or kind == _FLOAT_TEXT:
+        elif layout == _LEN1:
             if pos + 1 >= end:
-                return find_bytes
+                return
             pos += 2 + data[pos + 1]
-        elif kind == _SMALL_TUPLE:
+        elif layout == _COUNT1:
+            if pos + 1 >= end:
+                return
+            total += data[pos + 1]
+            if total > end:
+                raise ValueError("bad marshal data (containers announce more items than the data holds)")
             pos += 2
-        elif kind == _UNKNOWN or pos + 5 > end or (find_bytes and kind == _CODE):
-            return find_bytes
-        elif kind == _LONG:
+        elif layout == _LONG:
+            if pos + 5 > end:
+                return
             count = abs(unpack(data, pos + 1)[0])
-            if 2 * count > end - pos - 5:
+            if _DIGIT_SIZE * count > end - pos - 5:
                 raise ValueError("bad marshal data (an integer longer than the data)")
-            pos += 5 + 2 * count
-        elif kind == _COMPLEX_TEXT:
+            pos += 5 + _DIGIT_SIZE * count
+        elif layout == _TEXT2:
+            if pos + 1 >= end:
+                return
             pos += 2 + data[pos + 1]
             if pos >= end:
-                return find_bytes
+                return
             pos += 1 + data[pos]
         else:
-            raise ValueError("bad marshal data (a code object: srpy refuses code)")
-    return False
+            raise ValueError("bad marshal data (type code %#04x is not plain data: srpy reads None, bool, numbers, "
+                             "str, bytes, tuple, list, dict, set and frozenset)" % data[pos])
 
 
-# check_marshal's table: for each first byte of a marshalled item (type code, with or without
-# marshal's 0x80 reference flag), the item's whole size if fixed, or how to find it
+def _past_run(data: bytes, pos: int, size: int) -> int:
+    """Where the run of fixed-size (C{size}) items that starts at C{pos} ends, found at C speed."""
+    codes = _FIXED_RUNS[size]
+    while True:
+        window = data[pos:pos + size * _RUN_WINDOW:size]
+        same = len(window) - len(window.lstrip(codes))
+        pos += same * size
+        if same < _RUN_WINDOW:
+            return pos
+
+
+# -- marshal's layouts, learnt from marshal itself ----------------------------------------------------
+# A marshalled item is a type code (one byte, with marshal's reference flag set on items it may
+# refer back to) and, by code: a fixed number of bytes; a 1- or 4-byte length and that many bytes;
+# a 1- or 4-byte count and that many items; a digit count and digits; two short texts (complex
+# numbers in the old versions). Which code has which layout is learnt here, at import time, from
+# what marshal writes for samples of every type srpy carries, in every version it can write: the
+# codes are CPython's to choose (they changed in versions 3 and 4), and a code learnt this way
+# cannot be one marshal writes for code objects or any type srpy does not carry.
+
 _INT32 = struct.Struct("<i")
-_UNKNOWN, _LEN1, _LEN4, _COUNTED, _LONG, _SMALL_TUPLE, _FLOAT_TEXT, _COMPLEX_TEXT, _CODE, _BYTES = range(0, -10, -1)
-_KINDS = [_UNKNOWN] * 256
-_FIXED_RUNS: Dict[int, bytes] = {}
+_REFUSED, _LEN1, _LEN4, _COUNT1, _COUNT4, _LONG, _TEXT2 = 0, -1, -2, -3, -4, -5, -6  # > 0: a fixed size
 _RUN_WINDOW = 256
-for _kind, _codes in ((1, b"0NFTS.{"), (5, b"ir"), (9, b"Ig"), (17, b"y"), (_LEN1, b"zZ"), (_LEN4, b"aAut"), (_BYTES, b"s"),
-                      (_COUNTED, b"([<>"), (_LONG, b"l"), (_SMALL_TUPLE, b")"), (_FLOAT_TEXT, b"f"),
-                      (_COMPLEX_TEXT, b"x"), (_CODE, b"c")):
-    for _code in _codes:
-        _KINDS[_code] = _KINDS[_code | 0x80] = _kind
-    if _kind > 0:
-        _FIXED_RUNS[_kind] = _codes + bytes(code | 0x80 for code in _codes)
-#: first codes of data L{loads} reads without the walk: marshal reserves nothing for them that the
-#: data does not hold (a lone number, string or byte string)
-_SCALAR_KINDS = frozenset((1, 5, 9, 17, _LEN1, _LEN4, _BYTES))
+
+
+def _fresh(text: str) -> str:
+    """A str equal to C{text} that is not interned (marshal gives interned strings codes of their own)."""
+    return "".join(list(text))
+
+
+def _learn_layouts() -> Tuple[List[int], Set[int], int, int]:
+    """
+    (layout of every code, the codes of byte strings, marshal's reference flag, bytes per digit
+    of a long integer), from what marshal writes for samples of the types srpy carries. A code
+    whose samples disagree on its layout is left unknown, so it is refused: an unforeseen layout
+    makes srpy refuse data loudly, never read it unchecked.
+    """
+    flag = marshal.dumps(1, marshal.version)[0] ^ marshal.dumps(1, 0)[0]  # small ints are shared: flagged
+    if bin(flag).count("1") > 1:
+        flag = 0
+    layouts: Dict[int, int] = {}
+    clashes: Set[int] = set()
+    byte_strings: Set[int] = set()
+    digit_sizes: Set[int] = set()
+
+    def learn(code: int, layout: int) -> None:
+        code &= ~flag
+        if layouts.setdefault(code, layout) != layout:
+            clashes.add(code)
+
+    def learn_text(data: bytes, payload: bytes) -> None:
+        if len(payload) < 256 and data[1:] == bytes([len(payload)]) + payload:
+            learn(data[0], _LEN1)
+        elif data[1:] == _INT32.pack(len(payload)) + payload:
+            learn(data[0], _LEN4)
+
+    for version in range(marshal.version + 1):
+        def dump(value: Any) -> bytes:
+            return marshal.dumps(value, version)
+
+        for samples in ((None,), (True,), (False,), (0, -1, 2 ** 31 - 1, -2 ** 31), (0.0, -1.5e300, float("nan")),
+                        (0j, complex(-1.5e300, 2.5e-300))):
+            forms = [dump(sample) for sample in samples]
+            if isinstance(samples[0], float) and all(data[1] == len(data) - 2 for data in forms):
+                learn(forms[0][0], _LEN1)  # a float as text
+            elif isinstance(samples[0], complex) and all(3 + data[1] + data[2 + data[1]] == len(data) for data in forms):
+                learn(forms[0][0], _TEXT2)  # a complex as two texts
+            elif len({len(data) for data in forms}) == 1 and len({data[0] & ~flag for data in forms}) == 1:
+                learn(forms[0][0], len(forms[0]))
+        for text in ("ab", "ab" * 200, "\xe9a", "\xe9a" * 200, "\U0001f600a"):
+            payload = text.encode("utf-8", "surrogatepass")
+            learn_text(dump(_fresh(text)), payload)
+            learn_text(dump(sys.intern(_fresh(text))), payload)
+        for blob in (b"ab", b"ab" * 200):
+            data = dump(blob)
+            learn_text(data, blob)
+            byte_strings.add(data[0] & ~flag)
+        for number in (2 ** 40, -2 ** 40, 7 ** 100):
+            data = dump(number)
+            digits = abs(_INT32.unpack_from(data, 1)[0])
+            if (len(data) - 5) % digits == 0:
+                learn(data[0], _LONG)
+                digit_sizes.add((len(data) - 5) // digits)
+        for count in (0, 3, 300):  # items of 5 bytes each (the size of a small int, learnt above)
+            for container in (tuple, list, set, frozenset):
+                data = dump(container(range(count)))
+                if len(data) == 5 + 5 * count and _INT32.unpack_from(data, 1)[0] == count:
+                    learn(data[0], _COUNT4)
+                elif len(data) == 2 + 5 * count and data[1] == count:
+                    learn(data[0], _COUNT1)
+        for mapping in ({}, {1: 2}):  # a dict is its code, its keys and values, then an end code
+            data = dump(mapping)
+            if len(data) == 2 + 10 * len(mapping):
+                learn(data[0], 1)
+                learn(data[-1], 1)
+        shared = _fresh("ab")
+        once, twice = dump([shared]), dump([shared, shared])
+        if len(twice) > len(once) and twice[len(once)] & ~flag not in layouts:  # a reference to an earlier item
+            learn(twice[len(once)], len(twice) - len(once))
+    table = [_REFUSED] * 256
+    for code, layout in layouts.items():
+        if code not in clashes:
+            table[code] = table[code | flag] = layout
+    digit_size = digit_sizes.pop() if len(digit_sizes) == 1 else 0
+    if not digit_size:
+        table = [_REFUSED if layout == _LONG else layout for layout in table]
+    return table, byte_strings, flag, digit_size
+
+
+_LAYOUTS, _BYTE_STRINGS, _REF_FLAG, _DIGIT_SIZE = _learn_layouts()
+#: the layouts L{_exact_by_data} steps over: those of L{_LAYOUTS} but byte strings (bytes or a flattened buffer?)
+_EXACT_LAYOUTS = [_REFUSED if code & ~_REF_FLAG in _BYTE_STRINGS else layout for code, layout in enumerate(_LAYOUTS)]
+#: for each fixed size, the codes of that size (a run of them is skipped at C speed)
+_FIXED_RUNS: Dict[int, bytes] = {}
+for _code, _layout in enumerate(_LAYOUTS):
+    if _layout > 0:
+        _FIXED_RUNS[_layout] = _FIXED_RUNS.get(_layout, b"") + bytes([_code])
+del _code, _layout
 
 
 def exception_to_dict(exc: BaseException) -> Dict[str, Any]:
@@ -319,10 +469,12 @@ def exception_from_dict(data: Dict[str, Any]) -> BaseException:
     The engine's traceback text lands in C{remote_traceback}.
     """
     classname = str(data.get("__class__", "builtins.Exception"))
-    args = tuple(data.get("args") or ())
-    attrs = dict(data.get("attributes") or {})
+    args = data.get("args") or ()
+    args = tuple(args) if isinstance(args, (list, tuple)) else (args,)
+    attrs = data.get("attributes")
+    attrs = dict(attrs) if isinstance(attrs, dict) else {}
     tb = attrs.pop("_pyroTraceback", None)
-    tb_text = attrs.pop("srpy_traceback", None) or ("".join(tb) if isinstance(tb, (list, tuple)) else tb)
+    tb_text = attrs.pop("srpy_traceback", None) or ("".join(map(str, tb)) if isinstance(tb, (list, tuple)) else tb)
     module, _, name = classname.rpartition(".")
     exc = _known_exception(module, name, args, tb_text)
     if exc is None:
@@ -331,7 +483,7 @@ def exception_from_dict(data: Dict[str, Any]) -> BaseException:
     for key, val in attrs.items():
         try:
             setattr(exc, key, val)
-        except (AttributeError, TypeError):
+        except (AttributeError, TypeError):  # a key that is no attribute name, or a read-only one
             pass
     exc.remote_traceback = tb_text
     return exc
@@ -378,9 +530,11 @@ def _tagged(kind: str, payload: Any) -> tuple:
 
 
 _ENCODERS: List[Tuple[type, Callable[[Any], tuple]]] = [
-    (datetime.datetime, lambda v: _tagged("datetime", v.isoformat())),
+    # the ISO text has no room for C{fold} (which of two equal wall times, at a clock change): a
+    # time with fold 1 travels as (text, 1), which only a peer that knows fold reads
+    (datetime.datetime, lambda v: _tagged("datetime", (v.isoformat(), 1) if v.fold else v.isoformat())),
     (datetime.date, lambda v: _tagged("date", v.isoformat())),
-    (datetime.time, lambda v: _tagged("time", v.isoformat())),
+    (datetime.time, lambda v: _tagged("time", (v.isoformat(), 1) if v.fold else v.isoformat())),
     (datetime.timedelta, lambda v: _tagged("timedelta", (v.days, v.seconds, v.microseconds))),
     (decimal.Decimal, lambda v: _tagged("decimal", str(v))),
     (uuid.UUID, lambda v: _tagged("uuid", v.hex)),
@@ -412,10 +566,19 @@ def _array(payload: Any) -> array.array:
 
 _ARRAY_CODES = frozenset(array.typecodes)
 
+
+def _folded(kind: Any, tag: str) -> Callable[[Any], Any]:
+    """The decoder of a tagged C{datetime} or C{time}: its ISO text, or (text, 1) for one with fold 1."""
+    def decode(payload: Any) -> Any:
+        if type(payload) is tuple and len(payload) == 2 and type(payload[1]) is int and payload[1] == 1:
+            return kind.fromisoformat(_expect(payload[0], str, tag)).replace(fold=1)
+        return kind.fromisoformat(_expect(payload, str, tag))
+    return decode
+
 _DECODERS: Dict[str, Callable[[Any], Any]] = {
-    "datetime": lambda p: datetime.datetime.fromisoformat(_expect(p, str, "datetime")),
+    "datetime": _folded(datetime.datetime, "datetime"),
     "date": lambda p: datetime.date.fromisoformat(_expect(p, str, "date")),
-    "time": lambda p: datetime.time.fromisoformat(_expect(p, str, "time")),
+    "time": _folded(datetime.time, "time"),
     "timedelta": _timedelta,
     "decimal": lambda p: decimal.Decimal(_expect(p, str, "decimal")),
     "uuid": lambda p: uuid.UUID(hex=_expect(p, str, "uuid")),
@@ -424,7 +587,7 @@ _DECODERS: Dict[str, Callable[[Any], Any]] = {
     "exception": lambda p: exception_from_dict(_expect(p, dict, "exception")),
 }
 #: tagged kinds whose payload holds encoded values: (payload type, what to build from the decoded items)
-_CONTAINERS: Dict[str, Tuple[type, Callable[[Any], Any]]] = {
+_TAGGED_CONTAINERS: Dict[str, Tuple[type, Callable[[Any], Any]]] = {
     "tuple": (tuple, tuple), "set": (tuple, set), "frozenset": (tuple, frozenset), "dict": (list, dict),
 }
 
@@ -435,7 +598,7 @@ def _encode(value: Any, where: Any) -> Any:
     sits in what is sent (L{_where}), for the error that names what cannot travel.
     """
     kind = type(value)
-    if kind in _NATIVE:
+    if kind in _SCALARS:
         return value
     if kind is list:
         return [_encode(v, (where, _ITEM)) for v in value]
@@ -452,14 +615,23 @@ def _encode(value: Any, where: Any) -> Any:
     for base, encoder in _ENCODERS:
         if isinstance(value, base):
             return encoder(value)
-    for base in (bool, int, float, complex, str, bytes, tuple, list, dict, set, frozenset):
+    for base, copy in _BASE_COPIES:
         if isinstance(value, base):
-            return _encode(base(value), where)
+            return _encode(copy(value), where)
     raise errors.SerializationError(
         "cannot send a value of type %r (at %s): srpy carries None, bool, numbers, str, bytes, "
         "bytearray, tuple, list, dict, set, frozenset, datetime, Decimal, UUID and array. Convert it "
         "to one of those first, or keep it on the engine and send only what you need back"
         % (_type_name(kind), _where(where)))
+
+
+#: for each base type whose subclasses travel as it: the exact copy of an instance, made by the base
+#: type's own code (C{str(value)} would call a subclass's C{__str__}, C{tuple(value)} its C{__iter__})
+_BASE_COPIES: Tuple[Tuple[type, Callable[[Any], Any]], ...] = (
+    (int, int.__pos__), (float, float.__pos__), (complex, complex.__pos__), (str, str.__str__),
+    (bytes, lambda v: bytes.__getitem__(v, slice(None))), (tuple, lambda v: tuple.__getitem__(v, slice(None))),
+    (list, list.copy), (dict, dict.copy), (set, set.copy), (frozenset, frozenset.copy),
+)
 
 
 def _where(where: Any) -> str:
@@ -493,7 +665,7 @@ def _decode(value: Any, done: Dict[int, Any]) -> Any:
     one twice would otherwise take 2**n steps to walk.
     """
     kind = type(value)
-    if kind in _NATIVE:
+    if kind in _SCALARS:
         return value
     key = id(value)
     if key in done:
@@ -517,7 +689,7 @@ def _decode(value: Any, done: Dict[int, Any]) -> Any:
 
 def _decode_item(kind: Any, payload: Any, done: Dict[int, Any]) -> Any:
     """One tagged item: a container of encoded values, or a value rebuilt from its plain payload."""
-    container = _CONTAINERS.get(kind) if type(kind) is str else None
+    container = _TAGGED_CONTAINERS.get(kind) if type(kind) is str else None
     if container is not None:
         items = [_decode(v, done) for v in _expect(payload, container[0], kind)]
         if kind == "dict":
@@ -544,11 +716,11 @@ class SrpySerializer(_pyro_serializers.SerializerBase):
         return dumps(data)
 
     def loadsCall(self, data: Any) -> Tuple[str, str, Any, Any]:
-        obj, method, vargs, kwargs = loads_untrusted(self._convertToBytes(data))
+        obj, method, vargs, kwargs = loads(self._convertToBytes(data))
         return obj, method, vargs, kwargs
 
     def loads(self, data: Any) -> Any:
-        return loads_untrusted(self._convertToBytes(data))
+        return loads(self._convertToBytes(data))
 
     @classmethod
     def register_type_replacement(cls, object_type: type, replacement_function: Any) -> None:

@@ -125,7 +125,7 @@ class EngineDaemon(SecureDaemon):
     def _serve(self, conn: Any, seq: int, payload: bytes, ann_size: int, annotations: Dict[str, Any]) -> None:
         _pyro5.enter_call(conn, seq, codec.SERIALIZER_ID, annotations)
         try:
-            obj_id, method, vargs, kwargs = codec.loads_untrusted(payload[ann_size:] if ann_size else payload)
+            obj_id, method, vargs, kwargs = codec.loads(payload[ann_size:] if ann_size else payload)
             result = self._target(obj_id, method)(*vargs, **kwargs)
             data, flags = codec.dumps(result), 0
         except Exception as exc:  # the call's failure is its reply, as in Pyro5

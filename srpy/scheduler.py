@@ -322,6 +322,65 @@ def _size_of(future: Future) -> int:
     return len(future.result()[1])
 
 
+# -- the sizing rules (pure functions of what the scheduler measured) ----------------------------------
+
+def chunk_size(per_item: Optional[float], pending: int, share: float, idle: int, probe: int) -> int:
+    """
+    How many items an engine that takes C{per_item} seconds an item (None: not measured yet)
+    takes of C{pending}, given C{share}, its fraction of the box's speed, and C{idle}, how many
+    engines (itself included) have no batch under way. Its fair share, at most L{TARGET_SECONDS} x 5
+    of its measured work, so that the chunks shrink as the work runs out and the engines
+    finish together. When an equal part of C{pending} for each idle engine (the busy ones
+    have theirs) is under L{MIN_SECONDS} of work, it takes that part in one chunk: a small job
+    goes out as one chunk per idle engine, with no tail of tiny chunks (the speed measured on
+    such small chunks is mostly round-trip time, so it does not split them). A small probe
+    (at most C{probe} items) while it is not measured yet.
+    """
+    fair = max(1, math.ceil(pending * share))
+    if per_item is None:
+        return max(1, min(probe, math.ceil(fair / 8)))
+    mine = math.ceil(pending / idle)
+    if mine * per_item <= MIN_SECONDS:
+        return mine
+    return max(1, min(fair, int(TARGET_SECONDS * 5 / per_item)))
+
+
+def batch_limit(per_item: float, queued: int, share: float) -> int:
+    """
+    How many of C{queued} submitted tasks of a short function (L{SHORT_TASK} at most: C{per_item}
+    seconds a call) one engine takes in one batch: the sizing rule's part, as if it were the only
+    idle engine (tasks keep arriving while the engines work), at most L{MAX_BATCH}.
+    """
+    return min(MAX_BATCH, chunk_size(per_item, queued, share, 1, 64))
+
+
+def speed_share(index: int, per_item: List[Optional[float]], benchmarks: List[Optional[float]]) -> float:
+    """
+    The fraction of the box's speed that engine C{index} of the live engines has at one function:
+    from the seconds an item took on each (C{per_item}) when every engine has run it, else from
+    their benchmark speeds (C{benchmarks}) when every engine has one, else an equal share.
+    """
+    if all(per_item):
+        speeds = [1.0 / t for t in per_item]  # type: ignore[operator]
+    elif all(benchmarks):
+        speeds = list(benchmarks)  # type: ignore[arg-type]
+    else:
+        return 1.0 / len(per_item)
+    return speeds[index] / sum(speeds)
+
+
+def remember_speed(table: Dict[str, float], fn_hash: str, sample: float) -> None:
+    """
+    Fold a new measure (C{sample} seconds an item) of function C{fn_hash} into C{table}: a moving
+    average (weight L{_SMOOTHING} for the new one); a table full with L{_SPEED_MEMORY} functions
+    forgets its oldest to take a new one.
+    """
+    old = table.get(fn_hash)
+    if old is None and len(table) >= _SPEED_MEMORY:
+        table.pop(next(iter(table)))
+    table[fn_hash] = sample if old is None else (1 - _SMOOTHING) * old + _SMOOTHING * sample
+
+
 # -- the engines ----------------------------------------------------------------------------------
 
 class Slot:
@@ -523,10 +582,7 @@ class Scheduler:
     def _observe(self, slot: Slot, fn_hash: str, seconds: float, items: int) -> None:
         sample = seconds / max(1, items)
         for table in (slot.per_item, self._per_item):
-            old = table.get(fn_hash)
-            if old is None and len(table) >= _SPEED_MEMORY:
-                table.pop(next(iter(table)))
-            table[fn_hash] = sample if old is None else (1 - _SMOOTHING) * old + _SMOOTHING * sample
+            remember_speed(table, fn_hash, sample)
 
     def _share(self, slot: Slot, fn_hash: str) -> float:
         """
@@ -536,36 +592,7 @@ class Scheduler:
         live = self._live_slots()
         if slot not in live:
             return 1.0 / max(1, len(live))
-        times = [s.per_item.get(fn_hash) for s in live]
-        if all(times):
-            speeds = [1.0 / t for t in times]  # type: ignore[operator]
-        elif all(s.prior_speed for s in live):
-            speeds = [s.prior_speed for s in live]  # type: ignore[misc]
-        else:
-            return 1.0 / len(live)
-        return speeds[live.index(slot)] / sum(speeds)
-
-    @staticmethod
-    def _size(per_item: Optional[float], pending: int, shares: tuple, probe: int) -> int:
-        """
-        How many items an engine that takes C{per_item} seconds an item (None: not measured yet)
-        takes of C{pending}, given C{shares}: its fraction of the box's speed and how many engines
-        (itself included) have no batch under way. Its fair share, at most L{TARGET_SECONDS} x 5
-        of its measured work, so that the chunks shrink as the work runs out and the engines
-        finish together. When an equal part of C{pending} for each idle engine (the busy ones
-        have theirs) is under L{MIN_SECONDS} of work, it takes that part in one chunk: a small job
-        goes out as one chunk per idle engine, with no tail of tiny chunks (the speed measured on
-        such small chunks is mostly round-trip time, so it does not split them). A small probe
-        while it is not measured yet.
-        """
-        share, idle = shares
-        fair = max(1, math.ceil(pending * share))
-        if per_item is None:
-            return max(1, min(probe, math.ceil(fair / 8)))
-        mine = math.ceil(pending / idle)
-        if mine * per_item <= MIN_SECONDS:
-            return mine
-        return max(1, min(fair, int(TARGET_SECONDS * 5 / per_item)))
+        return speed_share(live.index(slot), [s.per_item.get(fn_hash) for s in live], [s.prior_speed for s in live])
 
     def _cut_tasks(self, slot: Slot) -> List[Task]:
         """
@@ -575,9 +602,8 @@ class Scheduler:
         """
         fn_hash = self._tasks[0].bundle["hash"]
         per_item = self._estimate(slot, fn_hash)
-        limit = 1
-        if per_item is not None and per_item <= SHORT_TASK:
-            limit = min(MAX_BATCH, self._size(per_item, len(self._tasks), (self._share(slot, fn_hash), 1), 64))
+        limit = 1 if per_item is None or per_item > SHORT_TASK else \
+            batch_limit(per_item, len(self._tasks), self._share(slot, fn_hash))
         batch: List[Task] = []
         while self._tasks and len(batch) < limit:
             task = self._tasks[0]
@@ -593,12 +619,12 @@ class Scheduler:
         fn_hash = job.bundle["hash"]
         per_item = self._estimate(slot, fn_hash)
         idle = sum(1 for s in self._live_slots() if s is slot or not s.busy)
-        size = self._size(per_item, job.remaining, (self._share(slot, fn_hash), idle), probe=32)
+        size = chunk_size(per_item, job.remaining, self._share(slot, fn_hash), idle, probe=32)
         if not job.chunksize:
             return [job.cut(size)]
         # a chunk with a time limit travels alone (the limit is the call's)
         count = max(1, size // job.chunksize) if per_item is not None and not job.timeout else 1
-        chunks = []
+        chunks: List[Task] = []
         while job.remaining and len(chunks) < min(count, MAX_BATCH):
             chunks.append(job.cut(job.chunksize))
         return chunks

@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 import srpy
-from srpy import functions, scheduler
+from srpy import functions
 
 from conftest import wait_gone
 
@@ -315,21 +315,6 @@ def test_python_option(start_launcher, tmp_path):
     engine = srpy.PythonEngine(launcher.uris[0])
     assert os.path.realpath(engine.info["Python Executable"]) == os.path.realpath(sys.executable)
     engine.close()
-
-
-def test_chunk_sizes_small_job_one_chunk_per_idle_engine_long_job_shrinking_chunks():
-    """
-    The scheduler's sizing rule (a pure function of a function's measured seconds per item): a
-    job under 5 ms of work per idle engine goes out as one equal chunk per idle engine; long
-    tasks go out in shrinking fair shares.
-    """
-    size = scheduler.Scheduler._size
-    assert size(1e-7, 20000, (0.5, 2), probe=32) == 10000  # x*x: 0.1 us an item; both engines idle: half each
-    assert size(1e-7, 10000, (0.5, 1), probe=32) == 10000  # the other has its half: the rest
-    assert size(0.02, 16, (0.5, 2), probe=32) == 8  # 20 ms an item
-    assert size(0.02, 8, (0.5, 1), probe=32) == 4  # the fair share shrinks as the work runs out
-    assert size(1e-3, 100000, (0.5, 2), probe=32) == 250  # at most 0.25 s of work in one chunk
-    assert size(None, 20000, (0.5, 2), probe=32) == 32  # not measured yet: a small probe
 
 
 def test_closing_a_sibling_box_leaves_the_engines_of_its_parent_open(engine_uri):
