@@ -30,27 +30,8 @@ from . import codec, errors, shipping, wire
 from .wire import BLOB_MIN, BLOB_NAMES, CALL_ID, CALL_TIMEOUT, RESULT_BLOB
 
 
-class WireFormat:
-    """srpy's serializer (L{srpy.codec}) in the shape L{srpy.wire.Connection} wants."""
-
-    serializer_id = codec.SERIALIZER_ID
-
-    @staticmethod
-    def dumps_call(obj: str, method: str, args: Any, kwargs: Any) -> bytes:
-        return codec.dumps((obj, method, tuple(args), kwargs or {}))
-
-    loads = staticmethod(codec.loads)
-
-    @staticmethod
-    def exception(value: Any) -> BaseException:
-        if isinstance(value, BaseException):
-            return value
-        if isinstance(value, dict):
-            return codec.exception_from_dict(value)
-        return errors.RemoteError("unknown", repr(value))
-
-
-WIRE_FORMAT = WireFormat()
+#: srpy's serializer for connections (L{srpy.codec.WireFormat})
+WIRE_FORMAT = codec.WIRE_FORMAT
 #: seconds past a call's time limit that the client waits for the engine's own answer (the engine
 #: answers within about 2 s, even when it must end its process)
 LIMIT_GRACE = 8.0

@@ -129,10 +129,6 @@ def loads(data: bytes) -> Any:
     return value
 
 
-#: the former name of L{loads} (it checked where plain L{loads} did not; now every reader checks)
-loads_untrusted = loads
-
-
 def _clip(text: str, limit: int = 120) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
@@ -703,6 +699,30 @@ def _decode_item(kind: Any, payload: Any, done: Dict[int, Any]) -> Any:
 
 
 # -- Pyro5 registration --------------------------------------------------------------------------
+
+class WireFormat:
+    """srpy's serializer in the shape a L{srpy.wire.Connection} wants (the client's and the peers')."""
+
+    serializer_id = SERIALIZER_ID
+
+    @staticmethod
+    def dumps_call(obj: str, method: str, args: Any, kwargs: Any) -> bytes:
+        return dumps((obj, method, tuple(args), kwargs or {}))
+
+    loads = staticmethod(loads)
+
+    @staticmethod
+    def exception(value: Any) -> BaseException:
+        if isinstance(value, BaseException):
+            return value
+        if isinstance(value, dict):
+            return exception_from_dict(value)
+        return errors.RemoteError("unknown", repr(value))
+
+
+#: the one L{WireFormat}
+WIRE_FORMAT = WireFormat()
+
 
 class SrpySerializer(_pyro_serializers.SerializerBase):
     """srpy's format as a Pyro5 serializer, so a Pyro5 daemon reads and writes it."""

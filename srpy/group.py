@@ -10,10 +10,9 @@ whose call fails for want of a connection leaves the group at once, and whoever 
 
 import logging
 import threading
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
-from . import wire
-from .client import PythonEngine
+from . import codec, wire
 from .errors import CommunicationError, PeerUnavailable, SRPyError, SRPyServerNotFound
 from .fanout import fan_out
 
@@ -36,6 +35,33 @@ def peer_uri(engine_uri: str) -> str:
     """
     wire.parse_uri(engine_uri)  # ValueError if it is no direct URI
     return "PYRO:%s@%s" % (PEER_OBJECT_ID, str(engine_uri).strip().partition("@")[2])
+
+
+class PeerLink:
+    """
+    This engine's connections to one peer object: srpy's serializer over a L{wire.Pool}, as the
+    client's, without the client (an engine calls its peers' peer objects, never their engines).
+
+    @ivar info: the peer engine's description (its C{whoami}).
+    """
+
+    def __init__(self, uri: str, secret: Optional[str], ssl_context: Any) -> None:
+        self.uri = uri
+        self.pool = wire.Pool(uri, secret, codec.WIRE_FORMAT, ssl_context, CONNECT_TIMEOUT, owner="peer link")
+        try:
+            self.info: Dict[str, Any] = self.call("whoami")
+        except BaseException:
+            self.pool.close()
+            raise
+
+    def call(self, method: str, *args: Any) -> Any:
+        """C{method(*args)} on the peer object (a large bytes result comes raw, ahead of the reply)."""
+        with self.pool.connection() as conn:
+            value, annotations = conn.call(method, args)
+        return annotations[wire.RESULT_BLOB] if annotations and wire.RESULT_BLOB in annotations else value
+
+    def close(self) -> None:
+        self.pool.close()
 
 
 class Peer:
@@ -95,10 +121,9 @@ class PeerGroup:
         return accepted
 
     def _connect(self, uri: str) -> Any:
-        """A client of the peer object beside C{uri}, if that engine is of this group (else an error)."""
+        """A link to the peer object beside C{uri}, if that engine is of this group (else an error)."""
         try:
-            client = PythonEngine(peer_uri(uri), secret=self.engine.secret, connect_timeout=CONNECT_TIMEOUT,
-                                  ssl_context=self.engine.peer_ssl_context)
+            client = PeerLink(peer_uri(uri), self.engine.secret, self.engine.peer_ssl_context)
         except ValueError as exc:  # not a URI at all
             raise SRPyServerNotFound(uri, str(exc)) from None
         if client.info.get("Group", "") != self.engine.group:
