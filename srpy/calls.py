@@ -17,6 +17,7 @@ from Pyro5.callcontext import current_context
 
 from . import codec, errors, wire
 from .output import flush_output
+from . import tracebacks
 from .tracebacks import user_traceback
 
 call_log = logging.getLogger("srpy.engine.calls")
@@ -104,18 +105,18 @@ def engine_call(locked: bool) -> Callable[[Callable[..., Any]], Callable[..., An
                     raise self._watch.stopped(call, None)
             except (errors.TaskTimeout, errors.TaskAborted) as exc:
                 if call is None or not call.reason:  # user code raised one itself
-                    exc.srpy_traceback = user_traceback(exc)
+                    tracebacks.attach(exc)
                 raise
             except Exception as exc:
                 if call is not None and call.reason:  # the interrupt, turned into something else by user code
                     raise self._watch.stopped(call, exc) from None
-                exc.srpy_traceback = user_traceback(exc)
+                tracebacks.attach(exc)
                 raise
             except BaseException as exc:  # SystemExit, KeyboardInterrupt from user code: keep serving
                 if call is not None and call.reason:
                     raise self._watch.stopped(call, exc) from None
                 stand_in = _stand_in_type(type(exc).__name__)(*exc.args)
-                stand_in.srpy_traceback = user_traceback(exc)
+                tracebacks.attach(stand_in, user_traceback(exc))
                 raise stand_in from None
             finally:
                 if self.timing:
@@ -160,7 +161,7 @@ def _check_json(result: Any) -> None:
                         "None, bool, numbers, str, lists and dicts. Return something made of those "
                         "(str(value), or the attributes you need), or use srpy.PythonEngine"
                         % (type(value).__name__, where))
-        exc.srpy_traceback = "TypeError: %s\n" % exc
+        tracebacks.attach(exc, "TypeError: %s\n" % exc)
         raise exc
 
 

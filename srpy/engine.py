@@ -40,7 +40,7 @@ from . import benchmark, codec, errors, functions
 from ._version import __version__
 from .calls import engine_call
 from .lock import EngineLock
-from .tracebacks import user_traceback
+from . import tracebacks
 from .watch import CallWatch
 
 log = logging.getLogger("srpy.engine")
@@ -282,7 +282,7 @@ class Engine:
         except errors.CallInterrupted:  # a limit or an abort stops the call itself
             raise
         except BaseException as exc:  # whatever building raised is the definition's outcome, not the call's
-            exc.srpy_traceback = user_traceback(exc)
+            tracebacks.attach(exc)
             if isinstance(exc, ModuleNotFoundError):
                 return {"kind": "missing", "error": exc, "module": exc.name}
             kind = "transient" if isinstance(exc, (MemoryError, OSError)) else "broken"
@@ -319,23 +319,23 @@ class Engine:
             try:
                 return ("ok", fn(*payload[0], **(payload[1] or {})))
             except Exception as exc:
-                exc.srpy_traceback = user_traceback(exc)
+                tracebacks.attach(exc)
                 return ("err", exc)
             except errors.CallInterrupted:  # the engine stops this call: never a task's outcome
                 raise
             except BaseException as exc:  # SystemExit, KeyboardInterrupt...: the task's own outcome
-                exc.srpy_traceback = user_traceback(exc)
+                tracebacks.attach(exc)
                 return ("err", exc)
         results: List[Any] = []
         try:  # extend() keeps what was computed before a failure; map/starmap loop at C speed
             results.extend(map(fn, payload) if kind == "map1" else itertools.starmap(fn, payload))
         except Exception as exc:
-            exc.srpy_traceback = user_traceback(exc)
+            tracebacks.attach(exc)
             return ("part", results, exc)
         except errors.CallInterrupted:
             raise
         except BaseException as exc:
-            exc.srpy_traceback = user_traceback(exc)
+            tracebacks.attach(exc)
             return ("part", results, exc)
         return ("ok", results)
 
@@ -365,7 +365,7 @@ class Engine:
                 self._sandbox_path(member.name)
                 if not (member.isfile() or member.isdir()):
                     raise ValueError("upload archives hold only files and folders, not %r" % member.name)
-            safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            safe: Dict[str, Any] = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
             tar.extractall(self.sandbox, members=members, **safe)
         importlib.invalidate_caches()
         return [m.name for m in members if m.isfile()]

@@ -190,7 +190,7 @@ class _PackState:
         self.helpers.append(source)
         for member in vars(value).values():
             if isinstance(member, (types.FunctionType, staticmethod, classmethod)):
-                inner = getattr(member, "__func__", member)
+                inner: Any = getattr(member, "__func__", member)
                 self.visit_code(inner.__code__, namespace, value.__qualname__)
 
     def _need_module(self, module: types.ModuleType) -> None:

@@ -69,7 +69,7 @@ import time
 import weakref
 from concurrent.futures import CancelledError, Future, InvalidStateError
 from concurrent.futures import TimeoutError as FutureTimeout  # the builtin one from Python 3.11 on
-from typing import Any, Callable, Deque, Dict, Iterator, List, Optional
+from typing import Any, Callable, Deque, Dict, Generator, Iterator, List, Optional, cast
 
 from . import codec
 from .fanout import fan_out, start_thread
@@ -176,8 +176,19 @@ class MapJob:
         self.stopped: Optional[BaseException] = None  # why no more will be cut although items remain
         self.source_error: Optional[BaseException] = None  # what reading the source raised
         self.changed = threading.Condition(threading.Lock())
-        self.scheduler: Optional["Scheduler"] = None
+        self._scheduler: Optional["Scheduler"] = None
         self.current: Optional[List[Any]] = None  # the results the consumer is stepping through
+
+    @property
+    def scheduler(self) -> "Scheduler":
+        """The scheduler running this map (set when it is handed to one, before anyone reads it)."""
+        if self._scheduler is None:
+            raise RuntimeError("this map was never handed to a scheduler")
+        return self._scheduler
+
+    @scheduler.setter
+    def scheduler(self, scheduler: "Scheduler") -> None:
+        self._scheduler = scheduler
 
     @property
     def remaining(self) -> int:
@@ -231,6 +242,7 @@ class MapIterator(itertools.chain):
     """
 
     _job: MapJob
+    _gen: Generator[List[Any], None, None]
 
     def close(self) -> None:
         """Stop the map: no more results; what has not run is cancelled, what runs is stopped."""
@@ -249,7 +261,7 @@ class MapIterator(itertools.chain):
 def results(job: MapJob, deadline: Optional[float]) -> MapIterator:
     """The L{MapIterator} over C{job}'s results; C{deadline} (monotonic) bounds the waits."""
     gen = _chunk_results(job, deadline)
-    iterator = MapIterator.from_iterable(gen)
+    iterator = cast(MapIterator, MapIterator.from_iterable(gen))  # from_iterable makes the subclass
     iterator._gen, iterator._job = gen, job
     # dropped before its first result, the generator never ran, so closing it stops nothing: an imap
     # left so would stay queued (and hold its iterable) for the box's life
@@ -257,7 +269,7 @@ def results(job: MapJob, deadline: Optional[float]) -> MapIterator:
     return iterator
 
 
-def _chunk_results(job: MapJob, deadline: Optional[float]) -> Iterator[List[Any]]:
+def _chunk_results(job: MapJob, deadline: Optional[float]) -> Generator[List[Any], None, None]:
     """Yield the lists of a map's results, chunk by chunk; give the map up when the caller stops early."""
     scheduler = job.scheduler
     try:
@@ -503,7 +515,7 @@ class Scheduler:
         up to its window ahead of what it has taken. After shutdown it reads no more: the consumer
         gets C{RuntimeError} once the items already read have run.
         """
-        if job.source is None or job.cancelled or job.stopped is not None:
+        if job.source is None or job.window is None or job.cancelled or job.stopped is not None:
             return
         want = job.window - (job.read - job.consumed)
         if want <= 0:
@@ -726,7 +738,7 @@ class Scheduler:
         self._observe(slot, fn_hash, seconds, sum(task.size for task in batch))
         self._deliver(slot, batch, outcomes)
 
-    def _define(self, slot: Slot, batch: List[Task], call_id: bytes) -> Optional[Dict[str, Any]]:
+    def _define(self, slot: Slot, batch: List[Task], call_id: Optional[bytes]) -> Optional[Dict[str, Any]]:
         """Send the functions C{slot}'s engine does not know yet; what failed, if anything (see L{Engine.define})."""
         for task in batch:
             bundle = task.bundle

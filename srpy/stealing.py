@@ -28,7 +28,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 from . import functions
 from .errors import PeerUnavailable, SRPyError
 from .fanout import Workers, start_thread
-from .tracebacks import user_traceback
+from . import tracebacks
 
 log = logging.getLogger("srpy.peers")
 
@@ -221,7 +221,7 @@ class WorkSharing:
                 self._count_run()
                 return ("ok", fn(*call.args, **call.kwargs))
         except Exception as exc:  # the call's failure is its outcome
-            exc.srpy_traceback = user_traceback(exc)  # type: ignore[attr-defined]
+            tracebacks.attach(exc)
             return ("err", exc)
 
     def _count_run(self) -> None:

@@ -28,3 +28,14 @@ def user_traceback(exc: BaseException) -> str:
     if tb is None:
         return "".join(traceback.format_exception_only(type(exc), exc))
     return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+#: the attribute of an exception that carries its engine-side traceback text to the caller
+#: (Pyro5 sends an exception's attributes along; L{srpy.codec} reads this one back)
+ATTRIBUTE = "srpy_traceback"
+
+
+def attach(exc: BaseException, text: "str | None" = None) -> BaseException:
+    """Give C{exc} the traceback text its caller will see (default: L{user_traceback} of it); returns C{exc}."""
+    setattr(exc, ATTRIBUTE, user_traceback(exc) if text is None else text)
+    return exc

@@ -24,6 +24,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 from Pyro5.callcontext import current_context
 
 from . import errors, functions, wire
+from . import tracebacks
 from .tracebacks import SRPY_DIR, user_traceback
 
 log = logging.getLogger("srpy.engine")
@@ -177,10 +178,10 @@ class CallWatch:
         failure: Any = self._error(call, "refused it (it was aborted before it began)" if early
                               else "stopped it by interrupting its code (the namespace is kept)")
         if exc is not None:
-            failure.srpy_traceback = user_traceback(exc).replace(
-                "srpy.errors.CallInterrupted", type(failure).__name__ + " (stopped here)")
+            tracebacks.attach(failure, user_traceback(exc).replace(
+                "srpy.errors.CallInterrupted", type(failure).__name__ + " (stopped here)"))
         else:
-            failure.srpy_traceback = "%s: %s\n" % (type(failure).__name__, failure)
+            tracebacks.attach(failure, "%s: %s\n" % (type(failure).__name__, failure))
         return failure
 
     def running_for(self) -> float:
@@ -263,7 +264,7 @@ class CallWatch:
         failure: Any = self._error(call, "ended its process to stop it (the code did not stop when interrupted: a "
                                          "long call into C, such as time.sleep, or code catching BaseException); a "
                                          "fresh engine serves at the same URI, with an empty namespace")
-        failure.srpy_traceback = "Stopped at (most recent call last):\n  %s\n" % where
+        tracebacks.attach(failure, "Stopped at (most recent call last):\n  %s\n" % where)
         try:  # first: no client may connect to this process now that it is going away
             self.engine.stop_listening()
         except (AttributeError, OSError) as exc:
