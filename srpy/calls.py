@@ -10,7 +10,7 @@ the peer object (L{srpy.peerservice.PeerService}).
 import functools
 import logging
 import time
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Sequence
 
 from Pyro5.api import expose
 from Pyro5.callcontext import current_context
@@ -144,17 +144,12 @@ def _result_as_blob(result: Any) -> Any:
     return result
 
 
-#: types json carries as they are, and types Pyro5's json serializer sends as text or a list
-_JSON_SCALARS = (type(None), bool, int, float, str)
-_JSON_AS_TEXT = {"datetime.datetime", "datetime.date", "decimal.Decimal", "uuid.UUID", "array.array"}
-
-
 def _check_json(result: Any) -> None:
     """
     Refuse, with a TypeError naming the type, a result json cannot carry: Pyro5's json serializer
     would otherwise send an object (a module, say) as a dict of its attributes.
     """
-    found = _non_json(result)
+    found = codec.json_unfit(result)
     if found is not None:
         where, value = found
         exc = TypeError("cannot return a value of type %r (at result%s) to a json client: json carries "
@@ -163,28 +158,6 @@ def _check_json(result: Any) -> None:
                         % (type(value).__name__, where))
         tracebacks.attach(exc, "TypeError: %s\n" % exc)
         raise exc
-
-
-def _non_json(value: Any, depth: int = 0) -> Optional[tuple]:
-    """C{(where, part)} for the first part of C{value} that json cannot carry; None if all can."""
-    if isinstance(value, _JSON_SCALARS) or depth > 64:  # deeper: left to the serializer
-        return None
-    if isinstance(value, dict):
-        for key in value:
-            if not isinstance(key, _JSON_SCALARS):
-                return "[%r] (a key)" % (key,), key
-        items: Any = value.items()
-    elif isinstance(value, (list, tuple, set)):
-        items = enumerate(value)
-    else:
-        kind = type(value)
-        return None if "%s.%s" % (kind.__module__, kind.__qualname__) in _JSON_AS_TEXT else ("", value)
-    for key, item in items:
-        if not isinstance(item, _JSON_SCALARS):
-            found = _non_json(item, depth + 1)
-            if found is not None:
-                return "[%r]%s" % (key, found[0]), found[1]
-    return None
 
 
 def _short(args: Sequence[Any]) -> Any:

@@ -50,7 +50,7 @@ import marshal
 import struct
 import sys
 import uuid
-from typing import Any, Callable, Dict, List, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from Pyro5 import serializers as _pyro_serializers
 
@@ -699,6 +699,40 @@ def _decode_item(kind: Any, payload: Any, done: Dict[int, Any]) -> Any:
 
 
 # -- Pyro5 registration --------------------------------------------------------------------------
+
+# -- what a json caller can receive ------------------------------------------------------------
+
+#: types json carries as they are, and types Pyro5's json serializer sends as text or a list
+_JSON_SCALARS = (type(None), bool, int, float, str)
+_JSON_AS_TEXT = {"datetime.datetime", "datetime.date", "decimal.Decimal", "uuid.UUID", "array.array"}
+
+
+def json_unfit(value: Any, depth: int = 0) -> Optional[Tuple[str, Any]]:
+    """
+    C{(where, part)} for the first part of C{value} that a json caller cannot receive as it is
+    (Pyro5's json serializer would send an object as a dict of its attributes); None if all can.
+    The contract of what travels to the Jython client (L{srpy.calls} refuses the rest).
+    """
+    if isinstance(value, _JSON_SCALARS) or depth > 64:  # deeper: left to the serializer
+        return None
+    if isinstance(value, dict):
+        for key in value:
+            if not isinstance(key, _JSON_SCALARS):
+                return "[%r] (a key)" % (key,), key
+        items: Any = value.items()
+    elif isinstance(value, (list, tuple, set)):
+        items = enumerate(value)
+    else:
+        kind = type(value)
+        return None if "%s.%s" % (kind.__module__, kind.__qualname__) in _JSON_AS_TEXT else ("", value)
+    for key, item in items:
+        if not isinstance(item, _JSON_SCALARS):
+            found = json_unfit(item, depth + 1)
+            if found is not None:
+                return "[%r]%s" % (key, found[0]), found[1]
+    return None
+
+
 
 class WireFormat:
     """srpy's serializer in the shape a L{srpy.wire.Connection} wants (the client's and the peers')."""
