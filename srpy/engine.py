@@ -10,7 +10,7 @@ User code never takes the engine down: an exception, a syntax error, C{sys.exit(
 C{KeyboardInterrupt} goes back to the caller (same builtin type, with the engine-side traceback),
 and what user code prints goes to the engine's log, not to any client. A call over its time limit,
 or aborted (L{Engine.abort}), is stopped by L{CallWatch}: interrupted where it runs, or, if its
-code cannot be interrupted, by ending the process (which its keeper, L{srpy.launcher.Keeper},
+code cannot be interrupted, by ending the process (which its keeper, L{srpy.supervisor.Keeper},
 replaces at once at the same URI).
 """
 

@@ -10,7 +10,7 @@ SIGKILL this process the moment its parent ends (C{prctl(PR_SET_PDEATHSIG)}), wh
 from the interpreter.
 
 Where to call it: first thing in a process another one started (it only sets a flag of the
-calling process, inherited by no child): the launcher's engine child (C{launcher.run_child}),
+calling process, inherited by no child): the launcher's engine child (C{supervisor.run_child}),
 and, where that child forks the real engine, that grandchild too, right after the fork, so that
 each level ends with the one above it.
 

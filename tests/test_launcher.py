@@ -48,7 +48,7 @@ def engine_pids(launcher):
 
 
 def keepers(launcher):
-    """The launcher's own children: one engine process (a keeper, see srpy.launcher.Keeper) per engine."""
+    """The launcher's own children: one engine process (a keeper, see srpy.supervisor.Keeper) per engine."""
     return psutil.Process(launcher.process.pid).children()
 
 
