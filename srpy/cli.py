@@ -13,7 +13,6 @@ gets one error line (exit code 1).
 import argparse
 import logging
 import os
-import subprocess
 import sys
 import threading
 from typing import Any, Callable, List, Optional, Sequence
@@ -21,8 +20,8 @@ from typing import Any, Callable, List, Optional, Sequence
 from . import __version__, copyright
 from .errors import SRPyError
 from .subengine import detectNCPUs
-from .supervisor import (CAN_FORK, EngineProcess, Keeper, Supervisor, child_command, on_signals, remove_file,
-                         run_child, spawn_engines, write_uri_file)
+from .supervisor import (CAN_FORK, EngineProcess, Keeper, Supervisor, on_signals, remove_file, run_child,
+                         start_engines, write_uri_file)
 
 log = logging.getLogger("srpy.cli")
 
@@ -331,12 +330,11 @@ def run_multi(options: argparse.Namespace, count: int) -> int:
     ports = [options.port + i if options.port else 0 for i in range(count)]
     if options.python:
         check_python(options.python)
-    commands = [child_command(options, names[i], ports[i], options.python) for i in range(count)]
     stop_ns = _maybe_start_ns(options)
     supervisor = Supervisor([], options.uri_file, stop_ns, _restarter(options, names), crashes=options.restart)
     on_signals(supervisor.stop)  # from here on a signal is a clean stop, even while engines start
     try:
-        supervisor.engines = engines = spawn_engines(commands, options.secret, options.ready_timeout)
+        supervisor.engines = engines = start_engines(options, names, ports, options.ready_timeout)
     except BaseException:
         stop_ns()
         raise
@@ -357,13 +355,13 @@ def run_multi(options: argparse.Namespace, count: int) -> int:
 def _restarter(options: argparse.Namespace, names: List[str]) -> Callable[[int, int], EngineProcess]:
     """How the supervisor starts engine C{index} again, on C{port}: C{restart(index, port)}."""
     def restart(index: int, port: int) -> EngineProcess:
-        command = child_command(options, names[index], port, options.python)
-        return spawn_engines([command], options.secret, options.ready_timeout)[0]
+        return start_engines(options, [names[index]], [port], options.ready_timeout)[0]
     return restart
 
 
 def check_python(python: str) -> None:
     """Make sure C{python} runs and has srpy (and its dependencies) importable."""
+    import subprocess
     try:
         # what an engine process imports (srpy itself imports nothing until used)
         done = subprocess.run([python, "-c", "import srpy.hosting, srpy; print(srpy.__version__)"],
@@ -382,6 +380,7 @@ def install_hint(python: str) -> str:
     directory (it is not on a package index), with pip, which a bare virtualenv may lack.
     """
     import shlex
+    import subprocess
     package = os.path.dirname(os.path.abspath(__file__))
     source = os.path.dirname(package)
     if not os.path.isfile(os.path.join(source, "setup.py")):  # an installed copy: its source is elsewhere

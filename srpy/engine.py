@@ -31,15 +31,13 @@ import shutil
 import socket
 import sys
 import sysconfig
-import tarfile
 import tempfile
 import threading
 import time
 import traceback
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
-import psutil
-from Pyro5.api import expose
+from Pyro5.server import expose
 from Pyro5.callcontext import current_context
 
 from . import benchmark, codec, errors, functions, lite, peers, __version__
@@ -919,6 +917,7 @@ class Engine:
         archive = self._with_blobs(variables).get("archive")
         if not isinstance(archive, bytes):
             raise TypeError("unpack() needs the archive as bytes, not %s" % type(archive).__name__)
+        import tarfile  # loaded on first use, as psutil below: an engine needs neither to start serving
         with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
             members = tar.getmembers()
             for member in members:
@@ -1049,6 +1048,7 @@ class Engine:
     @_engine_call(locked=False)
     def whoami(self) -> Dict[str, Any]:
         """SRPy's description keys, plus srpy's (name, group, cores, load, memory, ...)."""
+        import psutil
         memory = psutil.virtual_memory()
         load = os.getloadavg() if hasattr(os, "getloadavg") else (psutil.cpu_percent(),)
         return {
@@ -1087,6 +1087,7 @@ class Engine:
         watch = self._watch
         owner = self.lock.owner
         frame = sys._current_frames().get(owner) if owner is not None else None
+        import psutil
         memory = psutil.virtual_memory()
         return {
             "uri": self.uri, "name": self.name, "group": self.group, "pid": os.getpid(),

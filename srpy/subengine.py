@@ -11,10 +11,12 @@ outlives this program, however this program ends.
 import argparse
 import atexit
 import os
-import subprocess
-from typing import List, Optional, Tuple
+from typing import TYPE_CHECKING, List, Optional, Tuple
 
 from .supervisor import child_command, spawn_engines, stop_process
+
+if TYPE_CHECKING:
+    import subprocess  # imported where used: the launcher asks detectNCPUs, and starts no program
 
 _sub_engines: List["subprocess.Popen[bytes]"] = []
 
@@ -43,8 +45,11 @@ def newSubEngine(timeout: float = 30, host: str = "127.0.0.1", name: str = "", g
                                  max_task_time=max_task_time)
     secret = secret if secret is not None else os.environ.get("SRPY_SECRET")
     started = spawn_engines([child_command(options, name, 0, python)], secret, timeout)[0]
-    _sub_engines.append(started.process)
-    return started.uri, started.process
+    import subprocess
+    process = started.process
+    assert isinstance(process, subprocess.Popen)  # a new interpreter: never a fork of the caller's process
+    _sub_engines.append(process)
+    return started.uri, process
 
 
 def stopSubEngine(process: "subprocess.Popen[bytes]") -> Optional[int]:

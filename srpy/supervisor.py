@@ -3,11 +3,12 @@ The engine processes of C{srpyapp} and L{srpy.newSubEngine}: starting them, wait
 serve, supervising them, restarting them, stopping them, with no files polled and no orphans.
 
 The protocol between a launcher and each engine process it starts:
- - the launcher starts C{python -m srpy --child ...} with pipes for stdin and stdout;
- - the engine process binds its port, then writes one line C{SRPY-READY <uri> <sandbox>} (or
+ - the engine process has pipes for stdin and stdout to its launcher: it is forked from the
+   launcher (L{start_engines}), or started as C{python -m srpy --child ...};
+ - it binds its port, then writes one line C{SRPY-READY <uri> <sandbox>} (or
    C{SRPY-FAILED <reason>}) on stdout; the launcher waits for that line with a timeout;
- - the engine process treats end-of-file on its stdin as "stop": when the launcher exits,
-   however it exits (even SIGKILL), the pipe closes and every engine process stops by itself.
+ - it treats end-of-file on its stdin as "stop": when the launcher exits, however it exits
+   (even SIGKILL), the pipe closes and every engine process stops by itself.
 
 How an engine comes back after a time limit ended it (L{srpy.engine.CallWatch}): the engine
 process is a L{Keeper} that forks the engine itself (an I{incarnation}, served by
@@ -17,8 +18,8 @@ back-off) restart. Without C{fork} (Windows), the supervisor restarts such an en
 once::
 
     srpyapp (basic) = Keeper ---fork---> engine
-    srpyapp -n N    = Supervisor --exec--> N x (python -m srpy --child = Keeper ---fork---> engine)
-    newSubEngine()  ---------------------exec--> (python -m srpy --child = Keeper ---fork---> engine)
+    srpyapp -n N    = Supervisor --fork (or exec: python -m srpy --child)--> N x Keeper ---fork---> engine
+    newSubEngine()  --exec: python -m srpy --child--> Keeper ---fork---> engine
 
 Package-internal: L{srpy.cli} and L{srpy.subengine} use it; the public entry points are theirs.
 """
@@ -32,14 +33,16 @@ import re
 import selectors
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import IO, TYPE_CHECKING, Any, Callable, Dict, List, NoReturn, Optional, Sequence, Tuple, Union
 
 from . import lite
 from .errors import SRPyError
+
+if TYPE_CHECKING:
+    import subprocess  # imported where used: a launcher that forks its engines starts no program
 
 log = logging.getLogger("srpy.supervisor")
 
@@ -413,10 +416,62 @@ def on_signals(stop: Callable[[], Any]) -> None:
 
 # -- engine processes started by a launcher --------------------------------------------------------
 
+class _ForkedKeeper:
+    """
+    An engine process this launcher forked (see L{start_engines}), with the part of
+    C{subprocess.Popen}'s interface the launcher uses: C{pid}, C{stdin} (its end is the engine
+    process's "stop"), C{stdout} (its ready line), C{returncode}, C{poll}, C{wait}, C{terminate},
+    C{kill}.
+    """
+
+    def __init__(self, pid: int, stdin: int, stdout: int) -> None:
+        self.pid = pid
+        self.stdin: Optional[IO[bytes]] = os.fdopen(stdin, "wb", buffering=0)
+        self.stdout: Optional[IO[bytes]] = os.fdopen(stdout, "rb", buffering=0)
+        self.returncode: Optional[int] = None
+
+    def poll(self) -> Optional[int]:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped already: nothing says how it ended
+                pid, status = self.pid, 0
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)  # -N for signal N, as Popen says
+        return self.returncode
+
+    def wait(self, timeout: Optional[float] = None) -> int:
+        """Its exit code, once it has ended; C{subprocess.TimeoutExpired} after C{timeout} seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.001
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                import subprocess
+                raise subprocess.TimeoutExpired("engine process %d" % self.pid, timeout or 0.0)
+            time.sleep(pause)  # only while it stops: readiness comes by its pipe, never by polling
+            pause = min(2 * pause, 0.05)
+        assert self.returncode is not None
+        return self.returncode
+
+    def send_signal(self, signum: int) -> None:
+        if self.poll() is None:
+            _signal_process(self.pid, signum)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+#: a child engine process: started with exec (C{Popen}), or forked from this launcher
+ChildProcess = Union["subprocess.Popen[bytes]", _ForkedKeeper]
+
+
 class EngineProcess:
     """A child engine process and what it reported when it became ready."""
 
-    def __init__(self, process: "subprocess.Popen[bytes]", uri: str, sandbox: str) -> None:
+    def __init__(self, process: ChildProcess, uri: str, sandbox: str) -> None:
         self.process = process
         self.uri = uri
         self.sandbox = sandbox
@@ -430,8 +485,9 @@ class EngineProcess:
         return stop_process(self.process, grace)
 
 
-def stop_process(process: "subprocess.Popen[bytes]", grace: float = STOP_GRACE) -> Optional[int]:
+def stop_process(process: ChildProcess, grace: float = STOP_GRACE) -> Optional[int]:
     """Stop a child engine: end of its stdin, then SIGTERM, then SIGKILL. Returns its exit code."""
+    import subprocess
     attempts: List[Callable[[], None]] = [lambda: _close_stdin(process), process.terminate, process.kill]
     for attempt in attempts:
         if process.poll() is not None:
@@ -444,12 +500,13 @@ def stop_process(process: "subprocess.Popen[bytes]", grace: float = STOP_GRACE) 
             process.wait(grace)
         except subprocess.TimeoutExpired:
             continue
+    _close_stdin(process)  # if it had ended by itself
     if process.stdout:
         process.stdout.close()
     return process.wait()
 
 
-def _close_stdin(process: "subprocess.Popen[bytes]") -> None:
+def _close_stdin(process: ChildProcess) -> None:
     if process.stdin and not process.stdin.closed:
         process.stdin.close()
 
@@ -481,27 +538,130 @@ def child_command(options: argparse.Namespace, name: str, port: int, python: Opt
     return command
 
 
+def start_engines(options: argparse.Namespace, names: Sequence[str], ports: Sequence[int],
+                  timeout: float) -> List[EngineProcess]:
+    """
+    Start the launcher's engine processes, one per name and port, and wait for each one's ready
+    line (all in parallel). Where it is safe (L{_may_fork}), each is forked from this process,
+    with srpy loaded: no interpreter to start, no module to import again. Else each is a new
+    interpreter (C{python -m srpy --child}, in C{--python} if given).
+
+    @raise SRPyError: an engine failed or stayed silent (those that started are stopped).
+    """
+    if not _may_fork(options):
+        commands = [child_command(options, name, port, options.python) for name, port in zip(names, ports)]
+        return spawn_engines(commands, options.secret, timeout)
+    processes: List[ChildProcess] = []
+    try:
+        for index, (name, port) in enumerate(zip(names, ports)):
+            processes.append(_fork_keeper(options, name, port))
+            if index == 0 and len(names) > 1:
+                # while the first engine process loads the engine, this one does too (a second core):
+                # the others are forked with it loaded
+                from . import hosting  # noqa: F401
+    except BaseException:
+        _stop_all(processes)
+        raise
+    return _ready_or_stopped(processes, timeout)
+
+
 def spawn_engines(commands: Sequence[List[str]], secret: Optional[str], timeout: float) -> List[EngineProcess]:
     """
-    Start the engine processes and wait for each one's ready line (all in parallel). If any fails
-    or times out, stop those that started and raise L{SRPyError} with its reason.
+    Start the engine processes as new interpreters (C{commands}, from L{child_command}) and wait
+    for each one's ready line (all in parallel). If any fails or times out, stop those that
+    started and raise L{SRPyError} with its reason.
     """
+    import subprocess
     env = dict(os.environ)
     if secret:
         env["SRPY_SECRET"] = secret  # the secret goes by environment, never on a command line
     else:
         env.pop("SRPY_SECRET", None)
-    processes = [subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
-                 for cmd in commands]
+    processes: List[ChildProcess] = []
+    try:
+        for command in commands:
+            process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+            _note_pipes(process)
+            processes.append(process)
+    except BaseException:
+        _stop_all(processes)
+        raise
+    return _ready_or_stopped(processes, timeout)
+
+
+def _may_fork(options: argparse.Namespace) -> bool:
+    """
+    Whether the launcher may fork its engine processes: it can fork, it is one thread (a fork
+    copies a lock another thread holds, held forever), the engines run in this Python, and the
+    secret is not on the command line (a forked process shows the launcher's command line;
+    started anew, it gets the secret by its environment).
+    """
+    secret = getattr(options, "secret", None)
+    return (CAN_FORK and not getattr(options, "python", None) and threading.active_count() == 1
+            and not (secret and any(secret in argument for argument in sys.argv)))
+
+
+#: the launcher's ends of the pipes to its engine processes: a forked one must not hold the others'
+_pipes: List[IO[bytes]] = []
+
+
+def _note_pipes(process: ChildProcess) -> None:
+    _pipes[:] = [pipe for pipe in _pipes if not pipe.closed]
+    _pipes.extend(pipe for pipe in (process.stdin, process.stdout) if pipe is not None)
+
+
+def _fork_keeper(options: argparse.Namespace, name: str, port: int) -> _ForkedKeeper:
+    """Fork an engine process: a L{Keeper} of the engine C{name} on C{port}, talking on two pipes."""
+    stdin_r, stdin_w = os.pipe()
+    stdout_r, stdout_w = os.pipe()
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.flush()  # or the child would write what this process buffered a second time
+    pid = os.fork()
+    if pid == 0:
+        _keeper_main(argparse.Namespace(**dict(vars(options), name=name, port=port)), stdin_r, stdout_w,
+                     [stdin_w, stdout_r])
+    os.close(stdin_r)
+    os.close(stdout_w)
+    process = _ForkedKeeper(pid, stdin_w, stdout_r)
+    _note_pipes(process)
+    return process
+
+
+def _keeper_main(options: argparse.Namespace, stdin: int, stdout: int, foreign: List[int]) -> NoReturn:
+    """In a forked engine process: stdin and stdout become its pipes to the launcher, then L{run_child}."""
+    code = 1
+    try:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, signal.SIG_DFL)  # the launcher's handlers are not ours; the keeper sets its own
+        os.dup2(stdin, 0)
+        os.dup2(stdout, 1)
+        for fd in [stdin, stdout] + foreign:
+            os.close(fd)
+        for pipe in _pipes:  # the other engine processes' pipes: holding them would keep them from their EOF
+            pipe.close()
+        code = run_child(options)
+    except BaseException:  # noqa: B902 - nothing may unwind into the launcher's stack
+        log.exception("engine process failed")
+    finally:
+        logging.shutdown()
+        os._exit(code)
+
+
+def _ready_or_stopped(processes: List[ChildProcess], timeout: float) -> List[EngineProcess]:
     try:
         return _await_ready(processes, timeout)
     except BaseException:
-        for process in processes:
-            stop_process(process, 1.0)
+        _stop_all(processes)
         raise
 
 
-def _await_ready(processes: List["subprocess.Popen[bytes]"], timeout: float) -> List[EngineProcess]:
+def _stop_all(processes: Sequence[ChildProcess]) -> None:
+    for process in processes:
+        stop_process(process, 1.0)
+
+
+def _await_ready(processes: List[ChildProcess], timeout: float) -> List[EngineProcess]:
     deadline = time.monotonic() + timeout
     lines: Dict[int, bytes] = {}
     with selectors.DefaultSelector() as selector:
@@ -565,7 +725,7 @@ class Supervisor:
 
     def _died(self, index: int, engine: EngineProcess) -> None:
         from .engine import EXIT_RUNAWAY
-        code = engine.process.returncode
+        code = engine.process.wait()  # it has ended: this is its exit code at once
         backstop = _read_backstop(engine.sandbox)
         runaway = code == EXIT_RUNAWAY or backstop is not None  # only where there is no keeper
         if runaway:
