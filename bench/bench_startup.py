@@ -13,20 +13,21 @@ Three starts, each from nothing to "both workers answer":
 The three alternate, round after round, in a rotating order (so that no system always runs
 right after another), after one untimed warm-up round; the table shows the median and the best
 of the timed rounds and the two ratios issue 11 sets: srpy / spawn pool (at most 2) and srpy /
-bare Pyro5 (at most 1). C{--compare DIR} adds a fourth system, srpy from another checkout (the
-base commit, say), so that before and after are measured in the same run.
+bare Pyro5 (at most 1), as ratios of the medians and paired (the median of the rounds' own
+ratios). C{--compare DIR} (repeatable) adds srpy from another checkout (the base commit, say), so
+that before and after are measured in the same run.
 
 Every child gets the same environment: bytecode cached in a private C{PYTHONPYCACHEPREFIX} (an
 installed srpy has its bytecode compiled; where C{PYTHONDONTWRITEBYTECODE} is set, a checkout's
 srpy would be compiled from source at every start). This file's top level imports only the
 standard library: a spawn pool's workers import it again as their main module.
 
-C{--breakdown} prints where srpy's start-up time goes instead: interpreter start, the imports of
-the launcher and of an engine process, and the launcher's own timeline (from C{SRPY_STARTUP_TRACE}).
+C{--breakdown} prints where srpy's start-up time goes instead: interpreter start, and the CPU time
+of the imports of the launcher before it forks, of an engine process, and of a bare Pyro5 server.
 
 Usage::
 
-    python bench/bench_startup.py                  # 7 timed rounds (about 10 s)
+    python bench/bench_startup.py                  # 7 timed rounds (about 15 s)
     python bench/bench_startup.py --rounds 1       # a smoke run
     python bench/bench_startup.py --compare /work/wt-base305 --json figures.json
     python bench/bench_startup.py --breakdown
@@ -192,18 +193,18 @@ def child_environment(cache_dir: str) -> Dict[str, str]:
     return env
 
 
-def starters(env: Dict[str, str], compare: Optional[str]) -> List[Tuple[str, str, Starter]]:
+def starters(env: Dict[str, str], compare: Sequence[str]) -> List[Tuple[str, str, Starter]]:
     """(key, label, start) of each system measured."""
     chosen = [("srpy", "srpy: srpyapp -n 2 until both answer", lambda: start_srpy(ROOT, env)),
               ("pool", "spawn Pool(2) until a map's first result", start_pool),
               ("pyro", "bare Pyro5: 2 python -c daemons until both answer", lambda: start_pyro(env))]
-    if compare:
-        where = os.path.abspath(compare)
-        chosen.append(("compare", "srpy at %s: srpyapp -n 2" % where, lambda: start_srpy(where, env)))
+    for index, where in enumerate(os.path.abspath(path) for path in compare):
+        chosen.append(("compare%d" % (index + 1), "srpy at %s" % where,
+                       lambda where=where: start_srpy(where, env)))  # type: ignore[misc]
     return chosen
 
 
-def run(rounds: int, compare: Optional[str]) -> Dict[str, Any]:
+def run(rounds: int, compare: Sequence[str]) -> Dict[str, Any]:
     """Warm up, then C{rounds} rounds of every starter in a rotating order; the figures."""
     samples: Dict[str, List[Dict[str, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-startup-pyc-") as cache_dir:
@@ -227,7 +228,10 @@ def run(rounds: int, compare: Optional[str]) -> Dict[str, Any]:
 
 
 def summarize(samples: Dict[str, List[Dict[str, float]]], labels: Dict[str, str]) -> Dict[str, Any]:
-    """Medians, bests and the ratios of srpy over the others."""
+    """
+    Medians, bests and the ratios of srpy over the others: of the medians, and paired (the
+    median of each round's ratio: the systems of one round ran back to back, under the same load).
+    """
     figures: Dict[str, Any] = {"systems": {}, "ratios": {}}
     for key, runs in samples.items():
         answered = [run["answered"] for run in runs]
@@ -235,11 +239,11 @@ def summarize(samples: Dict[str, List[Dict[str, float]]], labels: Dict[str, str]
                                    "samples": answered}
         if "printed" in runs[0]:
             figures["systems"][key]["printed_median"] = statistics.median(run["printed"] for run in runs)
-    median = {key: entry["median"] for key, entry in figures["systems"].items()}
-    figures["ratios"]["srpy_over_pool"] = median["srpy"] / median["pool"]
-    figures["ratios"]["srpy_over_pyro"] = median["srpy"] / median["pyro"]
-    if "compare" in median:
-        figures["ratios"]["srpy_over_compare"] = median["srpy"] / median["compare"]
+    systems = figures["systems"]
+    for other in [key for key in systems if key != "srpy"]:
+        paired = [mine / theirs for mine, theirs in zip(systems["srpy"]["samples"], systems[other]["samples"])]
+        figures["ratios"]["srpy_over_" + other] = {"of_medians": systems["srpy"]["median"] / systems[other]["median"],
+                                                   "paired": statistics.median(paired)}
     return figures
 
 
@@ -250,13 +254,14 @@ def report(figures: Dict[str, Any], rounds: int) -> str:
     for entry in figures["systems"].values():
         printed = "%9.3f" % entry["printed_median"] if "printed_median" in entry else "%9s" % "-"
         lines.append("%-62s %8.3f %8.3f %s" % (entry["label"], entry["median"], entry["best"], printed))
-    ratios = figures["ratios"]
-    lines.append("ratio srpy / spawn pool: %.2f (target <= %.1f: %s)"
-                 % (ratios["srpy_over_pool"], TARGET_OVER_POOL, _verdict(ratios["srpy_over_pool"], TARGET_OVER_POOL)))
-    lines.append("ratio srpy / bare Pyro5: %.2f (target <= %.1f: %s)"
-                 % (ratios["srpy_over_pyro"], TARGET_OVER_PYRO, _verdict(ratios["srpy_over_pyro"], TARGET_OVER_PYRO)))
-    if "srpy_over_compare" in ratios:
-        lines.append("ratio srpy / srpy at the compared checkout: %.2f" % ratios["srpy_over_compare"])
+    targets = {"pool": TARGET_OVER_POOL, "pyro": TARGET_OVER_PYRO}
+    for key, ratio in figures["ratios"].items():
+        other = key[len("srpy_over_"):]
+        line = "ratio srpy / %s: %.2f of the medians, %.2f paired" % (
+            figures["systems"][other]["label"].split(":")[0], ratio["of_medians"], ratio["paired"])
+        if other in targets:
+            line += " (target <= %.1f: %s)" % (targets[other], _verdict(ratio["of_medians"], targets[other]))
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -266,62 +271,68 @@ def _verdict(value: float, target: float) -> str:
 
 # -- where the time goes ----------------------------------------------------------------------------
 
-BREAKDOWN_STATEMENTS = (
-    ("interpreter start (python -S -c pass)", ["-S", "-c", "pass"]),
-    ("interpreter start with site (python -c pass)", ["-c", "pass"]),
-    ("import Pyro5.api (a bare daemon's imports)", ["-c", "import Pyro5.api"]),
-    ("import psutil", ["-c", "import psutil"]),
-    ("import srpy (the facade)", ["-c", "import srpy"]),
-    ("import srpy.cli (the launcher's command line)", ["-c", "import srpy.cli"]),
-    ("import srpy.hosting (what an engine process loads)", ["-c", "import srpy.hosting"]),
+#: a bare Pyro5 server's start, as the modules it loads
+BARE_STEPS = (("a bare Pyro5 server's imports (Pyro5.api)", "import Pyro5.api"),)
+#: each step of an srpy engine process's start, as what it loads, one after the other
+SRPY_STEPS = (
+    ("srpyapp before it forks: srpy.cli (argparse, logging, socket, json ...)", "import srpy.cli"),
+    ("an engine process's imports after that: srpy.hosting (Pyro5, the engine)", "import srpy.hosting"),
+    ("the keeper's preload for whoami (psutil, uname -p)", "srpy.hosting.preload()"),
 )
+#: runs steps (a JSON list of (label, statement)) one after the other in one interpreter; prints their CPU ms
+_CPU_TIMER = """
+import json, sys, time
+out = []
+for label, statement in json.loads(sys.argv[1]):
+    start = time.process_time()
+    exec(statement)
+    out.append((label, (time.process_time() - start) * 1e3))
+print(json.dumps(out))
+"""
 
 
-def _median_seconds(arguments: Sequence[str], env: Dict[str, str], repeats: int) -> Optional[float]:
-    """Median wall seconds of C{python ARGUMENTS} (None if it fails)."""
+def _median_wall(arguments: Sequence[str], env: Dict[str, str], repeats: int) -> float:
+    """Median wall seconds of C{python ARGUMENTS}."""
     times = []
     for _ in range(repeats + 1):  # the first one writes bytecode
         start = time.perf_counter()
-        done = subprocess.run([sys.executable] + list(arguments), env=env, cwd=ROOT, capture_output=True)
+        subprocess.run([sys.executable] + list(arguments), env=env, cwd=ROOT, capture_output=True, check=True)
         times.append(time.perf_counter() - start)
-        if done.returncode != 0:
-            return None
     return statistics.median(times[1:])
 
 
+def _median_cpu(steps: Sequence[Tuple[str, str]], env: Dict[str, str], repeats: int) -> List[Tuple[str, float]]:
+    """Median CPU milliseconds of each step, each run in a fresh interpreter after the ones before it."""
+    runs = []
+    for _ in range(repeats + 1):
+        done = subprocess.run([sys.executable, "-c", _CPU_TIMER, json.dumps(steps)], env=env, cwd=ROOT,
+                              capture_output=True, text=True, check=True)
+        runs.append(json.loads(done.stdout))
+    return [(label, statistics.median(run[index][1] for run in runs[1:])) for index, (label, _) in enumerate(steps)]
+
+
 def breakdown(repeats: int) -> str:
-    """Where a start goes: interpreter, imports, and the launcher's own timeline."""
-    lines = ["where srpy's start-up goes (median of %d, seconds)" % repeats]
+    """
+    Where a start goes: the interpreter (wall time), then the imports of each step (CPU time: it
+    does not depend on what else runs on the machine).
+    """
+    lines = ["where srpy's start-up goes (median of %d)" % repeats]
     with tempfile.TemporaryDirectory(prefix="bench-startup-pyc-") as cache_dir:
         env = dict(child_environment(cache_dir), PYTHONPATH=ROOT)
-        for label, arguments in BREAKDOWN_STATEMENTS:
-            seconds = _median_seconds(arguments, env, repeats)
-            lines.append("%-62s %s" % (label, "%.3f" % seconds if seconds is not None else "(not importable)"))
-        lines.append("the launcher's timeline (SRPY_STARTUP_TRACE, seconds since its process started):")
-        lines += ["  " + line for line in _traced_start(dict(env, SRPY_STARTUP_TRACE="1"))]
+        lines.append("%-76s %6.1f ms wall" % ("interpreter start (python -S -c pass)",
+                                             1e3 * _median_wall(["-S", "-c", "pass"], env, repeats)))
+        lines.append("%-76s %6.1f ms wall" % ("interpreter start with site (python -c pass)",
+                                             1e3 * _median_wall(["-c", "pass"], env, repeats)))
+        for label, ms in _median_cpu(BARE_STEPS, env, repeats) + _median_cpu(SRPY_STEPS, env, repeats):
+            lines.append("%-76s %6.1f ms CPU" % (label, ms))
     return "\n".join(lines)
-
-
-def _traced_start(env: Dict[str, str]) -> List[str]:
-    """One traced start of C{srpyapp -n 2}: the trace lines it logs."""
-    start = time.perf_counter()
-    process = subprocess.Popen([sys.executable, os.path.join(ROOT, "srpyapp.py"), "-n", "2"], cwd=ROOT, env=env,
-                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        _read_lines(process, lambda line: line.startswith("PYRO:"), 2, start + READY_TIMEOUT)
-        printed = time.perf_counter() - start
-    finally:
-        _stop(process, signal.SIGTERM)
-    assert process.stderr is not None
-    trace = [line for line in process.stderr.read().decode("utf-8", "replace").splitlines() if "startup:" in line]
-    process.stderr.close()
-    return [line.split("startup:", 1)[1].strip() for line in trace] + ["URIs read by this benchmark: %.3f" % printed]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--rounds", type=int, default=ROUNDS, help="timed rounds (default %d)" % ROUNDS)
-    parser.add_argument("--compare", metavar="DIR", help="also measure the srpy checkout in DIR (srpyapp.py there)")
+    parser.add_argument("--compare", metavar="DIR", action="append", default=[],
+                        help="also measure the srpy checkout in DIR (srpyapp.py there); may be repeated")
     parser.add_argument("--json", metavar="FILE", help="write the figures to FILE")
     parser.add_argument("--breakdown", action="store_true", help="print where srpy's start-up time goes instead")
     options = parser.parse_args(argv)

@@ -334,7 +334,7 @@ def run_multi(options: argparse.Namespace, count: int) -> int:
     supervisor = Supervisor([], options.uri_file, stop_ns, _restarter(options, names), crashes=options.restart)
     on_signals(supervisor.stop)  # from here on a signal is a clean stop, even while engines start
     try:
-        supervisor.engines = engines = start_engines(options, names, ports, options.ready_timeout)
+        supervisor.engines = engines = start_engines(options, names, ports, options.ready_timeout, detectNCPUs())
     except BaseException:
         stop_ns()
         raise

@@ -53,12 +53,25 @@ def serve(options: argparse.Namespace, name: str, port: int, announce: Announce,
     announce(server.uri, server.engine.sandbox)
     os.dup2(2, 1)  # nothing may block on the launcher's pipe or print on its console
     capture_output()
-    threading.Thread(target=_warm_up, name="srpy-warm-up", daemon=True).start()
     threading.Thread(target=_stop_at_eof, args=(stopping,), name="srpy-parent-watch", daemon=True).start()
     threading.Thread(target=_stop_when_set, args=(stopping, server), name="srpy-stopper", daemon=True).start()
     gc.freeze()  # what start-up built lives as long as the engine: keep the collector off it
     server.serve()
     return 0
+
+
+def preload() -> None:
+    """
+    Load, in a process that forks engines, what each engine would otherwise load for itself on
+    a client's first call: psutil and the processor's name (C{platform} runs C{uname -p} for it,
+    then keeps it), both for C{whoami}, which every L{srpy.PythonEngine} asks as it connects.
+    Where engines start at once, each keeper does this while the others do too; then every engine
+    it forks has it (also one that replaces an engine that ended for a limit).
+    """
+    import platform
+
+    import psutil  # noqa: F401
+    platform.processor()
 
 
 def tls_options(options: argparse.Namespace) -> Optional[Dict[str, Any]]:
@@ -189,15 +202,6 @@ def _start_server(options: argparse.Namespace, name: str, port: int) -> _EngineS
             server.engine.close()
             raise
     return server
-
-
-def _warm_up() -> None:
-    """
-    Load psutil, which a client's first call (C{whoami}, made by every L{srpy.PythonEngine} as
-    it connects) needs, while no call waits for it; after the engine serves, so that it never
-    delays the ready line.
-    """
-    import psutil  # noqa: F401
 
 
 def _stop_at_eof(stopping: threading.Event) -> None:

@@ -149,7 +149,8 @@ class Keeper:
         once, when the first incarnation is ready (or failed: uri None). C{watch_stdin}: "eof"
         stops at stdin's end; "console" stops on a line 'quit', 'exit' or 'q'; None: not read.
         """
-        from . import hosting  # noqa: F401 - loaded once here, each incarnation starts with the engine loaded
+        from . import hosting
+        hosting.preload()  # once here: each incarnation starts with the engine loaded
         self._on_ready = on_ready
         wake_r, wake_w = os.pipe()
         for fd in (wake_r, wake_w):
@@ -538,14 +539,16 @@ def child_command(options: argparse.Namespace, name: str, port: int, python: Opt
     return command
 
 
-def start_engines(options: argparse.Namespace, names: Sequence[str], ports: Sequence[int],
-                  timeout: float) -> List[EngineProcess]:
+def start_engines(options: argparse.Namespace, names: Sequence[str], ports: Sequence[int], timeout: float,
+                  cores: int = 1) -> List[EngineProcess]:
     """
     Start the launcher's engine processes, one per name and port, and wait for each one's ready
-    line (all in parallel). Where it is safe (L{_may_fork}), each is forked from this process,
-    with srpy loaded: no interpreter to start, no module to import again. Else each is a new
-    interpreter (C{python -m srpy --child}, in C{--python} if given).
+    line (all in parallel). Where it is safe (L{_may_fork}), each is forked from this process:
+    no interpreter to start. The first C{cores} load the engine themselves, at once, one a core;
+    for any more, this process loads it once and forks them with it loaded. Where it is not
+    safe, each is a new interpreter (C{python -m srpy --child}, in C{--python} if given).
 
+    @param cores: how many processes may load the engine at the same time (the usable cores).
     @raise SRPyError: an engine failed or stayed silent (those that started are stopped).
     """
     if not _may_fork(options):
@@ -554,11 +557,10 @@ def start_engines(options: argparse.Namespace, names: Sequence[str], ports: Sequ
     processes: List[ChildProcess] = []
     try:
         for index, (name, port) in enumerate(zip(names, ports)):
+            if index == max(1, cores):
+                from . import hosting
+                hosting.preload()
             processes.append(_fork_keeper(options, name, port))
-            if index == 0 and len(names) > 1:
-                # while the first engine process loads the engine, this one does too (a second core):
-                # the others are forked with it loaded
-                from . import hosting  # noqa: F401
     except BaseException:
         _stop_all(processes)
         raise
