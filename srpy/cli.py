@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _positive_int(text: str) -> int:
+    """A whole number of at least 1 (argparse type)."""
     try:
         value = int(text)
     except ValueError:
@@ -96,6 +97,7 @@ def _positive_int(text: str) -> int:
 
 
 def _port(text: str, lowest: int = 0) -> int:
+    """A port number, C{lowest} to 65535 (argparse type)."""
     try:
         value = int(text)
     except ValueError:
@@ -107,10 +109,12 @@ def _port(text: str, lowest: int = 0) -> int:
 
 
 def _ns_port(text: str) -> int:
+    """A name server's port: 1 to 65535 (argparse type)."""
     return _port(text, lowest=1)
 
 
 def _positive_number(text: str) -> float:
+    """A finite number above 0 (argparse type)."""
     import math
     try:
         value = float(text)
@@ -122,6 +126,7 @@ def _positive_number(text: str) -> float:
 
 
 def _message_size(text: str) -> float:
+    """A message size limit in MB that still lets a ping through (argparse type)."""
     value = _positive_number(text)
     if value * 1024 * 1024 < 1024:  # a smaller limit would refuse every call, even a ping
         raise argparse.ArgumentTypeError("%s MB is too small for any call: use at least 0.001 (1 KiB)" % (text,))
@@ -129,6 +134,7 @@ def _message_size(text: str) -> float:
 
 
 def _secret(text: str) -> str:
+    """A non-empty secret (argparse type)."""
     if not text:  # an empty secret would silently mean "no secret"
         raise argparse.ArgumentTypeError("an empty secret is no secret: give a real one, or leave --secret out")
     return text
@@ -178,6 +184,7 @@ def check_files(options: argparse.Namespace) -> None:
 
 
 def _check_uri_file(path: str) -> None:
+    """The C{-u} file can be written: its directory exists and takes new files."""
     import tempfile
     directory = os.path.dirname(path) or "."
     if os.path.isdir(path):
@@ -194,6 +201,7 @@ def _check_uri_file(path: str) -> None:
 
 
 def _check_tls_files(cert: str, key: str, ca: Optional[str]) -> None:
+    """The TLS files can be read and are a certificate, its key and a CA bundle."""
     import ssl
 
     from Pyro5 import config as pyro_config
@@ -301,6 +309,7 @@ def _convert(name: str, current: Any, text: str) -> Any:
 # -- hosting engines -------------------------------------------------------------------------------
 
 def _banner(count: int, options: argparse.Namespace) -> str:
+    """What the launcher says before it prints the URIs."""
     return ("srpy %s - Simple Remote Python. %s\nHosting %d engine%s on %s%s. Stop with Ctrl-C%s."
             % (__version__, copyright, count, "" if count == 1 else "s", options.host,
                " (secret required)" if options.secret else "",

@@ -186,6 +186,7 @@ def _apply_process_limits(options: argparse.Namespace) -> None:
 
 
 def _start_server(options: argparse.Namespace, name: str, port: int) -> _EngineServer:
+    """The engine, bound and registered (in the name server too with C{--ns}), per the options."""
     try:
         _apply_process_limits(options)
         server = _EngineServer(host=options.host, port=port, name=name, group=options.group,
@@ -215,5 +216,6 @@ def _stop_at_eof(stopping: threading.Event) -> None:
 
 
 def _stop_when_set(stopping: threading.Event, server: _EngineServer) -> None:
+    """Stop serving once C{stopping} is set."""
     stopping.wait()
     server.stop()

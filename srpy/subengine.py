@@ -61,5 +61,6 @@ def stopSubEngine(process: "subprocess.Popen[bytes]") -> Optional[int]:
 
 @atexit.register
 def _stop_sub_engines() -> None:
+    """At exit: stop every sub-engine still running."""
     for process in list(_sub_engines):
         stopSubEngine(process)

@@ -58,7 +58,6 @@ CAN_FORK = hasattr(os, "fork") and hasattr(os, "waitpid")
 _RESTART_RETRIES = (0.1, 0.3, 1.0, 2.0, 5.0)
 
 
-
 # -- the engine process: a keeper, or (without fork) the engine itself ------------------------------
 
 def run_child(options: argparse.Namespace) -> int:
@@ -104,8 +103,8 @@ class Keeper:
                                                      ^  stop pipe (EOF: stop) -->|
                                                      |<-- report pipe: READY uri sandbox
 
-     - the keeper imports srpy, then forks before it ever starts a thread, so each incarnation
-       starts in milliseconds from an already loaded interpreter;
+     - the keeper loads the engine (L{srpy.hosting.preload}), then forks before it ever starts a
+       thread, so each incarnation starts in milliseconds from an already loaded interpreter;
      - an incarnation that exits with L{srpy.engine.EXIT_RUNAWAY} (its watchdog ended it) or whose
        faulthandler backstop fired (L{srpy.engine.BACKSTOP_FILE} in its sandbox is not empty) is
        replaced at once on the same port: a limit's restart needs no flag and is no crash;
@@ -185,6 +184,7 @@ class Keeper:
             self.stopping = True  # the wake-up pipe makes the loop look
 
     def _step(self) -> None:
+        """One turn of the loop: reap, stop or fork as due, then wait for the next event."""
         if self.pid:
             self._reap()
         if self.exit_code is not None:
@@ -215,6 +215,7 @@ class Keeper:
                 self._read_stdin(key.fd, key.data)
 
     def _read_stdin(self, fd: int, mode: str) -> None:
+        """React to the launcher's pipe (its end: stop) or the console ('quit': stop)."""
         try:
             data = os.read(fd, 4096)
         except OSError:
@@ -228,6 +229,7 @@ class Keeper:
             self.stopping = True
 
     def _read_report(self) -> None:
+        """The incarnation's line: ready (the URI to keep) or failed (why)."""
         try:
             data = os.read(self._report, 4096)
         except OSError:
@@ -260,6 +262,7 @@ class Keeper:
     # -- incarnations ---------------------------------------------------------------------------------
 
     def _fork(self) -> None:
+        """Fork an incarnation, with its report and stop pipes."""
         report_r, report_w = os.pipe()
         stop_r, stop_w = os.pipe()
         for stream in (sys.stdout, sys.stderr):
@@ -288,6 +291,7 @@ class Keeper:
         self._selector.register(report_r, selectors.EVENT_READ, "report")
 
     def _reap(self) -> None:
+        """If the incarnation ended: why, and what follows (a fresh one, a retry, or the keeper's end)."""
         try:
             pid, status = os.waitpid(self.pid, os.WNOHANG)
         except ChildProcessError:
@@ -335,6 +339,7 @@ class Keeper:
         self.pid, self.sandbox, self._kill_at = 0, "", []
 
     def _close_report(self) -> None:
+        """Close the keeper's end of the incarnation's report pipe."""
         if self._report >= 0:
             self._selector.unregister(self._report)
             os.close(self._report)
@@ -363,6 +368,7 @@ def _incarnation(options: argparse.Namespace, name: str, port: int, report: int,
 
 
 def _signal_process(pid: int, signum: int) -> None:
+    """Send C{signum} to C{pid}, if it still runs."""
     try:
         os.kill(pid, signum)
     except (ProcessLookupError, PermissionError):
@@ -370,6 +376,7 @@ def _signal_process(pid: int, signum: int) -> None:
 
 
 def _drain(fd: int) -> None:
+    """Read a non-blocking descriptor empty."""
     try:
         while os.read(fd, 4096):
             pass
@@ -432,6 +439,7 @@ class _ForkedKeeper:
         self.returncode: Optional[int] = None
 
     def poll(self) -> Optional[int]:
+        """Its exit code if it has ended (reaping it), else None."""
         if self.returncode is None:
             try:
                 pid, status = os.waitpid(self.pid, os.WNOHANG)
@@ -479,6 +487,7 @@ class EngineProcess:
         self.pid = process.pid
 
     def alive(self) -> bool:
+        """Whether the engine process still runs."""
         return self.process.poll() is None
 
     def stop(self, grace: float = STOP_GRACE) -> Optional[int]:
@@ -508,6 +517,7 @@ def stop_process(process: ChildProcess, grace: float = STOP_GRACE) -> Optional[i
 
 
 def _close_stdin(process: ChildProcess) -> None:
+    """Close our end of the child's stdin: its signal to stop."""
     if process.stdin and not process.stdin.closed:
         process.stdin.close()
 
@@ -608,6 +618,7 @@ _pipes: List[IO[bytes]] = []
 
 
 def _note_pipes(process: ChildProcess) -> None:
+    """Remember the launcher's ends of a new engine process's pipes (forgetting closed ones)."""
     _pipes[:] = [pipe for pipe in _pipes if not pipe.closed]
     _pipes.extend(pipe for pipe in (process.stdin, process.stdout) if pipe is not None)
 
@@ -651,6 +662,7 @@ def _keeper_main(options: argparse.Namespace, stdin: int, stdout: int, foreign: 
 
 
 def _ready_or_stopped(processes: List[ChildProcess], timeout: float) -> List[EngineProcess]:
+    """L{_await_ready}; if that fails, stop them all."""
     try:
         return _await_ready(processes, timeout)
     except BaseException:
@@ -659,11 +671,18 @@ def _ready_or_stopped(processes: List[ChildProcess], timeout: float) -> List[Eng
 
 
 def _stop_all(processes: Sequence[ChildProcess]) -> None:
+    """Stop engine processes that could not all start (1 s grace each)."""
     for process in processes:
         stop_process(process, 1.0)
 
 
 def _await_ready(processes: List[ChildProcess], timeout: float) -> List[EngineProcess]:
+    """
+    Wait for every process's first line, all at once, on their pipes (no polling); the ready
+    ones as L{EngineProcess}es.
+
+    @raise SRPyError: one failed, ended or stayed silent for C{timeout} seconds.
+    """
     deadline = time.monotonic() + timeout
     lines: Dict[int, bytes] = {}
     with selectors.DefaultSelector() as selector:
@@ -717,6 +736,7 @@ class Supervisor:
         self._due: Dict[int, float] = {}
 
     def run(self) -> None:
+        """Watch the engines (four times a second) until L{stop}: report deaths, restart when due."""
         while not self.stopping.wait(0.25):
             for index, engine in enumerate(self.engines):
                 if index not in self._due and engine.process.returncode is None and not engine.alive():
@@ -726,6 +746,7 @@ class Supervisor:
                     self._restart(index)
 
     def _died(self, index: int, engine: EngineProcess) -> None:
+        """Report engine C{index}'s end; schedule its restart if it is to have one."""
         from .engine import EXIT_RUNAWAY
         code = engine.process.wait()  # it has ended: this is its exit code at once
         backstop = _read_backstop(engine.sandbox)
@@ -733,8 +754,8 @@ class Supervisor:
         if runaway:
             log.warning("engine %s (pid %d) ended itself to stop a call%s; a fresh engine starts at the same URI",
                         engine.uri, engine.pid, " that held the interpreter, at %s" % backstop if backstop else "")
-        elif CAN_FORK and code >= 0:
-            log.debug("engine process %s (pid %d) ended with exit code %s", engine.uri, engine.pid, code)  # its keeper said why
+        elif CAN_FORK and code >= 0:  # its keeper said why
+            log.debug("engine process %s (pid %d) ended with exit code %s", engine.uri, engine.pid, code)
         else:
             log.error("engine %s (pid %d) died with exit code %s", engine.uri, engine.pid, code)
         _remove_tree(engine.sandbox)
@@ -748,6 +769,7 @@ class Supervisor:
         log.info("restarting engine %s in %.1f s", engine.uri, delay)
 
     def _restart(self, index: int) -> None:
+        """Start engine C{index} again on its port; if that fails, try later (with back-off)."""
         old = self.engines[index]
         assert self.restart is not None  # nothing is due without it
         try:
@@ -765,9 +787,11 @@ class Supervisor:
             write_uri_file(self.uri_file, [e.uri for e in self.engines])
 
     def stop(self) -> None:
+        """Make L{run} return (from any thread or signal handler)."""
         self.stopping.set()
 
     def shutdown(self) -> None:
+        """Stop every engine, the name server and remove the URI file."""
         for engine in self.engines:
             code = engine.stop()
             _remove_tree(engine.sandbox)
