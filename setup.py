@@ -28,7 +28,7 @@ setup(
         "doc": ["pydoctor>=23.9"],
         "bench": ["ipyparallel", "dask[distributed]", "ray", "rpyc"],
     },
-    entry_points={"console_scripts": ["srpyapp = srpy.launcher:main"]},
+    entry_points={"console_scripts": ["srpyapp = srpy.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
         "Programming Language :: Python :: 3 :: Only",

@@ -3,7 +3,7 @@
 
 import sys
 
-from srpy.launcher import main
+from srpy.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -77,14 +77,14 @@ def start_helper(script: str, role: str, timeout: float) -> Tuple["subprocess.Po
 
 def stop_process(process: "subprocess.Popen[bytes]", grace: float = 5.0, first: Optional[int] = None) -> None:
     """Send C{first} if given, then srpy's own sequence: close stdin, terminate, kill (C{grace} s apart)."""
-    from srpy import launcher
+    from srpy import supervisor
     if first is not None and process.poll() is None:
         try:
             process.send_signal(first)
             process.wait(grace)
         except (OSError, subprocess.TimeoutExpired):
             pass
-    launcher.stop_process(process, grace)
+    supervisor.stop_process(process, grace)
 
 
 def raise_on_sigterm() -> None:

@@ -6,9 +6,9 @@ is the public face of the package; everything a user needs is named here.
 
  - L{PythonEngine<srpy.client.PythonEngine>}: a client for one engine (SRPy's API).
  - L{EngBox<srpy.box.EngBox>}: many engines as one container and one C{concurrent.futures.Executor}.
- - L{newSubEngine<srpy.launcher.newSubEngine>}, L{stopSubEngine<srpy.launcher.stopSubEngine>}: start and
+ - L{newSubEngine<srpy.subengine.newSubEngine>}, L{stopSubEngine<srpy.subengine.stopSubEngine>}: start and
    stop a local engine process from Python.
- - L{detectNCPUs<srpy.launcher.detectNCPUs>}: the number of usable cores.
+ - L{detectNCPUs<srpy.subengine.detectNCPUs>}: the number of usable cores.
  - L{this_engine<srpy.peers.this_engine>}, L{spawn<srpy.peers.spawn>}: for code running on an engine, its
    peers, messages, shared data and work sharing (L{srpy.peers}).
  - L{srpy.lite}: a dependency-free client that also runs on Jython 2.7.
@@ -33,7 +33,7 @@ if _TYPE_CHECKING:  # what type checkers and readers see; at run time, __getattr
                          RemoteSystemExit, SerializationError, SRPyError, SRPyServerNotFound, TaskAborted,
                          TaskTimeout)
     from .functions import FunctionShippingError
-    from .launcher import detectNCPUs, newSubEngine, stopSubEngine
+    from .subengine import detectNCPUs, newSubEngine, stopSubEngine
     from .peers import spawn, this_engine
 
 version = __version__
@@ -41,7 +41,7 @@ version = __version__
 #: every public name, and the module it lives in (imported at its first use)
 _HOMES: _Dict[str, str] = {
     "PythonEngine": "client", "Namespace": "client", "RemoteObject": "client",
-    "newSubEngine": "launcher", "stopSubEngine": "launcher", "detectNCPUs": "launcher",
+    "newSubEngine": "subengine", "stopSubEngine": "subengine", "detectNCPUs": "subengine",
     "EngBox": "box", "MultiRunResult": "box",
     "FunctionShippingError": "functions",
     "this_engine": "peers", "spawn": "peers",

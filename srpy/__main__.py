@@ -2,6 +2,6 @@
 
 import sys
 
-from srpy.launcher import main
+from srpy.cli import main
 
 sys.exit(main())

@@ -13,7 +13,7 @@ C{KeyboardInterrupt} goes back to the caller (same builtin type, with the engine
 L{srpy.calls}), and what user code prints goes to the engine's log, not to any client
 (L{srpy.output}). A call over its time limit, or aborted (L{Engine.abort}), is stopped by its
 watchdog (L{srpy.watch.CallWatch}): interrupted where it runs, or, if its code cannot be
-interrupted, by ending the process (which its keeper, L{srpy.launcher.Keeper}, replaces at once
+interrupted, by ending the process (which its keeper, L{srpy.supervisor.Keeper}, replaces at once
 at the same URI).
 """
 
@@ -27,14 +27,12 @@ import platform
 import shutil
 import socket
 import sys
-import tarfile
 import tempfile
 import threading
 import time
 import traceback
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-import psutil
 
 from . import benchmark, codec, errors, functions
 from ._version import __version__
@@ -359,6 +357,7 @@ class Engine:
         archive = self._with_blobs(variables).get("archive")
         if not isinstance(archive, bytes):
             raise TypeError("unpack() needs the archive as bytes, not %s" % type(archive).__name__)
+        import tarfile  # loaded on first use, as psutil below: an engine needs neither to start serving
         with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
             members = tar.getmembers()
             for member in members:
@@ -450,6 +449,7 @@ class Engine:
 
     def describe(self) -> Dict[str, Any]:
         """What L{whoami} answers (also for the name server's entry and the peer object)."""
+        import psutil  # here, not at import: an engine starts serving without it (srpy.hosting.preload)
         memory = psutil.virtual_memory()
         load = os.getloadavg() if hasattr(os, "getloadavg") else (psutil.cpu_percent(),)
         return {
@@ -488,6 +488,7 @@ class Engine:
         watch = self._watch
         owner = self.lock.owner
         frame = sys._current_frames().get(owner) if owner is not None else None
+        import psutil
         memory = psutil.virtual_memory()
         return {
             "uri": self.uri, "name": self.name, "group": self.group, "pid": os.getpid(),

@@ -10,7 +10,7 @@ SIGKILL this process the moment its parent ends (C{prctl(PR_SET_PDEATHSIG)}), wh
 from the interpreter.
 
 Where to call it: first thing in a process another one started (it only sets a flag of the
-calling process, inherited by no child): the launcher's engine child (C{launcher.run_child}),
+calling process, inherited by no child): the launcher's engine child (C{supervisor.run_child}),
 and, where that child forks the real engine, that grandchild too, right after the fork, so that
 each level ends with the one above it.
 
@@ -26,7 +26,6 @@ Its limits, each of them reported by its return value (False: not armed):
 """
 
 import ctypes
-import ctypes.util
 import logging
 import os
 import signal
@@ -54,7 +53,7 @@ def die_with_parent() -> bool:
         log.debug("not armed: this process was started by a thread of %d other than its main thread", parent)
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc = _libc()
         if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
             log.debug("prctl(PR_SET_PDEATHSIG) failed: %s", os.strerror(ctypes.get_errno()))
             return False
@@ -82,3 +81,15 @@ def _forked_by_main_thread(parent: int) -> Optional[bool]:
         return len(os.listdir("/proc/%d/task" % parent)) == 1
     except OSError:
         return False
+
+
+def _libc() -> ctypes.CDLL:
+    """
+    The C library: the symbols this process already has (CPython links it), else the one the
+    system names. (C{ctypes.util.find_library} runs C{ldconfig}: a process per engine start.)
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    if hasattr(libc, "prctl"):
+        return libc
+    from ctypes.util import find_library
+    return ctypes.CDLL(find_library("c") or "libc.so.6", use_errno=True)

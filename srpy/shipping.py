@@ -7,7 +7,6 @@ What travels to an engine's sandbox: the source files of local modules and packa
 
 import ast
 import functools
-import importlib.metadata
 import importlib.util
 import os
 import sys
@@ -128,6 +127,7 @@ def _module_path(name: str) -> Any:
 @functools.lru_cache(maxsize=1)
 def _distributed() -> frozenset:
     """Top-level names that installed distributions provide (read once)."""
+    import importlib.metadata  # on first use: it loads the email package, which nothing else here needs
     try:
         return frozenset(importlib.metadata.packages_distributions())
     except Exception:  # broken metadata of some distribution must not stop shipping

@@ -7,7 +7,7 @@ L{CallWatch} keeps the record of each such call while it runs and stops one that
 limit or is aborted, escalating in three steps (see L{CallWatch}): an interrupt where the code
 runs; the reply sent by the watchdog itself and the process ended (exit L{EXIT_RUNAWAY}); and,
 for code that holds the interpreter, faulthandler's C thread (the I{backstop}). The keeper
-(L{srpy.launcher.Keeper}) replaces an engine that ended at once, at the same URI.
+(L{srpy.supervisor.Keeper}) replaces an engine that ended at once, at the same URI.
 """
 
 import collections

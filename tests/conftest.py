@@ -31,6 +31,7 @@ _MARKS = {
     "tests/test_lite.py::test_script_under_jython": ("jython", "slow"),
     "tests/test_bench_smoke.py": ("slow",),
     "tests/test_bench_box_smoke.py": ("slow",),
+    "tests/test_bench_startup_smoke.py": ("slow",),  # about 7 s: each round starts srpy, a pool and Pyro5 twice
     "tests/test_docs.py::test_api_reference_builds_without_docstring_errors": ("slow",),
     "tests/test_security.py::test_silent_connection_is_dropped_after_the_handshake_timeout": ("slow",),
     "tests/test_dos.py": ("slow",),  # floods of connections, each bounded but long

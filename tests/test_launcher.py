@@ -48,7 +48,7 @@ def engine_pids(launcher):
 
 
 def keepers(launcher):
-    """The launcher's own children: one engine process (a keeper, see srpy.launcher.Keeper) per engine."""
+    """The launcher's own children: one engine process (a keeper, see srpy.supervisor.Keeper) per engine."""
     return psutil.Process(launcher.process.pid).children()
 
 
@@ -264,6 +264,55 @@ def test_multi_mode_n2(start_launcher):
     code, err = launcher.stop()
     assert code == 0, err
     assert wait_gone(pids)
+
+
+@pytest.mark.parametrize("extra, forked", [([], True), (["--secret", "on-the-line"], False)],
+                         ids=["forked", "secret-on-the-command-line"])
+def test_multi_mode_forks_its_engine_processes_where_it_may(start_launcher, extra, forked):
+    """
+    Start-up (issue 11): engine processes are forked from the launcher, srpy loaded, with no
+    interpreter to start; but a secret given on the command line would show on theirs: then
+    they are new interpreters (C{python -m srpy --child}), given the secret by environment.
+    """
+    launcher = start_launcher(["-n", "2"] + extra, count=2)
+    own = psutil.Process(launcher.process.pid).cmdline()
+    commands = [k.cmdline() for k in keepers(launcher)]
+    assert len(commands) == 2
+    if forked:
+        assert commands == [own, own]
+    else:
+        assert all("--child" in command and "on-the-line" not in " ".join(command) for command in commands)
+    ping_all(launcher.uris, secret="on-the-line" if extra else None)
+
+
+def _pipe_ends(pid):
+    """{(pipe, 'w' or 'r')} of the pipes process C{pid} holds open."""
+    ends = set()
+    for fd in os.listdir("/proc/%d/fd" % pid):
+        try:
+            target = os.readlink("/proc/%d/fd/%s" % (pid, fd))
+            with open("/proc/%d/fdinfo/%s" % (pid, fd)) as handle:
+                flags = int(handle.read().split("flags:")[1].split()[0], 8)
+        except (OSError, IndexError):
+            continue  # closed meanwhile
+        if target.startswith("pipe:"):
+            ends.add((target, "w" if flags & os.O_ACCMODE == os.O_WRONLY else "r"))
+    return ends
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_each_engine_process_holds_no_other_ones_pipe(start_launcher):
+    """
+    A forked engine process must not keep the launcher's end of another one's stdin: that one
+    would then miss its stdin's end (its stop) when the launcher goes.
+    """
+    launcher = start_launcher(["-n", "3"], count=3)
+    stdins = {k.pid: os.readlink("/proc/%d/fd/0" % k.pid) for k in keepers(launcher)}
+    assert len(set(stdins.values())) == 3 and all(pipe.startswith("pipe:") for pipe in stdins.values())
+    assert {(pipe, "w") for pipe in stdins.values()} <= _pipe_ends(launcher.process.pid)
+    for process in launcher.children():
+        held = {pipe for pipe, end in _pipe_ends(process.pid) if end == "w"}
+        assert not held & set(stdins.values()), "process %d holds the write end of an engine's stdin" % process.pid
 
 
 def test_multi_mode_one_engine_per_core(start_launcher):

@@ -18,7 +18,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, "srpy")
 #: the modules that make up an engine process (the server side)
-SERVER_MODULES = {"engine", "daemon", "security", "listener", "launcher", "cli", "supervisor", "subengine", "hosting",
+SERVER_MODULES = {"engine", "daemon", "security", "listener", "cli", "supervisor", "subengine", "hosting",
                   "peers", "group", "mailbox", "tuplespace", "stealing", "peerservice", "calls", "lock", "watch",
                   "output", "discovery", "_pyro5"}
 #: what only srpy/wire.py may hold: packing or parsing a Pyro5 header or an annotation chunk
@@ -178,7 +178,7 @@ def test_the_import_graph_sees_every_kind_of_import():
     assert "client" in graph["box"], "from .client import PythonEngine"
     assert "_pyro5" in graph["watch"], "a function-level from . import _pyro5"
     assert "tracebacks" in graph["engine"], "from .tracebacks import ..."
-    assert {"client", "box", "launcher", "peers", "errors"} <= set(graph["srpy"]), "the lazy façade's homes"
+    assert {"client", "box", "subengine", "peers", "errors"} <= set(graph["srpy"]), "the lazy façade's homes"
 
 
 def test_no_import_cycles_lazy_imports_included():

@@ -82,16 +82,23 @@ def engine_processes(launcher):
     that serve, not their keepers (the processes the launcher started, which fork them).
     """
     found = {}
-    for child in launcher.children():
+    try:
+        keepers = psutil.Process(launcher.process.pid).children()
+    except psutil.NoSuchProcess:
+        return found
+    for keeper in keepers:
         try:
-            if "--child" not in child.cmdline() or child.status() == psutil.STATUS_ZOMBIE:
-                continue
-            if any(grandchild.status() != psutil.STATUS_ZOMBIE for grandchild in child.children()):
-                continue  # a keeper: its engine is its child
-            ports = [c.laddr.port for c in child.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN]
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            engines = keeper.children()  # forked or started anew, an engine is a keeper's child
+        except psutil.NoSuchProcess:
             continue
-        found[child.pid] = ports[0] if ports else None
+        for engine in engines:
+            try:
+                if engine.status() == psutil.STATUS_ZOMBIE:
+                    continue
+                ports = [c.laddr.port for c in engine.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN]
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+            found[engine.pid] = ports[0] if ports else None
     return found
 
 
