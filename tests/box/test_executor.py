@@ -24,9 +24,9 @@ import srpy
 from srpy import functions, scheduler
 from srpy.errors import SerializationError, TaskAborted
 
+# the checkout (not from conftest: this module travels to engines, conftest does not)
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 pytestmark = pytest.mark.timeout(90)
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # -- what the engines run (module-level: they travel by reference) ----------------------------------

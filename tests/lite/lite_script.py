@@ -1,16 +1,16 @@
 # -*- coding: utf-8 -*-
 """
 Exercise srpy's one-file client (srpy/wire.py and srpy/lite.py, saved as one lite.py) against real engines. Runs unchanged under
-Jython 2.7 and CPython 3 (tests/test_lite.py runs it under both)::
+Jython 2.7 and CPython 3 (tests/lite/test_lite.py runs it under both)::
 
-    jython tests/lite_script.py --uri URI1 --uri URI2 --secure-uri URI3 --secret S --dead-uri URI4
+    jython tests/lite/lite_script.py --uri URI1 --uri URI2 --secure-uri URI3 --secret S --dead-uri URI4
         [--doomed-uri URI5]
 
 Options may also come from the environment: SRPY_LITE_URIS (space separated), SRPY_LITE_SECURE_URI,
 SRPY_LITE_SECRET, SRPY_LITE_DEAD_URI, SRPY_LITE_DOOMED_URI. The doomed engine, if given, is killed
 by the script (to see a call lose its engine). The one-file client is loaded as a plain module named
 lite, the way a Jython user copies it, from the folder SRPY_LITE_DIR names (write it there with
-C{python3 -m srpy.lite --save DIR}; tests/test_lite.py does).
+C{python3 -m srpy.lite --save DIR}; tests/lite/test_lite.py does).
 
 Prints one line per check and last C{N passed, M failed}; exits 1 if any check failed.
 """

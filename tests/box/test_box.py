@@ -16,7 +16,7 @@ import pytest
 import srpy
 from srpy import functions, scheduler
 
-from conftest import wait_gone
+from conftest import ROOT, wait_gone
 
 SCALE = 10
 
@@ -309,7 +309,7 @@ def test_python_option(start_launcher, tmp_path):
     bare_python = str(bare / "bin" / "python")
     failed = subprocess.run([sys.executable, "srpyapp.py", "-n", "1", "--python", bare_python],
                             capture_output=True, text=True, timeout=60,
-                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                            cwd=ROOT)
     assert failed.returncode != 0 and "has no srpy" in failed.stderr
     launcher = start_launcher(["-n", "1", "--python", sys.executable], count=1)
     engine = srpy.PythonEngine(launcher.uris[0])

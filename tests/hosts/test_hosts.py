@@ -7,7 +7,7 @@ Topology (names carry this test process's pid, so parallel runs do not clash)::
       |-- srpyh1-PID  eth0 10.213.0.1/24  launcher -n 1 --start-ns (the name server) + 1 engine
       |-- srpyh2-PID  eth0 10.213.0.2/24  launcher -n 1 --ns + 1 engine
       |-- srpyh3-PID  eth0 10.213.0.3/24  launcher -n 1 --ns + 1 engine   (its link is cut mid-map)
-      `-- srpyc-PID   eth0 10.213.0.100/24 the client: tests/hosts_client.py
+      `-- srpyc-PID   eth0 10.213.0.100/24 the client: tests/hosts/hosts_client.py
 
 Everything lives inside namespaces this test creates: the root namespace (the machine's real network)
 is never touched, and 10.213.0.0/24 exists only on that bridge. The engines listen on their host's
@@ -45,7 +45,7 @@ from conftest import ROOT, SRPYAPP, URI_LINE, die_with_parent
 
 pytestmark = pytest.mark.timeout(300)
 
-CLIENT_SCRIPT = os.path.join(ROOT, "tests", "hosts_client.py")
+CLIENT_SCRIPT = os.path.join(ROOT, "tests", "hosts", "hosts_client.py")
 SUBNET = "10.213.0."
 SECRET = "srpy-hosts-test-secret"
 NS_PORT = 9090  # each namespace has its own ports: the well-known one cannot clash with anything

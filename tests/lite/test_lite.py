@@ -1,6 +1,6 @@
 """
 The one-file client (srpy/wire.py and srpy/lite.py, written as one lite.py by C{python3 -m srpy.lite
---save DIR}): tests/lite_script.py against real engines under CPython 3 and under Debian's real
+--save DIR}): tests/lite/lite_script.py against real engines under CPython 3 and under Debian's real
 Jython 2.7, and the wire framing against impostor servers.
 """
 

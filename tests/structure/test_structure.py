@@ -13,7 +13,8 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT
+
 PACKAGE = os.path.join(ROOT, "srpy")
 #: the modules that make up an engine process (the server side)
 SERVER_MODULES = {"engine", "daemon", "security", "listener", "launcher", "cli", "supervisor", "subengine",

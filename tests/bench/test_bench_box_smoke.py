@@ -13,7 +13,8 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT
+
 BENCH_BOX = os.path.join(ROOT, "bench", "bench_box.py")
 
 TABLE_TITLES = ("per-item submit of square(x), end to end", "map of square over", "primes: 16 tasks of sum_of_primes",

@@ -1,7 +1,7 @@
 """
-The client side of tests/test_hosts.py, run inside the client's own network namespace::
+The client side of tests/hosts/test_hosts.py, run inside the client's own network namespace::
 
-    ip netns exec NS python tests/hosts_client.py --ns-host ADDR --log-dir DIR --items N
+    ip netns exec NS python tests/hosts/hosts_client.py --ns-host ADDR --log-dir DIR --items N
 
 with the engines' secret in C{SRPY_SECRET}. It prints one JSON object per line on stdout, one per
 step, in this order: C{discover} (through the name server at ADDR), C{broadcast} (the name server

@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT
+
 BENCH_CORE = os.path.join(ROOT, "bench", "bench_core.py")
 
 

@@ -20,8 +20,8 @@ import tokenize
 import pytest
 
 import srpy
+from conftest import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "epydoc-config")
 FENCE = re.compile(r"^```python[ \t]*(\w*)[ \t]*\n(.*?)^```[ \t]*$", re.M | re.S)
 # pydoctor reports every docstring or source problem as "path:line: message"
