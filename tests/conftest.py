@@ -35,40 +35,6 @@ URI_LINE = re.compile(r"^PYRO:\S+@\S+:\d+$")
 collect_ignore = [os.path.join("lite", "lite_script.py"), os.path.join("hosts", "hosts_client.py")]
 
 
-#: marks by node id prefix; the quick loop (pytest -m "not slow and not stress") leaves these out
-_MARKS = {
-    "tests/stress/": ("stress",),
-    "tests/hosts/test_hosts.py": ("root", "slow"),
-    "tests/lite/test_lite.py::test_script_under_jython": ("jython", "slow"),
-    "tests/bench/test_bench_smoke.py": ("slow",),
-    "tests/bench/test_bench_box_smoke.py": ("slow",),
-    "tests/docs/test_docs.py::test_api_reference_builds_without_docstring_errors": ("slow",),
-    "tests/security/test_security.py::test_silent_connection_is_dropped_after_the_handshake_timeout": ("slow",),
-    "tests/security/test_dos.py": ("slow",),  # floods of connections, each bounded but long
-    "tests/launcher/test_cli.py::test_the_python_hint_installs_srpy": ("slow",),
-    "tests/box/test_box_faults.py::test_map_survives_an_engine_that_vanishes": ("slow",),
-    "tests/security/test_hostile.py::test_discover_": ("slow",),
-    "tests/security/test_hostile.py::test_tls_name_server": ("slow",),
-    "tests/security/test_hostile.py::test_launcher_with_tls": ("slow",),
-    "tests/engine/test_limits.py::test_restarts_for_limits_are_not_crashes": ("slow",),
-}
-
-#: of the tests run in every hosting mode, the quick loop keeps the basic one
-_QUICK_MODE = "[basic]"
-
-
-def pytest_collection_modifyitems(config, items):
-    """Mark tests by where they live (see L{_MARKS}), so that a marker selects them from the command line."""
-    for item in items:
-        for prefix, marks in _MARKS.items():
-            if item.nodeid.startswith(prefix):
-                for mark in marks:
-                    item.add_marker(getattr(pytest.mark, mark))
-        if item.nodeid.startswith("tests/engine/test_limits.py::") and "[" in item.nodeid \
-                and not item.nodeid.endswith(_QUICK_MODE):
-            item.add_marker(pytest.mark.slow)
-
-
 def _children(process):
     try:
         return process.children()

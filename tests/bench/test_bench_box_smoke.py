@@ -15,6 +15,8 @@ import pytest
 
 from conftest import ROOT
 
+pytestmark = pytest.mark.slow
+
 BENCH_BOX = os.path.join(ROOT, "bench", "bench_box.py")
 
 TABLE_TITLES = ("per-item submit of square(x), end to end", "map of square over", "primes: 16 tasks of sum_of_primes",

@@ -12,6 +12,8 @@ import pytest
 
 from conftest import ROOT
 
+pytestmark = pytest.mark.slow
+
 BENCH_CORE = os.path.join(ROOT, "bench", "bench_core.py")
 
 

@@ -189,6 +189,7 @@ def test_as_completed_survives_an_engine_killed(start_launcher, tmp_path):
     box.close()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(40)
 def test_map_survives_an_engine_that_vanishes(start_launcher, tmp_path):
     """SIGSTOP: the engine's sockets stay open but nothing answers, as when its machine drops off."""

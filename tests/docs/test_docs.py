@@ -121,6 +121,7 @@ def read(path):
 
 # -- the API reference ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_api_reference_builds_without_docstring_errors(tmp_path):
     output = tmp_path / "api"

@@ -27,6 +27,8 @@ pytestmark = pytest.mark.timeout(120)
 HOLDS_THE_GIL = "x = 10**10**8"
 SPINS = "while True:\n    pass"
 MODES = {"basic": [], "multi": ["-n", "1"], "multi-restart": ["-n", "1", "--restart"], "sub-engine": None}
+#: every mode; the quick loop (-m "not slow") keeps the basic one
+MODE_PARAMS = [pytest.param(mode, marks=() if mode == "basic" else pytest.mark.slow) for mode in MODES]
 
 
 class Hosted:
@@ -55,7 +57,7 @@ class Hosted:
         return [root] + [p.pid for p in psutil.Process(root).children(recursive=True)]
 
 
-@pytest.fixture(params=list(MODES))
+@pytest.fixture(params=MODE_PARAMS)
 def hosted(request, capfd):
     """Factory: hosted(extra launcher options) -> Hosted, in each mode; stopped after the test."""
     made = []
@@ -292,7 +294,7 @@ def test_abort_takes_an_id_of_8_bytes(basic_uri):
 
 # -- the launcher around a limit ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("args", [[], ["-n", "1"]], ids=["basic", "multi"])
+@pytest.mark.parametrize("args", [pytest.param([], id="basic"), pytest.param(["-n", "1"], id="multi", marks=pytest.mark.slow)])
 def test_the_uri_file_is_never_left_behind(tmp_path, args):
     path = tmp_path / "uris.txt"
     launcher = Launcher(args + ["-u", str(path), "--max-task-time", "1"])
@@ -314,6 +316,7 @@ def test_the_uri_file_is_never_left_behind(tmp_path, args):
     assert not path.exists()
 
 
+@pytest.mark.slow
 def test_restarts_for_limits_are_not_crashes(tmp_path):
     """Under --restart, a limit's restart has no back-off; a crash still has."""
     launcher = Launcher(["-n", "1", "--restart"])

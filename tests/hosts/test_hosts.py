@@ -43,7 +43,7 @@ from conftest import executions
 
 from conftest import ROOT, SRPYAPP, URI_LINE, die_with_parent
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.root, pytest.mark.slow]
 
 CLIENT_SCRIPT = os.path.join(ROOT, "tests", "hosts", "hosts_client.py")
 SUBNET = "10.213.0."

@@ -366,6 +366,7 @@ def _without_pythonpath():
     return env
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_the_python_hint_installs_srpy(tmp_path):
     venv = tmp_path / "venv"

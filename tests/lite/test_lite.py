@@ -93,6 +93,8 @@ def jython_command():
     return [path]
 
 
+@pytest.mark.jython
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_script_under_jython(script_engines, start_launcher, saved_lite):
     command = jython_command()

@@ -16,7 +16,7 @@ import pytest
 import srpy
 from srpy import lite
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]  # floods of connections, each bounded but long
 
 SECRET = "s3cret-for-dos-tests"
 

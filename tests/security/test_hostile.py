@@ -349,6 +349,7 @@ def wait_for(condition, timeout):
     return condition()
 
 
+@pytest.mark.slow
 def test_discover_keeps_busy_engines_and_engines_put_their_entries_back(start_launcher):
     import signal
 
@@ -374,6 +375,7 @@ def test_discover_keeps_busy_engines_and_engines_put_their_entries_back(start_la
     busy.close()
 
 
+@pytest.mark.slow
 def test_discover_still_removes_the_entries_of_dead_engines(start_launcher):
     import psutil
 
@@ -393,6 +395,7 @@ def test_discover_still_removes_the_entries_of_dead_engines(start_launcher):
 
 # -- item 9: the name server over TLS too ---------------------------------------------------------------
 
+@pytest.mark.slow
 def test_tls_name_server_engines_register_and_clients_discover_over_tls(start_launcher, pki):
     from srpy import discovery
     port = free_port()
@@ -414,6 +417,7 @@ def test_tls_name_server_engines_register_and_clients_discover_over_tls(start_la
         stop()
 
 
+@pytest.mark.slow
 def test_launcher_with_tls_and_its_own_name_server(start_launcher, pki):
     port = free_port()
     launcher = start_launcher(["-n", "1", "--tls-cert", pki["cert"], "--tls-key", pki["key"], "--tls-ca", pki["ca"],

@@ -92,6 +92,7 @@ def test_max_message_size(start_launcher):
     engine.close()
 
 
+@pytest.mark.slow
 def test_silent_connection_is_dropped_after_the_handshake_timeout(engine_uri):
     _, host, port = lite.parse_uri(engine_uri)
     silent = socket.create_connection((host, port))

@@ -36,7 +36,7 @@ import pytest
 import srpy
 from srpy import codec, lite
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.stress]
 
 #: how many messages the fuzzer sends (the issue asks for at least 10,000)
 MESSAGES = 10_000
