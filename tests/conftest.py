@@ -173,8 +173,10 @@ def no_leaked_processes():
     """Fail the session if any process the tests started outlives them."""
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     yield
-    time.sleep(0.2)
     left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+    deadline = time.monotonic() + 10  # processes a test stopped may still be on their way out
+    while [p for p in left if _running(p.pid)] and time.monotonic() < deadline:
+        time.sleep(0.05)
     alive = []
     for proc in left:
         try:

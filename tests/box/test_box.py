@@ -195,12 +195,28 @@ def test_functions_travel_with_what_they_use(box):
     assert box.submit(nested, 16).result(timeout=30) == 4.0
 
 
-def test_function_is_sent_once_per_engine(box):
-    list(box.map(square, range(200)))
+def test_function_is_sent_once_per_engine(box, monkeypatch):
+    scheduler = box._get_scheduler()  # made at the first work otherwise
+    defined = []  # (engine, function hash) of every definition the box sends
+    watched_call = scheduler._watched_call
+
+    def noting(slot, method, *args, **kwargs):
+        if method == "define":
+            defined.append((slot.uri, args[0]))
+        return watched_call(slot, method, *args, **kwargs)
+
+    monkeypatch.setattr(scheduler, "_watched_call", noting)
     bundle = functions.pack(square)
     assert functions.pack(square) is bundle
-    sent = [slot.known for slot in box._scheduler._slots.values()]
-    assert all(bundle["hash"] in known for known in sent if known)
+    assert list(box.map(square, range(200))) == [x * x for x in range(200)]
+    ran = {uri for uri, count in box.stats().items() if count}
+    assert ran, "no engine ran the map"
+    assert sorted(defined) == sorted((uri, bundle["hash"]) for uri in ran), "once to each engine that ran it"
+    assert all(bundle["hash"] in slot.known for slot in scheduler._slots.values() if slot.uri in ran)
+    assert list(box.map(square, range(200, 400))) == [x * x for x in range(200, 400)]
+    assert box.submit(square, 7).result(timeout=30) == 49
+    ran = {uri for uri, count in box.stats().items() if count}
+    assert sorted(defined) == sorted((uri, bundle["hash"]) for uri in ran), "never again to an engine that knows it"
 
 
 def test_functions_that_cannot_travel(box):

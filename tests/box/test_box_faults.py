@@ -382,6 +382,13 @@ def test_a_slowed_engine_completes_less_of_a_map(start_launcher):
 
 # -- the concurrent.futures contract ---------------------------------------------------------------
 
+def queued(box, future):
+    """True while C{future}'s task waits in the box's queue (read under the scheduler's lock)."""
+    scheduler = box._scheduler
+    with scheduler._cond:
+        return any(task.future is future for task in scheduler._tasks)
+
+
 def running_on(future, timeout=10):
     wait_for(future.running, timeout)
 
@@ -457,7 +464,7 @@ def test_shutdown_cancel_futures_keeps_work_an_engine_died_running(start_launche
     running_on(futures[0])
     os.kill(other, signal.SIGKILL)  # futures[0] goes back to the queue, behind the busy blocker
     wait_for(lambda: len(box) == 1)
-    time.sleep(0.1)
+    wait_for(lambda: queued(box, futures[0]))  # what this test is about: back in the queue, started
     box.shutdown(wait=True, cancel_futures=True)
     done, not_done = concurrent.futures.wait(futures + [blocker], timeout=10)
     assert not not_done, "shutdown dropped work without ending its future"

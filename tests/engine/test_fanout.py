@@ -51,13 +51,16 @@ def test_a_deadline_leaves_the_slow_items_as_timeout_errors():
     release = threading.Event()
     try:
         started = time.monotonic()
-        results = fan_out(lambda x: release.wait(30) and x if x else x, [0, 1, 2], timeout=0.5)
+        results = fan_out(lambda x: release.wait(30) and x if x else x, [0, 1, 2], timeout=0.5, name="late-ones")
         assert time.monotonic() - started < 20
         assert results[0] == 0
         assert all(isinstance(r, TimeoutError) for r in results[1:])
     finally:
         release.set()
-    time.sleep(0.1)
+    deadline = time.monotonic() + 30
+    while any(thread.name.startswith("late-ones") for thread in threading.enumerate()):  # they answered, late
+        assert time.monotonic() < deadline, "the slow items never ended"
+        time.sleep(0.01)
     assert all(isinstance(r, TimeoutError) for r in results[1:]), "a late answer must not change the result"
 
 

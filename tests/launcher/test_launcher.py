@@ -7,14 +7,17 @@ launcher must leave no engine process behind, whatever stopped it (SIGINT, SIGTE
 """
 
 import contextlib
+import fcntl
 import os
 import pty
 import re
 import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import termios
 import time
 
 import psutil
@@ -372,10 +375,16 @@ def _swallow(function, *args):
 def on_a_tty(args):
     """
     The launcher with a pseudo-terminal as its stdin, once it has printed its URIs: yields
-    (process, master fd, uris, banner lines); afterwards the process is killed if it still runs
-    and the terminal is closed.
+    (process, master fd, uris, banner lines, unread), where C{unread()} is how many bytes typed
+    on the terminal nobody has read yet; afterwards the process is killed if it still runs and
+    the terminal is closed.
     """
     master, slave = pty.openpty()
+    watch = os.open(os.ttyname(slave), os.O_RDWR | os.O_NOCTTY)  # to see the terminal's input queue
+
+    def unread():
+        return struct.unpack("i", fcntl.ioctl(watch, termios.FIONREAD, b"\0\0\0\0"))[0]
+
     env = dict(os.environ)
     env.pop("SRPY_SECRET", None)
     try:
@@ -393,13 +402,22 @@ def on_a_tty(args):
                     process.kill()
                     raise AssertionError("launcher exited: %s" % process.communicate()[1])
                 (uris if URI_LINE.match(line.strip()) else banner).append(line.strip())
-            yield process, master, uris, banner
+            yield process, master, uris, banner, unread
         finally:
             if process.poll() is None:
                 process.kill()
                 process.communicate()
     finally:
         os.close(master)
+        os.close(watch)
+
+
+def wait_read(unread, timeout=20):
+    """Wait until the launcher has read everything typed on its terminal."""
+    deadline = time.monotonic() + timeout
+    while unread():
+        assert time.monotonic() < deadline, "the launcher did not read its console within %s s" % timeout
+        time.sleep(0.01)
 
 
 def assert_stops_cleanly(process, pids):
@@ -414,12 +432,13 @@ def assert_stops_cleanly(process, pids):
                                         (["-b"], "q"), (["-n", "2"], "  QUIT  ")],
                          ids=["basic-quit", "multi-quit", "basic-exit", "basic-q", "multi-QUIT"])
 def test_quit_on_an_interactive_console(args, word):
-    with on_a_tty(args) as (process, master, uris, banner):
+    with on_a_tty(args) as (process, master, uris, banner, unread):
         assert any("'quit'" in line for line in banner), banner
         pids = [p.pid for p in psutil.Process(process.pid).children(recursive=True)]
         ping_all(uris)
         os.write(master, b"hello\n")  # anything else is ignored
-        time.sleep(0.2)
+        wait_read(unread)
+        time.sleep(0.2)  # read: time enough for a wrong stop to begin
         assert process.poll() is None
         ping_all(uris)
         os.write(master, word.encode() + b"\n")
@@ -430,7 +449,7 @@ def test_quit_on_an_interactive_console(args, word):
 @pytest.mark.parametrize("args", [["-b"], ["-n", "2"]], ids=["basic", "multi"])
 def test_signal_with_an_interactive_console(args, signum):
     """A launcher on a console stops cleanly on a signal too (its console reader must not hang it)."""
-    with on_a_tty(args) as (process, _, uris, _):
+    with on_a_tty(args) as (process, _, uris, _, _):
         pids = [p.pid for p in psutil.Process(process.pid).children(recursive=True)]
         ping_all(uris)
         process.send_signal(signum)
@@ -438,8 +457,11 @@ def test_signal_with_an_interactive_console(args, signum):
 
 
 def test_end_of_console_input_does_not_stop_the_launcher():
-    with on_a_tty(["-b"]) as (process, master, uris, _):
-        os.write(master, b"\x04")  # Ctrl-D
+    with on_a_tty(["-b"]) as (process, master, uris, _, unread):
+        # a line first, so that we see the launcher read the terminal (its queue does not count a Ctrl-D),
+        # then Ctrl-D: the end of its input, read right after the line
+        os.write(master, b"hello\n\x04")
+        wait_read(unread)
         time.sleep(0.3)
         assert process.poll() is None
         ping_all(uris)

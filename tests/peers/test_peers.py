@@ -57,6 +57,12 @@ def wait_until(condition, timeout=30.0, what="the state"):
         time.sleep(0.02)
 
 
+def waiting(engine):
+    """True while a call on C{engine} runs with the engine's lock released (a wait for a peer)."""
+    info = engine.whoami()
+    return info["Current Call"] != "" and not info["Busy"]
+
+
 def test_this_engine_outside_an_engine():
     with pytest.raises(srpy.errors.NotInEngine):
         srpy.this_engine()
@@ -142,7 +148,8 @@ def test_tuple_space(group):
     assert sorted(taken[b.uri] + taken[c.uri]) == list(range(20)), "each entry taken exactly once"
     waiter = threading.Thread(target=lambda: taken.update(late=a.eval("me.take('late', timeout=20)")))
     waiter.start()
-    time.sleep(0.3)
+    # the take is under way and waiting: its eval runs with the engine's lock let go
+    wait_until(lambda: waiting(a), what="a take waiting on engine a")
     c.exe("me.put('late', 'here')")
     waiter.join(30)
     assert taken["late"] == "here"

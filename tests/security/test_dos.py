@@ -171,11 +171,16 @@ def test_pending_handshakes_are_capped_per_address_and_in_all(start_launcher):
     one_address = open_sockets(uri, 100, source="127.0.0.2")
     many = [sock for number in range(3, 13) for sock in open_sockets(uri, 40, source="127.0.0.%d" % number)]
     try:
-        time.sleep(1.0)  # the engine has accepted them all by now (each eviction is immediate)
-        held = [sock for sock in one_address if not closed_by_engine(sock)]
+        deadline = time.monotonic() + 30  # until the engine has accepted them all (each eviction is immediate)
+        while True:
+            held = [sock for sock in one_address if not closed_by_engine(sock)]
+            held_many = [sock for sock in many if not closed_by_engine(sock)]
+            capped = len(held) <= MAX_PENDING_PER_PEER and len(held) + len(held_many) <= MAX_PENDING
+            if capped or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         assert len(held) <= MAX_PENDING_PER_PEER, "one address holds %d handshakes" % len(held)
         assert held and not closed_by_engine(one_address[-1]), "the newest ones are the ones kept"
-        held_many = [sock for sock in many if not closed_by_engine(sock)]
         assert len(held) + len(held_many) <= MAX_PENDING
         with srpy.PythonEngine(uri, secret=SECRET) as eng:
             assert answered_within(2, lambda: eng.eval("6 * 7")) == 42
@@ -244,7 +249,9 @@ def test_idle_tcp_connections_do_not_stop_a_tls_engine_accepting(tls_engine):
             eng = answered_within(2, lambda: srpy.PythonEngine(uri, secret=SECRET, ssl_context=context))
             assert answered_within(2, lambda: eng.eval("6 * 7")) == 42
             eng.close()
-        time.sleep(srpy.security.HANDSHAKE_TIMEOUT + 2)
+        deadline = time.monotonic() + srpy.security.HANDSHAKE_TIMEOUT + 30
+        while not all(closed_by_engine(sock) for sock in idle + half_hello) and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert all(closed_by_engine(sock) for sock in idle + half_hello), "TLS handshakes have a deadline too"
     finally:
         for sock in idle + half_hello:
@@ -253,15 +260,16 @@ def test_idle_tcp_connections_do_not_stop_a_tls_engine_accepting(tls_engine):
 
 # -- item 5: no orphans, whatever the engine's interpreter is doing ---------------------------------
 
+#: {started} is where the code says it is under way (the regex never lets the engine answer again)
 STUCK = {
-    "a C call holding the interpreter": "__import__('re').match(r'(a+)+$', 'a' * 60 + 'b')",
+    "a C call holding the interpreter": "{started}\n__import__('re').match(r'(a+)+$', 'a' * 60 + 'b')",
     "a non-daemon thread left behind": "__import__('threading').Thread(target=__import__('time').sleep, "
-                                       "args=(3600,), daemon=False).start()",
+                                       "args=(3600,), daemon=False).start()\n{started}",
 }
 
 
 @pytest.mark.parametrize("code", list(STUCK.values()), ids=list(STUCK))
-def test_engines_die_with_a_killed_launcher(start_launcher, code):
+def test_engines_die_with_a_killed_launcher(start_launcher, code, tmp_path):
     import psutil
     import signal
 
@@ -269,8 +277,13 @@ def test_engines_die_with_a_killed_launcher(start_launcher, code):
     launcher = start_launcher(["-n", "1"], count=1)
     eng = srpy.PythonEngine(launcher.uris[0])
     pid = eng.whoami()["PID"]
+    started = tmp_path / "started"
+    code = code.format(started="open(%r, 'w').close()" % str(started))
     threading.Thread(target=lambda: _quietly(eng.exe, code), daemon=True).start()
-    time.sleep(1.0)  # the call is under way (the engine cannot even answer while the regex runs)
+    deadline = time.monotonic() + 30
+    while not started.exists():
+        assert time.monotonic() < deadline, "the stuck code never began"
+        time.sleep(0.01)
     try:
         launcher.send(signal.SIGKILL)
         assert wait_gone([pid], timeout=15), "the engine outlived its launcher"

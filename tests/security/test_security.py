@@ -115,19 +115,27 @@ def test_status_command(start_launcher, tmp_path):
     uri_file = tmp_path / "uris.txt"
     launcher = start_launcher(["-n", "2", "-u", str(uri_file)], count=2)
     engine = srpy.PythonEngine(launcher.uris[0])
-    worker = threading.Thread(target=engine.exe, args=("import time\ndef napping():\n    time.sleep(3)\nnapping()",))
+    gate = str(tmp_path / "gate")  # the first engine naps until the status has been taken
+    napping = "import os, time\ndef napping():\n    while not os.path.exists(gate): time.sleep(0.01)\nnapping()"
+    worker = threading.Thread(target=engine.exe, args=(napping,), kwargs={"gate": gate})
     worker.start()
-    time.sleep(0.5)
-    shown = subprocess.run([sys.executable, "srpyapp.py", "status", "-u", str(uri_file), "--stack"], cwd=ROOT,
-                           capture_output=True, text=True, timeout=60)
-    worker.join(30)
+    deadline = time.monotonic() + 30
+    while not engine.isBusy():
+        assert time.monotonic() < deadline, "the nap never started"
+        time.sleep(0.01)
+    try:
+        shown = subprocess.run([sys.executable, "srpyapp.py", "status", "-u", str(uri_file), "--stack"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=60)
+    finally:
+        open(gate, "w").close()
+        worker.join(30)
     assert shown.returncode == 0, shown.stderr
     lines = shown.stdout.splitlines()
     assert lines[0].split()[:4] == ["URI", "HOST", "GROUP", "STATE"]
     busy = [line for line in lines if launcher.uris[0] in line and " busy " in line]
     idle = [line for line in lines if launcher.uris[1] in line and " idle " in line]
     assert busy and idle and " exe " in busy[0]
-    assert "napping" in shown.stdout and "time.sleep(3)" in shown.stdout
+    assert "napping" in shown.stdout and "while not os.path.exists(gate): time.sleep(0.01)" in shown.stdout
     down = subprocess.run([sys.executable, "srpyapp.py", "status", "PYRO:srpy.engine@127.0.0.1:1"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert " down " in down.stdout
