@@ -13,6 +13,7 @@ import threading
 from typing import Any, Callable, Dict, List
 
 from . import wire
+from .client import PythonEngine
 from .errors import CommunicationError, PeerUnavailable, SRPyError, SRPyServerNotFound
 from .fanout import fan_out
 
@@ -95,8 +96,6 @@ class PeerGroup:
 
     def _connect(self, uri: str) -> Any:
         """A client of the peer object beside C{uri}, if that engine is of this group (else an error)."""
-        # imported here: the engine's side must not load the client at import (tests/structure)
-        from .client import PythonEngine
         try:
             client = PythonEngine(peer_uri(uri), secret=self.engine.secret, connect_timeout=CONNECT_TIMEOUT,
                                   ssl_context=self.engine.peer_ssl_context)
