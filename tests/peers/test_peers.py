@@ -158,7 +158,7 @@ def test_tuple_space(group):
 def test_divide_and_conquer_spreads_over_every_engine(group):
     a = group[0]
     a.exe(TREE)
-    total, seen = a.eval("tree(0, 48, 4000)")
+    total, seen = a.eval("tree(0, 48, 40000)")  # a leaf of ~30 ms: long enough for every peer to take some
     assert total == sum(range(48))
     assert sum(seen.values()) == 48
     names = {e.info["Name"] for e in group}
