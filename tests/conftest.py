@@ -1,5 +1,9 @@
 """
-Shared fixtures: real engine processes started by the real launcher, on loopback.
+Shared fixtures and helpers: real engine processes started by the real launcher, on loopback.
+
+The tests live in one folder per component (engine, client, box, codec, peers, launcher,
+security, lite, hosts, docs, bench, structure, stress); every folder imports its helpers from
+here (C{from conftest import ...}: pytest puts this folder on sys.path).
 
 Every launcher a test starts is stopped when the test ends, and the session fails if any process
 that a test started is still running at the end (no leaks).
@@ -10,53 +14,25 @@ import ctypes.util
 import os
 import re
 import signal as signals
+import socket
 import subprocess
 import sys
+import threading
 import time
 
 import psutil
 import pytest
 
 import srpy
+from srpy import lite
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SRPYAPP = os.path.join(ROOT, "srpyapp.py")
 URI_LINE = re.compile(r"^PYRO:\S+@\S+:\d+$")
 
-
-#: marks by node id prefix; the quick loop (pytest -m "not slow and not stress") leaves these out
-_MARKS = {
-    "tests/stress/": ("stress",),
-    "tests/test_hosts.py": ("root", "slow"),
-    "tests/test_lite.py::test_script_under_jython": ("jython", "slow"),
-    "tests/test_bench_smoke.py": ("slow",),
-    "tests/test_bench_box_smoke.py": ("slow",),
-    "tests/test_bench_startup_smoke.py": ("slow",),  # about 7 s: each round starts srpy, a pool and Pyro5 twice
-    "tests/test_docs.py::test_api_reference_builds_without_docstring_errors": ("slow",),
-    "tests/test_security.py::test_silent_connection_is_dropped_after_the_handshake_timeout": ("slow",),
-    "tests/test_dos.py": ("slow",),  # floods of connections, each bounded but long
-    "tests/test_cli.py::test_the_python_hint_installs_srpy": ("slow",),
-    "tests/test_box_faults.py::test_map_survives_an_engine_that_vanishes": ("slow",),
-    "tests/test_hostile.py::test_discover_": ("slow",),
-    "tests/test_hostile.py::test_tls_name_server": ("slow",),
-    "tests/test_hostile.py::test_launcher_with_tls": ("slow",),
-    "tests/test_limits.py::test_restarts_for_limits_are_not_crashes": ("slow",),
-}
-
-#: of the tests run in every hosting mode, the quick loop keeps the basic one
-_QUICK_MODE = "[basic]"
-
-
-def pytest_collection_modifyitems(config, items):
-    """Mark tests by where they live (see L{_MARKS}), so that a marker selects them from the command line."""
-    for item in items:
-        for prefix, marks in _MARKS.items():
-            if item.nodeid.startswith(prefix):
-                for mark in marks:
-                    item.add_marker(getattr(pytest.mark, mark))
-        if item.nodeid.startswith("tests/test_limits.py::") and "[" in item.nodeid \
-                and not item.nodeid.endswith(_QUICK_MODE):
-            item.add_marker(pytest.mark.slow)
+#: scripts the tests run in other interpreters (Jython, a network namespace), not test modules:
+#: importing them here would run them (lite_script.py exits without SRPY_LITE_DIR)
+collect_ignore = [os.path.join("lite", "lite_script.py"), os.path.join("hosts", "hosts_client.py")]
 
 
 def _children(process):
@@ -197,8 +173,10 @@ def no_leaked_processes():
     """Fail the session if any process the tests started outlives them."""
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     yield
-    time.sleep(0.2)
     left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+    deadline = time.monotonic() + 10  # processes a test stopped may still be on their way out
+    while [p for p in left if _running(p.pid)] and time.monotonic() < deadline:
+        time.sleep(0.05)
     alive = []
     for proc in left:
         try:
@@ -247,3 +225,78 @@ def pair():
     yield launcher.uris
     code, err = launcher.shutdown()
     assert code == 0, err
+
+
+# -- raw connections and threads -------------------------------------------------------------
+
+def address(uri):
+    """(host, port) of a direct URI."""
+    _, host, port = lite.parse_uri(uri)
+    return host, port
+
+
+def raw_socket(uri, timeout=5.0):
+    """A plain TCP connection to the engine at C{uri}, to send it bytes by hand."""
+    sock = socket.create_connection(address(uri), timeout)
+    sock.settimeout(timeout)
+    return sock
+
+
+def header(msgtype, data_size, serializer_id=lite.JSON_SERIALIZER_ID, ann_size=0, seq=0):
+    """A Pyro5 message header packed by hand (tests send malformed messages with it)."""
+    return lite.HEADER.pack(b"PYRO", lite.PROTOCOL_VERSION, msgtype, serializer_id, 0, seq, data_size,
+                            ann_size, b"\0" * 16, 0, lite.MAGIC)
+
+
+def assert_serving(uri, **options):
+    """The engine at C{uri} still answers a fresh client."""
+    with srpy.PythonEngine(uri, **options) as eng:
+        assert eng.ping() == "pong"
+        assert eng.eval("6*7") == 42
+
+
+def run_threads(target, count, *args):
+    """Run C{target(index, *args)} in C{count} threads; re-raise the first failure."""
+    failures = []
+
+    def guarded(index):
+        try:
+            target(index, *args)
+        except BaseException as exc:  # collected, re-raised in the test's thread
+            failures.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(i,), daemon=True) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(50)
+        assert not thread.is_alive(), "a thread is stuck"
+    if failures:
+        raise failures[0]
+
+
+class Background:
+    """A call running in another thread; C{.result()} waits for it and returns (or raises) its outcome."""
+
+    def __init__(self, function, *args, **kwargs):
+        self.started = threading.Event()
+        self._outcome = None
+
+        def run():
+            self.started.set()
+            try:
+                self._outcome = (True, function(*args, **kwargs))
+            except BaseException as exc:  # handed to result()
+                self._outcome = (False, exc)
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        self.started.wait(10)
+
+    def result(self, timeout=30):
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "the background call did not finish"
+        ok, value = self._outcome
+        if not ok:
+            raise value
+        return value

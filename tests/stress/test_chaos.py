@@ -26,6 +26,8 @@ import pytest
 import srpy
 from srpy.errors import SRPyError
 
+pytestmark = pytest.mark.stress
+
 #: seconds the chaos lasts (the map is sized for it); SRPY_CHAOS_SECONDS shortens it locally
 CHAOS_SECONDS = float(os.environ.get("SRPY_CHAOS_SECONDS") or 120)
 #: the killer's pause between two kills, in seconds

@@ -36,7 +36,7 @@ import pytest
 import srpy
 from srpy import codec, lite
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.stress]
 
 #: how many messages the fuzzer sends (the issue asks for at least 10,000)
 MESSAGES = 10_000
@@ -428,10 +428,11 @@ def test_fuzz_ten_thousand_bad_messages(start_launcher):
     engine_process = launcher.children()[0]
     kept = srpy.PythonEngine(uri)
     check_answers(uri, kept, 0)
+    sockets_before = len(engine_sockets(engine_process))
     warm = [srpy.PythonEngine(uri) for _ in range(WORKERS)]  # Pyro5's pool then keeps its idle workers
     for eng in warm:
         eng.close()
-    time.sleep(0.5)  # their workers go back to the pool
+    settle(lambda: len(engine_sockets(engine_process)), sockets_before)  # their workers go back to the pool
     base_threads = engine_process.num_threads()
     base_sockets = len(engine_sockets(engine_process))
     base_rss = engine_process.memory_info().rss

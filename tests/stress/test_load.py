@@ -17,6 +17,8 @@ import pytest
 
 import srpy
 
+pytestmark = pytest.mark.stress
+
 CLIENTS = 50
 CALLS = 200
 ENGINES = 2
