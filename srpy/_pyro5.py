@@ -11,7 +11,7 @@ internals only where srpy does not depend on it (5.15 and 5.16 take the client-d
 their thread server, 5.17 inside C{_clientDisconnect}: srpy's server calls it from one thread per
 connection, and srpy serves no item streams, which that lock guards; 5.17 turns an C{assert} on
 malformed annotations in C{add_payload} into an error, and srpy parses annotations itself before
-Pyro5 sees them). No other srpy module touches these names (C{tests/test_structure.py} checks)::
+Pyro5 sees them). No other srpy module touches these names (C{tests/structure/test_structure.py} checks)::
 
     Pyro5 internal                          why srpy needs it                                       checked
     serializers.serializers,                register srpy's serializer, id 83 (L{register_serializer});  5.15-5.17

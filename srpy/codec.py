@@ -146,7 +146,7 @@ def _is_text(item: Any, text: str) -> bool:
 # its own: marshal's output holds no byte string and no code this module does not know (cheap on
 # runs of numbers, which it skips at C speed; it gives up after a few steps on item-heavy data),
 # or the value's own types, walked one nesting level at a time (the definition; cheap on
-# item-heavy data). The property tests in tests/test_codec.py check that they agree.
+# item-heavy data). The property tests in tests/codec/test_codec.py check that they agree.
 
 def _marshal_exact(value: Any, data: bytes) -> bool:
     """
