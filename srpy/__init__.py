@@ -16,6 +16,10 @@ is the public face of the package; everything a user needs is named here.
 
 The names load lazily (PEP 562): C{import srpy.lite} or C{import srpy.errors} loads only what
 they need, not Pyro5's server and the engine; C{srpy.EngBox} imports L{srpy.box} when first used.
+
+The public modules are this one, L{srpy.errors}, L{srpy.client}, L{srpy.box}, L{srpy.peers},
+L{srpy.lite} and L{srpy.wire} (the protocol). Every other module is srpy's own machinery, free to
+change (doc/architecture.md maps them); the API reference lists them as private.
 """
 
 import importlib as _importlib

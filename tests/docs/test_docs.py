@@ -136,6 +136,28 @@ def test_api_reference_builds_without_docstring_errors(tmp_path):
     private = [page for page in pages if any(part.startswith("_") and not part.endswith("__")
                                              for part in page.split("."))]
     assert not private, "underscore names must be hidden: %s" % private
+    with open(output / "moduleIndex.html", encoding="utf-8") as handle:
+        index = handle.read()
+    listed = {page: bool(flag) for flag, page in re.findall(r'<li( class="private")?><code><a href="(srpy\.\w+)\.html"', index)}
+    assert listed and not any(listed["srpy." + name] for name in PUBLIC_MODULES if name != "srpy"), listed
+    assert all(flag for page, flag in listed.items() if page[len("srpy."):] not in PUBLIC_MODULES), listed
+
+
+#: the modules whose names make srpy's public surface (the API reference shows only these by default)
+PUBLIC_MODULES = {"srpy", "errors", "client", "box", "peers", "lite", "wire"}
+
+
+def test_every_module_is_public_or_private_on_purpose():
+    """A new module must be placed: in PUBLIC_MODULES (and the façade's docs), or PRIVATE in epydoc-config."""
+    config = configparser.ConfigParser(interpolation=None)
+    config.read(CONFIG, encoding="utf-8")
+    rules = config["pydoctor"]["privacy"].split()
+    private = {rule.split(":", 1)[1][len("srpy."):] for rule in rules if rule.startswith(("PRIVATE:", "HIDDEN:"))}
+    modules = {name[:-3] for name in os.listdir(os.path.join(ROOT, "srpy")) if name.endswith(".py")}
+    modules = {name for name in modules if not name.startswith("_")}
+    unplaced = modules - private - PUBLIC_MODULES
+    assert not unplaced, "place these modules in PUBLIC_MODULES or as PRIVATE in epydoc-config: %s" % unplaced
+    assert not (private & PUBLIC_MODULES), private & PUBLIC_MODULES
 
 
 def test_api_config_matches_the_package():
