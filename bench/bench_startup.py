@@ -247,9 +247,18 @@ def summarize(samples: Dict[str, List[Dict[str, float]]], labels: Dict[str, str]
     return figures
 
 
+def bytecode_note() -> str:
+    """Whether this run writes bytecode (C{PYTHONDONTWRITEBYTECODE} or C{-B}): the figures depend on it."""
+    if sys.flags.dont_write_bytecode:
+        return ("bytecode writing: OFF in this process (PYTHONDONTWRITEBYTECODE or -B; a spawn pool's workers "
+                "inherit it; srpy's and Pyro5's children cache theirs in a private PYTHONPYCACHEPREFIX)")
+    return "bytecode writing: on (the normal case; children cache theirs in a private PYTHONPYCACHEPREFIX)"
+
+
 def report(figures: Dict[str, Any], rounds: int) -> str:
     """The table and the verdicts, as text."""
-    lines = ["start-up until two workers answer (%d round%s, seconds)" % (rounds, "" if rounds == 1 else "s"),
+    lines = [bytecode_note(),
+             "start-up until two workers answer (%d round%s, seconds)" % (rounds, "" if rounds == 1 else "s"),
              "%-62s %8s %8s %9s" % ("system", "median", "best", "printed")]
     for entry in figures["systems"].values():
         printed = "%9.3f" % entry["printed_median"] if "printed_median" in entry else "%9s" % "-"
@@ -277,7 +286,8 @@ BARE_STEPS = (("a bare Pyro5 server's imports (Pyro5.api)", "import Pyro5.api"),
 SRPY_STEPS = (
     ("srpyapp before it forks: srpy.cli (argparse, logging, socket, json ...)", "import srpy.cli"),
     ("an engine process's imports after that: srpy.hosting (Pyro5, the engine)", "import srpy.hosting"),
-    ("the keeper's preload for whoami (psutil, uname -p)", "srpy.hosting.preload()"),
+    ("a client's first whoami, in the engine (the machine's memory, load, processor)",
+     "import srpy.engine as e; e.machine_memory(); e.machine_load(); e.processor_name()"),
 )
 #: runs steps (a JSON list of (label, statement)) one after the other in one interpreter; prints their CPU ms
 _CPU_TIMER = """
@@ -316,7 +326,7 @@ def breakdown(repeats: int) -> str:
     Where a start goes: the interpreter (wall time), then the imports of each step (CPU time: it
     does not depend on what else runs on the machine).
     """
-    lines = ["where srpy's start-up goes (median of %d)" % repeats]
+    lines = [bytecode_note(), "where srpy's start-up goes (median of %d)" % repeats]
     with tempfile.TemporaryDirectory(prefix="bench-startup-pyc-") as cache_dir:
         env = dict(child_environment(cache_dir), PYTHONPATH=ROOT)
         lines.append("%-76s %6.1f ms wall" % ("interpreter start (python -S -c pass)",

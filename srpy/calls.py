@@ -12,7 +12,7 @@ import logging
 import time
 from typing import Any, Callable, List, Sequence
 
-from Pyro5.api import expose
+from Pyro5.server import expose  # not Pyro5.api: it loads the name server (and sqlite3)
 from Pyro5.callcontext import current_context
 
 from . import codec, errors, wire

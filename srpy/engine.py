@@ -31,7 +31,7 @@ import tempfile
 import threading
 import time
 import traceback
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 
 from . import benchmark, codec, errors, functions
@@ -449,16 +449,14 @@ class Engine:
 
     def describe(self) -> Dict[str, Any]:
         """What L{whoami} answers (also for the name server's entry and the peer object)."""
-        import psutil  # here, not at import: an engine starts serving without it (srpy.hosting.preload)
-        memory = psutil.virtual_memory()
-        load = os.getloadavg() if hasattr(os, "getloadavg") else (psutil.cpu_percent(),)
+        total, available = machine_memory()
         return {
             "OS System": platform.system(),
             "Hostname": socket.gethostname(),
             "OS Release": platform.release(),
             "OS Version": platform.version(),
             "Machine Architecture": platform.machine(),
-            "Processor Architecture": platform.processor() or platform.machine(),
+            "Processor Architecture": processor_name(),
             "Python Version": platform.python_version(),
             "Python Compiler": platform.python_compiler(),
             "PythonEngine ID": self.name,
@@ -466,10 +464,10 @@ class Engine:
             "Group": self.group,
             "URI": self.uri,
             "PID": os.getpid(),
-            "Cores": psutil.cpu_count() or 1,
-            "Load": list(load),
-            "Memory Total": memory.total,
-            "Memory Available": memory.available,
+            "Cores": os.cpu_count() or 1,
+            "Load": machine_load(),
+            "Memory Total": total,
+            "Memory Available": available,
             "Busy": self._lock.locked(),
             "Current Call": self._watch.current or "",
             "Max Task Time": self._watch.max_task_time,
@@ -541,3 +539,46 @@ def _nothing() -> None:
 def _check_source(source: Any) -> None:
     if not isinstance(source, str):
         raise TypeError("code must be given as a str, not %s" % type(source).__name__)
+
+
+# -- the machine, for whoami: no psutil and no subprocess where the system tells it directly ----------
+
+def machine_memory() -> Tuple[int, int]:
+    """
+    The machine's memory in bytes: (total, available). On Linux from C{/proc/meminfo} (what psutil
+    reads there too), so that a client's first C{whoami} does not load psutil in the engine;
+    elsewhere through psutil.
+    """
+    try:
+        with open("/proc/meminfo", "rb") as handle:
+            fields = dict(line.split(b":", 1) for line in handle.read().splitlines() if b":" in line)
+        # the values are in kB (kibibytes)
+        return (int(fields[b"MemTotal"].split()[0]) * 1024, int(fields[b"MemAvailable"].split()[0]) * 1024)
+    except (OSError, KeyError, ValueError, IndexError):
+        import psutil  # where /proc is absent (or old): psutil knows the system's own way
+
+        memory = psutil.virtual_memory()
+        return int(memory.total), int(memory.available)
+
+
+def machine_load() -> List[float]:
+    """The load averages (1, 5, 15 minutes), or psutil's CPU percentage where the system has none."""
+    if hasattr(os, "getloadavg"):
+        try:
+            return list(os.getloadavg())
+        except OSError:
+            pass
+    import psutil
+
+    return [psutil.cpu_percent()]
+
+
+def processor_name() -> str:
+    """
+    The processor's name for C{whoami}. On Linux C{platform.processor()} runs C{uname -p} (a
+    process, some 5 ms) which answers the machine's architecture or "unknown": the machine's
+    architecture it is; elsewhere C{platform.processor()}, or the architecture when it has none.
+    """
+    if sys.platform.startswith("linux"):
+        return platform.machine()
+    return platform.processor() or platform.machine()

@@ -28,7 +28,6 @@ local variables, bound methods of objects, and globals that cannot travel (socke
 import ast
 import builtins
 import functools
-import hashlib
 import importlib
 import inspect
 import linecache
@@ -70,6 +69,8 @@ def pack(fn: Callable[..., Any]) -> Dict[str, Any]:
     if cached is not None:
         return cached
     bundle = _pack(fn)
+    import hashlib  # on the first bundle: an engine needs no hashlib to start serving
+
     bundle["hash"] = hashlib.sha1(codec.dumps(sorted(bundle.items()))).hexdigest()
     try:
         _cache[fn] = bundle
@@ -321,6 +322,8 @@ def source_filename(source: str, label: str = "") -> str:
     >>> name.startswith("<srpy demo "), linecache.getline(name, 1)
     (True, 'x = 1\\n')
     """
+    import hashlib
+
     digest = hashlib.sha1(source.encode("utf-8", "surrogatepass")).hexdigest()[:10]
     name = "%s %s %s>" % (SOURCE_PREFIX, label or "code", digest)
     if name not in linecache.cache:

@@ -61,20 +61,6 @@ def serve(options: argparse.Namespace, name: str, port: int, announce: Announce,
     return 0
 
 
-def preload() -> None:
-    """
-    Load, in a process that forks engines, what each engine would otherwise load for itself on
-    a client's first call: psutil and the processor's name (C{platform} runs C{uname -p} for it,
-    then keeps it), both for C{whoami}, which every L{srpy.PythonEngine} asks as it connects.
-    Where engines start at once, each keeper does this while the others do too; then every engine
-    it forks has it (also one that replaces an engine that ended for a limit).
-    """
-    import platform
-
-    import psutil  # noqa: F401
-    platform.processor()
-
-
 def tls_options(options: argparse.Namespace) -> Optional[Dict[str, Any]]:
     """
     The launcher's TLS options as keywords of L{_configure_tls} and of

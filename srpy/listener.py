@@ -538,7 +538,9 @@ class _Workers:
     """
     The threads that serve connections: THREADPOOL_SIZE at most (Pyro5's setting), THREADPOOL_SIZE_MIN
     kept waiting when there is nothing to do (as Pyro5's pool). A connection waits in line when
-    every worker is busy: it is never refused.
+    every worker is busy: it is never refused. Workers start as connections come, not beforehand:
+    an engine says it is ready without waiting for threads to be scheduled (on a loaded machine,
+    some milliseconds each), and its first client costs one thread start, not four.
     """
 
     def __init__(self, serve: Callable[[Any], None]) -> None:
@@ -551,8 +553,6 @@ class _Workers:
         self._idle = 0
         self._closed = False
         self._count = 0
-        for _ in range(min(pyro_config.THREADPOOL_SIZE_MIN, pyro_config.THREADPOOL_SIZE)):
-            self._start()
 
     def submit(self, conn: Any) -> None:
         with self._cond:

@@ -38,37 +38,56 @@ tuple space in L{srpy.tuplespace}, spawned work, stealing and hints in L{srpy.st
 Pyro object that other engines call in L{srpy.peerservice}.
 """
 
-import concurrent.futures
 import logging
-from typing import Any, Callable, List, Optional, Tuple
+import threading
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple
 
 from .errors import NotInEngine, PeerUnavailable
 from .group import Peer, PeerGroup
-from .mailbox import Mailbox
-from .stealing import WorkSharing
-from .tuplespace import TupleSpace
+
+if TYPE_CHECKING:  # the parts of a handle are built with it (srpy.peerservice), on the first use of the peer side
+    import concurrent.futures
+
+    from .mailbox import Mailbox
+    from .stealing import WorkSharing
+    from .tuplespace import TupleSpace
 
 log = logging.getLogger("srpy.peers")
 
 __all__ = ["this_engine", "spawn", "EngineHandle", "Peer"]
 
 _handle: Optional["EngineHandle"] = None  # the handle of this process's engine, when this process is one
+_make_handle: Optional[Callable[[], "EngineHandle"]] = None  # builds it on first use (see attach)
+_making = threading.Lock()
 
 
-def attach(handle: "EngineHandle") -> None:
-    """Make C{handle} the one L{this_engine} returns (L{srpy.peerservice.register} does this)."""
-    global _handle
-    _handle = handle
+def attach(make_handle: Callable[[], "EngineHandle"]) -> None:
+    """
+    Make the handle C{make_handle()} returns the one L{this_engine} returns
+    (L{srpy.peerservice.register} does this). It is called once, on the first L{this_engine}:
+    an engine whose code never reaches its peers never builds its mailbox, tuple space or work
+    sharing, and starts serving without loading them.
+    """
+    global _handle, _make_handle
+    with _making:
+        _handle, _make_handle = None, make_handle
 
 
 def this_engine() -> "EngineHandle":
     """The handle of the engine this code runs in."""
-    if _handle is None:
+    global _handle
+    handle = _handle
+    if handle is None:
+        with _making:
+            if _handle is None and _make_handle is not None:
+                _handle = _make_handle()
+            handle = _handle
+    if handle is None:
         raise NotInEngine("this_engine() works only in code running on an srpy engine")
-    return _handle
+    return handle
 
 
-def spawn(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> concurrent.futures.Future:
+def spawn(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> "concurrent.futures.Future":
     """Run C{fn(*args, **kwargs)} on this engine or an idle peer; returns a Future."""
     return this_engine().spawn(fn, *args, **kwargs)
 
@@ -76,7 +95,8 @@ def spawn(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> concurrent.futur
 class EngineHandle:
     """What code running on an engine uses to reach its engine and its peers (see the module text)."""
 
-    def __init__(self, engine: Any, group: PeerGroup, mailbox: Mailbox, space: TupleSpace, work: WorkSharing) -> None:
+    def __init__(self, engine: Any, group: PeerGroup, mailbox: "Mailbox", space: "TupleSpace",
+                 work: "WorkSharing") -> None:
         self._engine = engine
         self._group = group
         self._mailbox = mailbox
@@ -148,6 +168,6 @@ class EngineHandle:
         """Remove and return (key, value) of an entry whose key matches C{pattern} (each is taken once)."""
         return self._space.match(pattern, timeout, remove=True)
 
-    def spawn(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> concurrent.futures.Future:
+    def spawn(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> "concurrent.futures.Future":
         """Run C{fn(*args, **kwargs)} here or on an idle peer; returns a Future (see the module text)."""
         return self._work.spawn(fn, args, kwargs)

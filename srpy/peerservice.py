@@ -15,19 +15,69 @@ handle is what L{srpy.this_engine} returns.
 
 import logging
 import threading
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from . import peers
 from .calls import engine_call
 from .engine import OBJECT_ID
 from .group import PEER_OBJECT_ID, PeerGroup
-from .mailbox import Mailbox
-from .stealing import WorkSharing
-from .tuplespace import Space, TupleSpace
+
+if TYPE_CHECKING:  # built on the peer side's first use (PeerParts): an engine starts serving without them
+    from .mailbox import Mailbox
+    from .stealing import WorkSharing
+    from .tuplespace import Space
 
 log = logging.getLogger("srpy.peers")
 
 __all__ = ["PeerService", "register", "PEER_OBJECT_ID"]
+
+
+class PeerParts:
+    """
+    The engine's side of its group beyond the peer list: its mailbox, its share of the tuple
+    space, its work sharing and the handle L{srpy.this_engine} returns. Built (and their modules
+    loaded: concurrent.futures, the stealing machinery) on the first use, from any thread: a
+    message, an entry, spawned work or C{this_engine()}. Until then an engine has no queued work,
+    no messages and no entries to account for.
+    """
+
+    def __init__(self, engine: Any, group: PeerGroup) -> None:
+        self._engine = engine
+        self._group = group
+        self._lock = threading.Lock()
+        self._built: Optional[Tuple["Mailbox", "Space", "WorkSharing", peers.EngineHandle]] = None
+
+    def _parts(self) -> Tuple["Mailbox", "Space", "WorkSharing", peers.EngineHandle]:
+        built = self._built
+        if built is None:
+            with self._lock:
+                if self._built is None:
+                    from .mailbox import Mailbox
+                    from .stealing import WorkSharing
+                    from .tuplespace import Space, TupleSpace
+
+                    mailbox, share = Mailbox(), Space()
+                    work = WorkSharing(self._engine, self._group)
+                    handle = peers.EngineHandle(self._engine, self._group, mailbox,
+                                                TupleSpace(self._engine, self._group, share), work)
+                    self._built = (mailbox, share, work, handle)
+                built = self._built
+        return built
+
+    @property
+    def mailbox(self) -> "Mailbox":
+        return self._parts()[0]
+
+    @property
+    def share(self) -> "Space":
+        return self._parts()[1]
+
+    @property
+    def work(self) -> "WorkSharing":
+        return self._parts()[2]
+
+    def handle(self) -> peers.EngineHandle:
+        return self._parts()[3]
 
 
 class PeerService:
@@ -36,12 +86,10 @@ class PeerService:
     requests are taken from peers only (C{PermissionError} for anything else).
     """
 
-    def __init__(self, engine: Any, group: PeerGroup, mailbox: Mailbox, share: Space, work: WorkSharing) -> None:
+    def __init__(self, engine: Any, group: PeerGroup, parts: PeerParts) -> None:
         self._engine = engine
         self._group = group
-        self._mailbox = mailbox
-        self._share = share
-        self._work = work
+        self._parts = parts
         self._trailing = threading.local()  # the call wrapper's (see srpy.calls.engine_call)
 
     @property
@@ -72,48 +120,49 @@ class PeerService:
         """A message from peer C{sender}; waits while the mailbox is full (back-pressure)."""
         if not self._group.is_peer(sender):
             raise PermissionError("%s is not a peer of this engine: message refused" % sender)
-        self._mailbox.put(sender, tag, value)
+        self._parts.mailbox.put(sender, tag, value)
 
     @engine_call(locked=False)
     def peer_hint(self, sender: str) -> bool:
         """Peer C{sender} has queued work to take; True if this engine is busy (or now taking some)."""
-        return self._work.hint(sender)
+        return self._parts.work.hint(sender)
 
     @engine_call(locked=False)
     def peer_steal(self, thief: str, count: int) -> List[Any]:
         """Hand up to C{count} queued spawned calls to peer C{thief}."""
-        return self._work.steal(thief, int(count))
+        return self._parts.work.steal(thief, int(count))
 
     @engine_call(locked=False)
     def peer_complete(self, call_id: str, outcome: Any) -> None:
         """The outcome of a call this engine spawned and a peer ran."""
-        self._work.complete(call_id, outcome)
+        self._parts.work.complete(call_id, outcome)
 
     @engine_call(locked=False)
     def peer_space_put(self, key: Any, value: Any) -> None:
         """Hold C{value} under C{key} (this engine's share of the tuple space)."""
-        self._share.put(key, value)
+        self._parts.share.put(key, value)
 
     @engine_call(locked=False)
     def peer_space_read(self, key: Any, timeout: Optional[float], remove: bool) -> Any:
         """The value under C{key}, waiting up to C{timeout}; removed if C{remove}."""
-        return self._share.read(key, timeout, bool(remove))
+        return self._parts.share.read(key, timeout, bool(remove))
 
     @engine_call(locked=False)
     def peer_space_match(self, pattern: str, timeout: Optional[float]) -> Optional[str]:
         """A key of this share matching the glob C{pattern}, waiting up to C{timeout}; None if none."""
-        return self._share.match(str(pattern), timeout)
+        return self._parts.share.match(str(pattern), timeout)
 
     @engine_call(locked=False)
     def peer_space_fetch(self, key: Any, remove: bool) -> Tuple[bool, Any]:
         """(True, value) for C{key} if held here (removed if C{remove}), else (False, None); no waiting."""
-        return self._share.fetch(key, bool(remove))
+        return self._parts.share.fetch(key, bool(remove))
 
     @engine_call(locked=False)
     def peer_stats(self) -> Dict[str, Any]:
         """Spawned calls run here and queued here, messages waiting, entries held, peers."""
-        return {"executed": self._work.executed, "queued": self._work.queued(), "mailbox": len(self._mailbox),
-                "entries": len(self._share), "peers": [p.uri for p in self._group.peers()]}
+        parts = self._parts
+        return {"executed": parts.work.executed, "queued": parts.work.queued(), "mailbox": len(parts.mailbox),
+                "entries": len(parts.share), "peers": [p.uri for p in self._group.peers()]}
 
 
 def register(daemon: Any, engine: Any) -> str:
@@ -122,10 +171,8 @@ def register(daemon: Any, engine: Any) -> str:
     handle the one L{srpy.this_engine} returns in this process; returns the engine's URI.
     """
     group = PeerGroup(engine)
-    mailbox = Mailbox()
-    share = Space()
-    work = WorkSharing(engine, group)
-    peers.attach(peers.EngineHandle(engine, group, mailbox, TupleSpace(engine, group, share), work))
+    parts = PeerParts(engine, group)
+    peers.attach(parts.handle)
     engine.serve_peers(group.set_peers)
-    daemon.register(PeerService(engine, group, mailbox, share, work), PEER_OBJECT_ID)
+    daemon.register(PeerService(engine, group, parts), PEER_OBJECT_ID)
     return str(daemon.register(engine, OBJECT_ID))

@@ -10,9 +10,8 @@ import functools
 import importlib.util
 import os
 import sys
-import sysconfig
 import types
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from .errors import SRPyError
 
@@ -76,10 +75,19 @@ def _read_source(path: Any, name: str) -> str:
 
 # -- where a module comes from, and what local modules it needs ----------------------------------
 
-_STDLIB = {os.path.normcase(os.path.realpath(p)) for p in
-           (sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platstdlib"])}
-_SITE = {os.path.normcase(os.path.realpath(p)) for p in
-         (sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"])}
+@functools.lru_cache(maxsize=None)
+def _library_dirs() -> Tuple[frozenset, frozenset]:
+    """
+    (the standard library's folders, site-packages' folders), real and case-normalized; computed
+    on first use: sysconfig (and its data module) is not needed for an engine to start serving.
+    """
+    import sysconfig
+
+    paths = sysconfig.get_paths()
+
+    def real(names: Tuple[str, str]) -> frozenset:
+        return frozenset(os.path.normcase(os.path.realpath(paths[name])) for name in names)
+    return real(("stdlib", "platstdlib")), real(("purelib", "platlib"))
 
 
 def module_origin(module: Any) -> str:
@@ -140,9 +148,10 @@ def _origin_of_path(path: Any) -> str:
     if not path:
         return "builtin"
     path = os.path.normcase(os.path.realpath(path))
-    if any(path.startswith(site + os.sep) for site in _SITE):
+    stdlib, site_packages = _library_dirs()
+    if any(path.startswith(site + os.sep) for site in site_packages):
         return "installed"
-    if any(path.startswith(lib + os.sep) for lib in _STDLIB):
+    if any(path.startswith(lib + os.sep) for lib in stdlib):
         return "stdlib"
     return "local"
 

@@ -103,7 +103,7 @@ class Keeper:
                                                      ^  stop pipe (EOF: stop) -->|
                                                      |<-- report pipe: READY uri sandbox
 
-     - the keeper loads the engine (L{srpy.hosting.preload}), then forks before it ever starts a
+     - the keeper loads the engine (L{srpy.hosting}), then forks before it ever starts a
        thread, so each incarnation starts in milliseconds from an already loaded interpreter;
      - an incarnation that exits with L{srpy.engine.EXIT_RUNAWAY} (its watchdog ended it) or whose
        faulthandler backstop fired (L{srpy.watch.BACKSTOP_FILE} in its sandbox is not empty) is
@@ -148,8 +148,7 @@ class Keeper:
         once, when the first incarnation is ready (or failed: uri None). C{watch_stdin}: "eof"
         stops at stdin's end; "console" stops on a line 'quit', 'exit' or 'q'; None: not read.
         """
-        from . import hosting
-        hosting.preload()  # once here: each incarnation starts with the engine loaded
+        from . import hosting  # noqa: F401 - once here: each incarnation starts with the engine loaded
         self._on_ready = on_ready
         wake_r, wake_w = os.pipe()
         for fd in (wake_r, wake_w):
@@ -568,8 +567,7 @@ def start_engines(options: argparse.Namespace, names: Sequence[str], ports: Sequ
     try:
         for index, (name, port) in enumerate(zip(names, ports)):
             if index == max(1, cores):
-                from . import hosting
-                hosting.preload()
+                from . import hosting  # noqa: F401 - the later keepers fork with the engine loaded
             processes.append(_fork_keeper(options, name, port))
     except BaseException:
         _stop_all(processes)

@@ -13,7 +13,6 @@ every waiting task of the engine: waiting holds no thread per member per loop, a
 """
 
 import fnmatch
-import hashlib
 import random
 import threading
 import time
@@ -68,6 +67,8 @@ class Space:
 
 
 def _weight(member: str, key: Any) -> bytes:
+    import hashlib  # on the first entry: an engine needs no hashlib (2-3 ms to load) to start serving
+
     return hashlib.sha1(member.encode("utf-8") + b"\0" + codec.dumps(key)).digest()
 
 

@@ -11,12 +11,10 @@ for code that holds the interpreter, faulthandler's C thread (the I{backstop}). 
 """
 
 import collections
-import ctypes
 import faulthandler
 import logging
 import os
 import sys
-import sysconfig
 import threading
 import time
 from typing import Any, List, Optional, Sequence, Tuple
@@ -45,12 +43,19 @@ CALL_ID = wire.CALL_ID
 #: how many ids of calls aborted before they began an engine remembers
 _EARLY_ABORTS = 256
 
-# PyThreadState_SetAsyncExc(thread id, exception): raise an exception in another thread at its next
-# bytecode; with NULL (here None through a void pointer), take back one not yet raised
-_raise_in = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.py_object)(
-    ("PyThreadState_SetAsyncExc", ctypes.pythonapi))
-_unraise_in = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)(
-    ("PyThreadState_SetAsyncExc", ctypes.pythonapi))
+
+
+def _raise_in(thread: int, exception: Any) -> int:
+    """
+    PyThreadState_SetAsyncExc(thread id, exception): raise an exception in another thread at its
+    next bytecode; with None (NULL through a void pointer), take back one not yet raised. ctypes
+    is loaded on the first use: an engine that never stops a call does not need it to start.
+    """
+    import ctypes
+
+    argument = ctypes.py_object if exception is not None else ctypes.c_void_p
+    function = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, argument)(("PyThreadState_SetAsyncExc", ctypes.pythonapi))
+    return int(function(thread, exception))
 
 
 class _Call:
@@ -152,7 +157,7 @@ class CallWatch:
                 return
             call.active = False
             if call.reason:  # an interrupt not yet delivered must not hit whatever this thread runs next
-                _unraise_in(call.thread, None)
+                _raise_in(call.thread, None)
             self._calls.remove(call)
             self.current = self._calls[-1].name if self._calls else None
             if self._backstop_at is not None:
@@ -289,7 +294,7 @@ def _innermost_user_frame(frame: Any) -> str:
     return user_frame(entries)
 
 
-_STDLIB = os.path.abspath(sysconfig.get_paths()["stdlib"]) + os.sep
+_STDLIB = os.path.dirname(os.path.abspath(os.__file__)) + os.sep  # sysconfig's "stdlib", without loading sysconfig
 _THREADING = os.path.abspath(threading.__file__)  # every thread's first frames: never where code ran
 
 

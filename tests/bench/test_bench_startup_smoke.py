@@ -39,5 +39,5 @@ def test_bench_startup_breakdown(tmp_path):
     completed = subprocess.run([sys.executable, BENCH_STARTUP, "--breakdown", "--rounds", "1"],
                                stdin=subprocess.DEVNULL, capture_output=True, text=True, cwd=ROOT, timeout=170)
     assert completed.returncode == 0, completed.stdout + completed.stderr
-    for label in ("interpreter start", "Pyro5.api", "srpy.cli", "srpy.hosting", "preload"):
+    for label in ("interpreter start", "Pyro5.api", "srpy.cli", "srpy.hosting", "whoami", "bytecode writing"):
         assert label in completed.stdout, label
