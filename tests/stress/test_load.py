@@ -14,6 +14,7 @@ import time
 
 import psutil
 import pytest
+from Pyro5 import config as pyro_config
 
 import srpy
 
@@ -75,14 +76,31 @@ def client(number, uri, start, latencies, errors):
         eng.close()
 
 
+def warm_up(uris):
+    """
+    Bring each engine to its resting state under load: its serving pool starts workers as calls
+    come and keeps Pyro5's minimum (THREADPOOL_SIZE_MIN) of them once reached, so that many calls
+    at once (held on the engine's lock) make it reach that minimum before the baseline is taken.
+    """
+    at_once = pyro_config.THREADPOOL_SIZE_MIN
+    clients = [srpy.PythonEngine(uri) for uri in uris for _ in range(at_once)]
+    try:
+        threads = [threading.Thread(target=eng.eval, args=("__import__('time').sleep(0.2) or 2",)) for eng in clients]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    finally:
+        for eng in clients:
+            eng.close()
+
+
 @pytest.mark.timeout(300)
 def test_fifty_clients_two_hundred_calls_each(start_launcher):
     launcher = start_launcher(["-n", str(ENGINES)], count=ENGINES)
     engines = launcher.engines()
     assert len(engines) == ENGINES
-    for uri in launcher.uris:  # one client first, so each pool has made its idle workers
-        with srpy.PythonEngine(uri) as eng:
-            assert eng.eval("1 + 1") == 2
+    warm_up(launcher.uris)
     baseline = settle_to(engines, census(engines), timeout=2.0)
 
     latencies, errors = [], []
