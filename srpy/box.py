@@ -354,7 +354,7 @@ class EngBox(concurrent.futures.Executor):
 
     def _get_scheduler(self) -> Scheduler:
         with self._lock:
-            if scheduling._exiting:
+            if scheduling.exiting():
                 raise RuntimeError("cannot schedule new work after interpreter shutdown")
             if self._shut:
                 raise RuntimeError("cannot schedule new work after shutdown")

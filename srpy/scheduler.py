@@ -422,6 +422,11 @@ _schedulers: "weakref.WeakSet[Scheduler]" = weakref.WeakSet()
 _exiting = False
 
 
+def exiting() -> bool:
+    """True once the interpreter is exiting: no box schedules new work from then on."""
+    return _exiting
+
+
 class Scheduler:
     """The queue and the dispatchers of one EngBox."""
 
