@@ -192,7 +192,7 @@ def decode_array(payload: Any) -> Any:
         count *= size
     if count * dtype.itemsize != len(data):
         raise _bad("a numpy array of shape %r and dtype %s declares %d bytes but holds %d"
-                   % (shape, dtype, count * dtype.itemsize, len(data)))
+                   % (shape, _show(dtype), count * dtype.itemsize, len(data)))
     try:
         if dtype.itemsize == 0:
             if count > MAX_EMPTY_ITEMS:
@@ -216,11 +216,15 @@ def decode_scalar(payload: Any) -> Any:
         raise _bad("a tagged numpy scalar that is not (dtype, data)")
     dtype = parse_dtype(payload[0])
     if dtype.subdtype is not None or len(payload[1]) != dtype.itemsize:
-        raise _bad("a numpy scalar of dtype %s that holds %d bytes" % (dtype, len(payload[1])))
+        raise _bad("a numpy scalar of dtype %s that holds %d bytes" % (_show(dtype), len(payload[1])))
     if dtype.itemsize == 0:  # numpy.str_(''), say
         return numpy.zeros(1, dtype)[0]
     # copied first: a structured scalar (numpy.void) indexes its array's memory
     return numpy.frombuffer(payload[1], dtype).copy()[0]
+
+
+def _show(dtype: Any) -> str:
+    return dtype.str if dtype.names is None else str(dtype)
 
 
 def _check_shape(shape: Any, what: str) -> None:
