@@ -15,9 +15,10 @@ The payloads, plain marshal data only:
 A dtype description is one of:
  - C{dtype.str} of a dtype without fields (C{'<f8'}, C{'>i4'}, C{'|b1'}, C{'<M8[ns]'},
    C{'<U5'}, C{'|S3'}, C{'|V8'}): byte order, kind, item size, datetime unit;
- - C{("rec", names, formats, offsets, itemsize, aligned)} for a structured dtype: tuples of
-   field names (str), of the fields' descriptions and of their offsets, the item size and
-   whether it is an aligned struct (so padding and offsets are exactly the sender's);
+ - C{("rec", names, formats, offsets, titles, itemsize, aligned)} for a structured dtype: tuples
+   of field names (str), of the fields' descriptions, of their offsets and of their titles (str or
+   None), the item size and whether it is an aligned struct (so padding and offsets are exactly
+   the sender's);
  - C{("sub", description, shape)} for a field that is itself an array (C{('c', '>f8', (2, 3))}).
 
 Reading never evaluates anything: a description is checked to be made of str, int, bool and
@@ -31,7 +32,8 @@ Copies: the sender writes the array's memory into the message (marshal reads it 
 buffer protocol: no C{tobytes} copy; a view with gaps costs one compacting copy first). The
 receiver gets the data as the C{bytes} marshal reads out of the message, wraps it with
 C{numpy.frombuffer} (no copy), and copies it once into memory the new array owns, since an
-array on immutable bytes cannot be made writable: one copy beyond marshal's.
+array on immutable bytes cannot be made writable: one copy beyond marshal's. That array is a
+view (C{base}) of the one numpy array holding the copied bytes.
 
 >>> import numpy
 >>> kind, payload = encode(numpy.arange(3, dtype=">i2"), "value", str)
@@ -79,7 +81,7 @@ def encode(value: Any, where: Any, where_text: Callable[[Any], str]) -> Tuple[st
 
     @raise SerializationError: an object dtype, a numpy type that is neither C{numpy.ndarray}
         itself nor a scalar (C{numpy.matrix}, a ufunc), or a dtype numpy cannot rebuild from its
-        description (a field with a title, a third-party dtype).
+        description (a field title that is no str, a third-party dtype).
     """
     import numpy
     kind = type(value)
@@ -129,14 +131,17 @@ def _describe(dtype: Any, fields_left: List[int]) -> Any:
         fields_left[0] -= len(dtype.names)
         if fields_left[0] < 0:
             raise _Refused("its structured dtype has more than %d fields" % MAX_FIELDS)
-        formats, offsets = [], []
+        formats, offsets, titles = [], [], []
         for name in dtype.names:
             field = dtype.fields[name]
-            if len(field) > 2:
-                raise _Refused("its structured dtype has a field with a title (%r), which srpy does not carry" % name)
+            title = field[2] if len(field) > 2 else None
+            if title is not None and type(title) is not str:
+                raise _Refused("its structured dtype has a field whose title is a %s, not a str" % type(title).__name__)
             formats.append(_describe(field[0], fields_left))
             offsets.append(field[1])
-        return ("rec", tuple(dtype.names), tuple(formats), tuple(offsets), dtype.itemsize, dtype.isalignedstruct)
+            titles.append(title)
+        return ("rec", tuple(dtype.names), tuple(formats), tuple(offsets), tuple(titles), dtype.itemsize,
+                dtype.isalignedstruct)
     text = dtype.str
     rebuilt = _numpy_dtype(text) if dtype.kind in _KINDS and _SIMPLE.match(text) else None
     if rebuilt is None or rebuilt != dtype:
@@ -198,9 +203,11 @@ def decode_array(payload: Any) -> Any:
             if count > MAX_EMPTY_ITEMS:
                 raise _bad("a numpy array of %d items of no bytes each" % count)
             return numpy.zeros(shape, dtype, order=order)
-        # a read-only view of the received bytes (no copy), then the one copy into memory the
-        # array owns: the cheapest way to a writable array, as bytes cannot be written
-        return numpy.frombuffer(data, dtype).reshape(shape, order=order).copy(order="K")
+        # a read-only view of the received bytes (no copy), then the one copy into memory numpy
+        # owns, the cheapest way to a writable array (bytes cannot be written): a copy of the raw
+        # bytes (a memcpy, where numpy would copy a record field by field and drop its padding)
+        raw = numpy.frombuffer(data, numpy.uint8).copy()
+        return raw.view(dtype).reshape(shape, order=order)
     except (TypeError, ValueError) as exc:  # what numpy still refuses (a shape too big for its index type)
         raise _bad("a numpy array numpy cannot build: %s" % exc) from None
 
@@ -273,20 +280,24 @@ def _parse(description: Any, depth: int, fields_left: List[int]) -> Any:
         if count * base.itemsize > MAX_ITEMSIZE:
             raise _bad("a sub-array field of more than %d bytes" % MAX_ITEMSIZE)
         return _build(numpy, (base, description[2]))
-    if form == "rec" and len(description) == 6:
-        _, names, formats, offsets, itemsize, aligned = description
+    if form == "rec" and len(description) == 7:
+        _, names, formats, offsets, titles, itemsize, aligned = description
         if (type(names) is not tuple or type(formats) is not tuple or type(offsets) is not tuple
-                or not len(names) == len(formats) == len(offsets) or type(aligned) is not bool
+                or type(titles) is not tuple or not len(names) == len(formats) == len(offsets) == len(titles)
+                or type(aligned) is not bool
                 or type(itemsize) is not int or not 0 <= itemsize <= MAX_ITEMSIZE):
             raise _bad("a structured numpy dtype that is not names, formats, offsets, item size and alignment")
         fields_left[0] -= len(names)
         if fields_left[0] < 0:
             raise _bad("a structured numpy dtype of more than %d fields" % MAX_FIELDS)
         if any(type(name) is not str or len(name) > MAX_NAME for name in names) or any(
-                type(offset) is not int or not 0 <= offset <= MAX_ITEMSIZE for offset in offsets):
-            raise _bad("a structured numpy dtype whose names are not str or offsets not sizes")
+                type(offset) is not int or not 0 <= offset <= MAX_ITEMSIZE for offset in offsets) or any(
+                title is not None and (type(title) is not str or len(title) > MAX_NAME) for title in titles):
+            raise _bad("a structured numpy dtype whose names or titles are not str or offsets not sizes")
         spec = {"names": list(names), "formats": [_parse(f, depth + 1, fields_left) for f in formats],
                 "offsets": list(offsets), "itemsize": itemsize}
+        if any(title is not None for title in titles):
+            spec["titles"] = list(titles)
         return _build(numpy, spec, aligned)
     raise _bad("a numpy dtype described as %r" % (form[:20],))
 
