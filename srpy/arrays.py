@@ -28,12 +28,17 @@ object kind anywhere; only then does C{numpy.dtype} build it. The shape, item si
 length must agree exactly before anything is built, so a huge declared shape with few bytes is
 refused at once, allocating nothing.
 
-Copies: the sender writes the array's memory into the message (marshal reads it through the
-buffer protocol: no C{tobytes} copy; a view with gaps costs one compacting copy first). The
-receiver gets the data as the C{bytes} marshal reads out of the message, wraps it with
-C{numpy.frombuffer} (no copy), and copies it once into memory the new array owns, since an
-array on immutable bytes cannot be made writable: one copy beyond marshal's. That array is a
-view (C{base}) of the one numpy array holding the copied bytes.
+Copies (in-band: the raw bytes travel inside the message). Sending: no C{tobytes}; marshal reads
+the array's memory through the buffer protocol (a flat C{uint8} view of it) as it writes the
+message: one copy, the message (a view with gaps costs one compacting copy first). Today
+L{srpy.codec.dumps} also tries plain marshal on the whole value before the tagged encoding, which
+writes the array once more and throws it away, and the frame is joined to its header: two more,
+outside this module. Receiving: marshal reads the data out of the message as C{bytes} (one copy),
+C{numpy.frombuffer} wraps them (none), and one copy of the raw bytes (a memcpy) makes memory numpy
+owns, since an array on immutable bytes cannot be made writable: the array is a view (C{base}) of
+that copy. So this module adds no copy to send a contiguous array and one to receive any; the
+zero-copy path (buffers out of band, from the array's memory to the socket and back) is a later
+step.
 
 >>> import numpy
 >>> kind, payload = encode(numpy.arange(3, dtype=">i2"), "value", str)
