@@ -7,6 +7,8 @@ ever unpickled. Types marshal does not know but that have an exact textual form 
 C{date}, C{time}, C{timedelta}, C{Decimal}, C{UUID}, C{array}, C{bytearray}, exceptions) travel as
 tagged tuples (marshal itself would turn every buffer into plain C{bytes}; an aware C{datetime} or
 C{time} arrives with a fixed-offset C{datetime.timezone} for its offset);
+numpy arrays and numpy scalars travel as tagged tuples too, built by L{srpy.arrays} (imported,
+with numpy, only when one is sent or arrives: srpy works without numpy);
 subclasses of tuple, list, dict, int, float, complex, str and bytes (named tuples, enums) travel as
 their base type, as with Pyro5's serpent. Anything else is refused with a L{SerializationError}
 naming its type.
@@ -581,7 +583,15 @@ _DECODERS: Dict[str, Callable[[Any], Any]] = {
     "array": _array,
     "bytearray": lambda p: bytearray(_expect(p, bytes, "bytearray")),
     "exception": lambda p: exception_from_dict(_expect(p, dict, "exception")),
+    # numpy arrays and scalars: srpy.arrays (and numpy) are imported only when one arrives
+    "ndarray": lambda p: _arrays().decode_array(p),
+    "npscalar": lambda p: _arrays().decode_scalar(p),
 }
+
+
+def _arrays() -> Any:
+    from . import arrays
+    return arrays
 #: tagged kinds whose payload holds encoded values: (payload type, what to build from the decoded items)
 _TAGGED_CONTAINERS: Dict[str, Tuple[type, Callable[[Any], Any]]] = {
     "tuple": (tuple, tuple), "set": (tuple, set), "frozenset": (tuple, frozenset), "dict": (list, dict),
@@ -608,6 +618,9 @@ def _encode(value: Any, where: Any) -> Any:
         pairs = [(_encode(k, (where, _KEY)), _encode(v, (where, k))) for k, v in value.items()]
         encoded = dict(pairs)
         return encoded if len(encoded) == len(pairs) else _tagged("dict", pairs)
+    if kind.__module__ == "numpy":  # numpy arrays and scalars (np.float64 is a float: before _BASE_COPIES)
+        from . import arrays
+        return _tagged(*arrays.encode(value, where, _where))
     for base, encoder in _ENCODERS:
         if isinstance(value, base):
             return encoder(value)
@@ -616,7 +629,7 @@ def _encode(value: Any, where: Any) -> Any:
             return _encode(copy(value), where)
     raise errors.SerializationError(
         "cannot send a value of type %r (at %s): srpy carries None, bool, numbers, str, bytes, "
-        "bytearray, tuple, list, dict, set, frozenset, datetime, Decimal, UUID and array. Convert it "
+        "bytearray, tuple, list, dict, set, frozenset, datetime, Decimal, UUID, array and numpy arrays. Convert it "
         "to one of those first, or keep it on the engine and send only what you need back"
         % (_type_name(kind), _where(where)))
 
