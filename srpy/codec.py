@@ -6,9 +6,11 @@ only one that keeps C{bytes}, C{tuple}, C{set}, C{frozenset} and C{complex} as t
 ever unpickled. Types marshal does not know but that have an exact textual form (C{datetime},
 C{date}, C{time}, C{timedelta}, C{Decimal}, C{UUID}, C{array}, C{bytearray}, exceptions) travel as
 tagged tuples (marshal itself would turn every buffer into plain C{bytes}; an aware C{datetime} or
-C{time} arrives with a fixed-offset C{datetime.timezone} for its offset);
-subclasses of tuple, list, dict, int, float, complex, str and bytes (named tuples, enums) travel as
-their base type, as with Pyro5's serpent. Anything else is refused with a L{SerializationError}
+C{time} arrives with a fixed-offset C{datetime.timezone} for its offset); records (dataclass
+instances, enum members, named tuples) and user exceptions keep their types, their classes
+travelling by reference and resolved only from modules already imported (L{srpy.records}, loaded
+on the first one); other subclasses of tuple, list, dict, int, float, complex, str and bytes travel
+as their base type, as with Pyro5's serpent. Anything else is refused with a L{SerializationError}
 naming its type.
 
 The contracts, and where each one lives:
@@ -45,6 +47,7 @@ import array
 import builtins
 import datetime
 import decimal
+import enum
 import itertools
 import marshal
 import struct
@@ -461,7 +464,8 @@ def exception_to_dict(exc: BaseException) -> Dict[str, Any]:
 def exception_from_dict(data: Dict[str, Any]) -> BaseException:
     """
     Rebuild an exception described by L{exception_to_dict}: the builtin type where there is one,
-    L{RemoteSystemExit} for C{SystemExit}, srpy's own errors as themselves, else L{RemoteError}.
+    L{RemoteSystemExit} for C{SystemExit}, srpy's own errors as themselves, an exception class of a
+    module already imported here as itself (L{srpy.records.exception}), else L{RemoteError}.
     The engine's traceback text lands in C{remote_traceback}.
     """
     classname = str(data.get("__class__", "builtins.Exception"))
@@ -473,6 +477,11 @@ def exception_from_dict(data: Dict[str, Any]) -> BaseException:
     tb_text = attrs.pop("srpy_traceback", None) or ("".join(map(str, tb)) if isinstance(tb, (list, tuple)) else tb)
     module, _, name = classname.rpartition(".")
     exc = _known_exception(module, name, args, tb_text)
+    if exc is None and module not in ("builtins", "srpy.errors"):
+        from . import records  # a user exception class imported here comes back as itself, built without its code
+        exc = records.exception(module, name, args, attrs, tb_text)
+        if exc is not None:
+            return exc
     if exc is None:
         message = str(args[0]) if len(args) == 1 else ", ".join(str(a) for a in args)
         exc = errors.RemoteError(classname, message, tb_text)
@@ -582,6 +591,8 @@ _DECODERS: Dict[str, Callable[[Any], Any]] = {
     "bytearray": lambda p: bytearray(_expect(p, bytes, "bytearray")),
     "exception": lambda p: exception_from_dict(_expect(p, dict, "exception")),
 }
+#: tagged kinds L{srpy.records} writes and reads (dataclass, enum member, Flag combination, named tuple)
+_RECORD_KINDS = frozenset(("dataclass", "enum", "flag", "namedtuple"))
 #: tagged kinds whose payload holds encoded values: (payload type, what to build from the decoded items)
 _TAGGED_CONTAINERS: Dict[str, Tuple[type, Callable[[Any], Any]]] = {
     "tuple": (tuple, tuple), "set": (tuple, set), "frozenset": (tuple, frozenset), "dict": (list, dict),
@@ -608,6 +619,13 @@ def _encode(value: Any, where: Any) -> Any:
         pairs = [(_encode(k, (where, _KEY)), _encode(v, (where, k))) for k, v in value.items()]
         encoded = dict(pairs)
         return encoded if len(encoded) == len(pairs) else _tagged("dict", pairs)
+    # records (srpy/records.py, loaded on the first one): dataclasses, enum members, named tuples
+    if isinstance(value, enum.Enum) or hasattr(kind, "__dataclass_fields__") \
+            or (isinstance(value, tuple) and hasattr(kind, "_fields")):
+        from . import records
+        record = records.encode(value, where, _encode, _tagged, _ITEM)
+        if record is not None:
+            return record
     for base, encoder in _ENCODERS:
         if isinstance(value, base):
             return encoder(value)
@@ -693,6 +711,9 @@ def _decode_item(kind: Any, payload: Any, done: Dict[int, Any]) -> Any:
                 raise ValueError("bad srpy data (a tagged dict that is not a list of pairs)")
         return container[1](items)
     decoder = _DECODERS.get(kind) if type(kind) is str else None
+    if decoder is None and kind in _RECORD_KINDS:
+        from . import records
+        return records.decode(kind, payload, lambda v: _decode(v, done))
     if decoder is None:
         raise ValueError("bad srpy data (unknown tagged kind %r)" % (kind,))
     return decoder(payload)
