@@ -545,8 +545,17 @@ _ENCODERS: List[Tuple[type, Callable[[Any], tuple]]] = [
     (uuid.UUID, lambda v: _tagged("uuid", v.hex)),
     (array.array, lambda v: _tagged("array", (v.typecode, v.tobytes()))),
     (bytearray, lambda v: _tagged("bytearray", bytes(v))),
-    (BaseException, lambda v: _tagged("exception", exception_to_dict(v))),
+    (BaseException, lambda v: _tagged("exception", _encoded_exception(v))),
 ]
+
+
+def _encoded_exception(exc: BaseException) -> Dict[str, Any]:
+    """L{exception_to_dict}, its arguments and attributes encoded (a Decimal or a record among them travels too)."""
+    data = exception_to_dict(exc)
+    data["args"] = _encode(data["args"], "the exception's arguments")
+    data["attributes"] = {key: _encode(val, ("the exception's attributes", key))
+                          for key, val in data["attributes"].items()}
+    return data
 
 
 def _expect(payload: Any, kind: type, tag: str) -> Any:
@@ -589,7 +598,6 @@ _DECODERS: Dict[str, Callable[[Any], Any]] = {
     "uuid": lambda p: uuid.UUID(hex=_expect(p, str, "uuid")),
     "array": _array,
     "bytearray": lambda p: bytearray(_expect(p, bytes, "bytearray")),
-    "exception": lambda p: exception_from_dict(_expect(p, dict, "exception")),
 }
 #: tagged kinds L{srpy.records} writes and reads (dataclass, enum member, Flag combination, named tuple)
 _RECORD_KINDS = frozenset(("dataclass", "enum", "flag", "namedtuple"))
@@ -710,6 +718,12 @@ def _decode_item(kind: Any, payload: Any, done: Dict[int, Any]) -> Any:
             if any(type(pair) is not tuple or len(pair) != 2 for pair in items):
                 raise ValueError("bad srpy data (a tagged dict that is not a list of pairs)")
         return container[1](items)
+    if kind == "exception":  # its arguments and attributes are encoded values
+        data = dict(_expect(payload, dict, kind))
+        data["args"] = _decode(data.get("args", ()), done)
+        if type(data.get("attributes")) is dict:
+            data["attributes"] = {key: _decode(val, done) for key, val in data["attributes"].items()}
+        return exception_from_dict(data)
     decoder = _DECODERS.get(kind) if type(kind) is str else None
     if decoder is None and kind in _RECORD_KINDS:
         from . import records

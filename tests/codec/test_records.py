@@ -434,3 +434,9 @@ def test_crafted_records_against_a_real_engine(engine_uri, tmp_path):
         assert eng.get() == [] and eng.eval("6 * 7") == 42, "nothing was stored; the engine serves"
         eng.exe("import srpy_rec_sidefx")
         assert marker.exists(), "the module was importable: the test above could have failed"
+
+
+def test_exception_arguments_of_tagged_types_travel_with_it():
+    import decimal
+    back = round_trip(AppError(decimal.Decimal("1.5"), Point(1, 2)))
+    assert type(back) is AppError and back.args == (decimal.Decimal("1.5"), Point(1, 2)) and back.code == 1.5
