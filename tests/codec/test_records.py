@@ -440,3 +440,16 @@ def test_exception_arguments_of_tagged_types_travel_with_it():
     import decimal
     back = round_trip(AppError(decimal.Decimal("1.5"), Point(1, 2)))
     assert type(back) is AppError and back.args == (decimal.Decimal("1.5"), Point(1, 2)) and back.code == 1.5
+
+
+def test_the_json_lite_client_gets_base_values_or_a_clear_refusal(engine, engine_uri, shapes):
+    m = shapes
+    engine.set(size=m.Size.LARGE, span=m.Span(1.0, 2.0), vec=m.Vec(1, 2))
+    eng = lite.Engine(engine_uri)
+    try:
+        assert eng.eval("size") == 3 and eng.eval("span") == [1.0, 2.0]  # json has ints and lists only
+        with pytest.raises(TypeError, match="Vec"):
+            eng.eval("vec")
+        assert eng.ping() == "pong"
+    finally:
+        eng.close()
