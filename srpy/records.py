@@ -39,7 +39,16 @@ KINDS = frozenset(("dataclass", "enum", "flag", "namedtuple"))
 _UNRESOLVED_MODULES = frozenset(("__main__", "__mp_main__"))
 
 _references: "weakref.WeakKeyDictionary[type, Optional[str]]" = weakref.WeakKeyDictionary()
-_met = threading.local()
+
+
+class _Met(threading.local):
+    """The record classes this thread encoded since the client last looked (L{take_met})."""
+
+    def __init__(self) -> None:
+        self.classes: Set[type] = set()
+
+
+_met = _Met()
 
 
 def reference(kind: type) -> Optional[str]:
@@ -78,18 +87,15 @@ def _lookup(module_name: str, qualname: str) -> Any:
 
 def take_met() -> List[type]:
     """The record classes encoded by this thread since the last call (the client ships their modules)."""
-    met = getattr(_met, "classes", None)
-    if not met:
+    met = _met.classes
+    if not met:  # the common case, asked on every call a client makes once a record has been met
         return []
     _met.classes = set()
     return list(met)
 
 
 def _note(kind: type) -> None:
-    met = getattr(_met, "classes", None)
-    if met is None:
-        met = _met.classes = set()
-    met.add(kind)
+    _met.classes.add(kind)
 
 
 # -- sending -------------------------------------------------------------------------------------
