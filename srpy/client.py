@@ -289,10 +289,20 @@ class PythonEngine:
         elif timeout is NO_TIMEOUT:  # wait(): as long as it takes, whatever the client's timeout
             timeout = None
         if limit is None and call_id is None and not self._shared.max_task_time:
-            return conn.call(method, args, None, annotations, timeout, trailing)  # the common call
+            try:
+                return conn.call(method, args, None, annotations, timeout, trailing)  # the common call
+            except errors.RecordModuleNotImported:
+                if not self._forget_record_modules():
+                    raise
+                return conn.call(method, args, None, annotations, timeout, trailing)
         started = time.monotonic()
         try:
-            return conn.call(method, args, None, annotations, timeout, trailing)
+            try:
+                return conn.call(method, args, None, annotations, timeout, trailing)
+            except errors.RecordModuleNotImported:
+                if not self._forget_record_modules():
+                    raise
+                return conn.call(method, args, None, annotations, timeout, trailing)
         except (errors.TaskTimeout, errors.TaskAborted) as exc:
             if getattr(exc, "engine_ending", False):
                 # the engine ends its process to stop the call, and a fresh one starts in
@@ -331,6 +341,18 @@ class PythonEngine:
                     % (kind.__qualname__, self.uri, module_name, failure.get("error") or failure))
             shared.record_modules.add(module_name)
 
+    def _forget_record_modules(self) -> bool:
+        """
+        An engine did not know a record's module this client had given it (it restarted since):
+        forget what it was given, so that the repeated call sends the classes again. False if it
+        was given none (the call's failure is then the caller's). The call was not run: the
+        engine refuses it while reading its arguments.
+        """
+        if not self._shared.record_modules:
+            return False
+        self._shared.record_modules.clear()
+        return True
+
     def expect_restart(self) -> None:
         """
         For srpy's own modules: a call was stopped, and the engine may be ending its process for
@@ -356,7 +378,12 @@ class PythonEngine:
                     timeout = self._shared.timeout
                 elif timeout is NO_TIMEOUT:
                     timeout = None
-                return conn.call(method, args, None, extra, timeout, trailing)
+                try:
+                    return conn.call(method, args, None, extra, timeout, trailing)
+                except errors.RecordModuleNotImported:
+                    if not self._forget_record_modules():
+                        raise
+                    return conn.call(method, args, None, extra, timeout, trailing)
             return self.call_on(conn, method, args, timeout=timeout, trailing=trailing, extra=extra)
         finally:
             pool.release(conn)

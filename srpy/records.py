@@ -178,9 +178,10 @@ def resolve(ref: Any, what: str) -> type:
     if module_name in _UNRESOLVED_MODULES or not qualname or "<" in qualname:
         raise _bad("a tagged %s of class %s, which cannot be resolved by name" % (what, _clip(ref)))
     if not isinstance(sys.modules.get(module_name), types.ModuleType):
-        raise _bad("a tagged %s of class %s: module %s is not imported here (srpy never imports a module "
-                   "because of a message: import it, or on an engine ship it with the value's sender)"
-                   % (what, _clip(ref), _clip(module_name)))
+        raise errors.RecordModuleNotImported(
+            "bad srpy data (a tagged %s of class %s: module %s is not imported here (srpy never imports a module "
+            "because of a message: import it, or on an engine ship it with the value's sender))"
+            % (what, _clip(ref), _clip(module_name)))
     kind = _lookup(module_name, qualname)
     if not isinstance(kind, type):
         raise _bad("a tagged %s of class %s: module %s holds no such class" % (what, _clip(ref), _clip(module_name)))

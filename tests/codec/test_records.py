@@ -466,3 +466,33 @@ def test_the_json_lite_client_gets_base_values_or_a_clear_refusal(engine, engine
         assert eng.ping() == "pong"
     finally:
         eng.close()
+
+
+def test_an_engine_that_restarted_unnoticed_is_given_the_module_again(start_launcher, shapes):
+    """The engine process was killed and its keeper started a fresh one: the client learns it from the refusal."""
+    import signal
+    import time
+
+    uri = start_launcher(["-n", "1", "--restart"], count=1).uris[0]
+    with srpy.PythonEngine(uri) as eng:
+        eng.set(v=shapes.Vec(1, 2))
+        assert eng._shared.record_modules == {"srpy_rec_shapes"}
+        old_pid = eng.whoami()["PID"]
+        os.kill(old_pid, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while True:  # the fresh engine, on the same URI
+            try:
+                with srpy.PythonEngine(uri, connect_timeout=2) as probe:
+                    if probe.whoami()["PID"] != old_pid:
+                        break
+            except srpy.SRPyError:
+                pass
+            assert time.monotonic() < deadline, "no fresh engine answers at %s" % uri
+            time.sleep(0.1)
+        for attempt in range(3):  # the pool's idle connections reached the killed process
+            try:
+                back = eng.eval("w", w=shapes.Vec(3, 4))
+                break
+            except srpy.CommunicationError:
+                assert attempt < 2
+        assert same(back, shapes.Vec(3, 4)) and eng.eval("type(w).__module__") == "srpy_rec_shapes"
