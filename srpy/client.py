@@ -23,8 +23,10 @@ import collections
 import contextlib
 import os
 import statistics
+import sys
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+import weakref
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 from . import codec, errors, shipping, wire
 from .wire import BLOB_MIN, BLOB_NAMES, CALL_ID, CALL_TIMEOUT, RESULT_BLOB
@@ -61,6 +63,31 @@ class _Shared:
         self.max_task_time: Optional[float] = None
         #: ids of the calls asked to stop (the latest 1024)
         self.aborted: "collections.OrderedDict[bytes, None]" = collections.OrderedDict()
+        #: the modules of record classes this engine has imported for this client (a restart forgets them)
+        self.record_modules: Set[str] = set()
+
+
+class _RecordShippingFormat(codec.WireFormat):
+    """
+    srpy's serializer for one engine's connections. A record (dataclass, enum member, named
+    tuple) travels by reference to its class, and an engine resolves that only from modules it
+    has already imported: so the first call whose values hold a class of a module this engine
+    has not been given sends that class first, as a function travels by reference
+    (L{functions.pack<srpy.functions.pack>}, the engine's C{define}: local modules ship to its
+    sandbox, and the engine imports the module), over another of the engine's connections.
+    """
+
+    def __init__(self) -> None:
+        self.ship: Optional[Callable[[List[type]], None]] = None
+
+    def dumps_call(self, obj: str, method: str, args: Any, kwargs: Any) -> bytes:  # type: ignore[override]
+        data = codec.dumps((obj, method, tuple(args), kwargs or {}))
+        records = sys.modules.get("srpy.records")  # loaded by codec on the first record it meets
+        if records is not None and self.ship is not None:
+            met = records.take_met()
+            if met:
+                self.ship(met)
+        return data
 
 
 class _SharedAttribute:
@@ -115,9 +142,12 @@ class PythonEngine:
             _, ip, port = wire.parse_uri(uri)
         except ValueError as exc:
             raise errors.SRPyServerNotFound(uri, str(exc)) from None
-        self.pool = wire.Pool(uri, secret, WIRE_FORMAT, ssl_context, connect_timeout, owner=type(self).__name__)
+        serializer = _RecordShippingFormat()
+        self.pool = wire.Pool(uri, secret, serializer, ssl_context, connect_timeout, owner=type(self).__name__)
         self.pool.release(self.pool.connect())  # fail now, not at the first call, when nothing answers
         self._shared = _Shared()
+        ship = weakref.WeakMethod(self._ship_record_classes)  # the pool must not keep its client alive
+        serializer.ship = lambda classes: ship()(classes)  # type: ignore[misc]
         self.ip, self.port = ip, port
         self.ns = Namespace(self)
         self.whoami()
@@ -259,10 +289,20 @@ class PythonEngine:
         elif timeout is NO_TIMEOUT:  # wait(): as long as it takes, whatever the client's timeout
             timeout = None
         if limit is None and call_id is None and not self._shared.max_task_time:
-            return conn.call(method, args, None, annotations, timeout, trailing)  # the common call
+            try:
+                return conn.call(method, args, None, annotations, timeout, trailing)  # the common call
+            except errors.RecordModuleNotImported:
+                if not self._forget_record_modules():
+                    raise
+                return conn.call(method, args, None, annotations, timeout, trailing)
         started = time.monotonic()
         try:
-            return conn.call(method, args, None, annotations, timeout, trailing)
+            try:
+                return conn.call(method, args, None, annotations, timeout, trailing)
+            except errors.RecordModuleNotImported:
+                if not self._forget_record_modules():
+                    raise
+                return conn.call(method, args, None, annotations, timeout, trailing)
         except (errors.TaskTimeout, errors.TaskAborted) as exc:
             if getattr(exc, "engine_ending", False):
                 # the engine ends its process to stop the call, and a fresh one starts in
@@ -280,12 +320,46 @@ class PythonEngine:
                 self.pool.await_restart(RESTART_WAIT)
             raise error from None
 
+    def _ship_record_classes(self, classes: List[type]) -> None:
+        """Make the engine import the modules of C{classes} it was not given yet (see L{_RecordShippingFormat})."""
+        from . import functions, records
+
+        shared = self._shared
+        for module_name, kind in records.ship_order(classes):
+            if module_name in shared.record_modules or module_name == "builtins":
+                continue
+            try:
+                bundle = functions.pack(kind)
+            except functions.FunctionShippingError as exc:
+                raise errors.SerializationError("cannot send a %s: its class cannot travel to the engine: %s"
+                                                % (kind.__qualname__, exc)) from None
+            with self.pool.connection() as conn:
+                failure = conn.call("define", (bundle["hash"], bundle), None, None, self._shared.timeout)[0]
+            if failure:
+                raise errors.SerializationError(
+                    "cannot send a %s: the engine at %s cannot import its module %s: %s"
+                    % (kind.__qualname__, self.uri, module_name, failure.get("error") or failure))
+            shared.record_modules.add(module_name)
+
+    def _forget_record_modules(self) -> bool:
+        """
+        An engine did not know a record's module this client had given it (it restarted since):
+        forget what it was given, so that the repeated call sends the classes again. False if it
+        was given none (the call's failure is then the caller's). The call was not run: the
+        engine refuses it while reading its arguments.
+        """
+        if not self._shared.record_modules:
+            return False
+        self._shared.record_modules.clear()
+        return True
+
     def expect_restart(self) -> None:
         """
         For srpy's own modules: a call was stopped, and the engine may be ending its process for
         it: drop the idle connections (they may reach that process for a few more milliseconds),
         and let new ones wait out a restart, for up to L{RESTART_WAIT} s (L{srpy.wire.Pool.expect_restart}).
         """
+        self._shared.record_modules.clear()  # a fresh engine has imported none of them
         self.pool.expect_restart(RESTART_WAIT)
 
     # -- the calls underneath -----------------------------------------------------------------------
@@ -304,7 +378,12 @@ class PythonEngine:
                     timeout = self._shared.timeout
                 elif timeout is NO_TIMEOUT:
                     timeout = None
-                return conn.call(method, args, None, extra, timeout, trailing)
+                try:
+                    return conn.call(method, args, None, extra, timeout, trailing)
+                except errors.RecordModuleNotImported:
+                    if not self._forget_record_modules():
+                        raise
+                    return conn.call(method, args, None, extra, timeout, trailing)
             return self.call_on(conn, method, args, timeout=timeout, trailing=trailing, extra=extra)
         finally:
             pool.release(conn)

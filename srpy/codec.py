@@ -6,11 +6,13 @@ only one that keeps C{bytes}, C{tuple}, C{set}, C{frozenset} and C{complex} as t
 ever unpickled. Types marshal does not know but that have an exact textual form (C{datetime},
 C{date}, C{time}, C{timedelta}, C{Decimal}, C{UUID}, C{array}, C{bytearray}, exceptions) travel as
 tagged tuples (marshal itself would turn every buffer into plain C{bytes}; an aware C{datetime} or
-C{time} arrives with a fixed-offset C{datetime.timezone} for its offset);
-numpy arrays and numpy scalars travel as tagged tuples too, built by L{srpy.arrays} (imported,
-with numpy, only when one is sent or arrives: srpy works without numpy);
-subclasses of tuple, list, dict, int, float, complex, str and bytes (named tuples, enums) travel as
-their base type, as with Pyro5's serpent. Anything else is refused with a L{SerializationError}
+C{time} arrives with a fixed-offset C{datetime.timezone} for its offset); numpy arrays and
+numpy scalars travel as tagged tuples too, built by L{srpy.arrays} (imported, with numpy, only
+when one is sent or arrives: srpy works without numpy); records (dataclass
+instances, enum members, named tuples) and user exceptions keep their types, their classes
+travelling by reference and resolved only from modules already imported (L{srpy.records}, loaded
+on the first one); other subclasses of tuple, list, dict, int, float, complex, str and bytes travel
+as their base type, as with Pyro5's serpent. Anything else is refused with a L{SerializationError}
 naming its type.
 
 The contracts, and where each one lives:
@@ -47,6 +49,7 @@ import array
 import builtins
 import datetime
 import decimal
+import enum
 import itertools
 import marshal
 import struct
@@ -463,7 +466,8 @@ def exception_to_dict(exc: BaseException) -> Dict[str, Any]:
 def exception_from_dict(data: Dict[str, Any]) -> BaseException:
     """
     Rebuild an exception described by L{exception_to_dict}: the builtin type where there is one,
-    L{RemoteSystemExit} for C{SystemExit}, srpy's own errors as themselves, else L{RemoteError}.
+    L{RemoteSystemExit} for C{SystemExit}, srpy's own errors as themselves, an exception class of a
+    module already imported here as itself (L{srpy.records.exception}), else L{RemoteError}.
     The engine's traceback text lands in C{remote_traceback}.
     """
     classname = str(data.get("__class__", "builtins.Exception"))
@@ -475,6 +479,11 @@ def exception_from_dict(data: Dict[str, Any]) -> BaseException:
     tb_text = attrs.pop("srpy_traceback", None) or ("".join(map(str, tb)) if isinstance(tb, (list, tuple)) else tb)
     module, _, name = classname.rpartition(".")
     exc = _known_exception(module, name, args, tb_text)
+    if exc is None and module not in ("builtins", "srpy.errors"):
+        from . import records  # a user exception class imported here comes back as itself, built without its code
+        exc = records.exception(module, name, args, attrs, tb_text)
+        if exc is not None:
+            return exc
     if exc is None:
         message = str(args[0]) if len(args) == 1 else ", ".join(str(a) for a in args)
         exc = errors.RemoteError(classname, message, tb_text)
@@ -538,8 +547,17 @@ _ENCODERS: List[Tuple[type, Callable[[Any], tuple]]] = [
     (uuid.UUID, lambda v: _tagged("uuid", v.hex)),
     (array.array, lambda v: _tagged("array", (v.typecode, v.tobytes()))),
     (bytearray, lambda v: _tagged("bytearray", bytes(v))),
-    (BaseException, lambda v: _tagged("exception", exception_to_dict(v))),
+    (BaseException, lambda v: _tagged("exception", _encoded_exception(v))),
 ]
+
+
+def _encoded_exception(exc: BaseException) -> Dict[str, Any]:
+    """L{exception_to_dict}, its arguments and attributes encoded (a Decimal or a record among them travels too)."""
+    data = exception_to_dict(exc)
+    data["args"] = _encode(data["args"], "the exception's arguments")
+    data["attributes"] = {key: _encode(val, ("the exception's attributes", key))
+                          for key, val in data["attributes"].items()}
+    return data
 
 
 def _expect(payload: Any, kind: type, tag: str) -> Any:
@@ -582,16 +600,19 @@ _DECODERS: Dict[str, Callable[[Any], Any]] = {
     "uuid": lambda p: uuid.UUID(hex=_expect(p, str, "uuid")),
     "array": _array,
     "bytearray": lambda p: bytearray(_expect(p, bytes, "bytearray")),
-    "exception": lambda p: exception_from_dict(_expect(p, dict, "exception")),
     # numpy arrays and scalars: srpy.arrays (and numpy) are imported only when one arrives
     "ndarray": lambda p: _arrays().decode_array(p),
     "npscalar": lambda p: _arrays().decode_scalar(p),
 }
+#: tagged kinds L{srpy.records} writes and reads (dataclass, enum member, Flag combination, named tuple)
+_RECORD_KINDS = frozenset(("dataclass", "enum", "flag", "namedtuple"))
 
 
 def _arrays() -> Any:
     from . import arrays
     return arrays
+
+
 #: tagged kinds whose payload holds encoded values: (payload type, what to build from the decoded items)
 _TAGGED_CONTAINERS: Dict[str, Tuple[type, Callable[[Any], Any]]] = {
     "tuple": (tuple, tuple), "set": (tuple, set), "frozenset": (tuple, frozenset), "dict": (list, dict),
@@ -621,6 +642,13 @@ def _encode(value: Any, where: Any) -> Any:
     if kind.__module__ == "numpy":  # numpy arrays and scalars (np.float64 is a float: before _BASE_COPIES)
         from . import arrays
         return _tagged(*arrays.encode(value, where, _where))
+    # records (srpy/records.py, loaded on the first one): dataclasses, enum members, named tuples
+    if isinstance(value, enum.Enum) or hasattr(kind, "__dataclass_fields__") \
+            or (isinstance(value, tuple) and hasattr(kind, "_fields")):
+        from . import records
+        record = records.encode(value, where, _encode, _tagged, _ITEM)
+        if record is not None:
+            return record
     for base, encoder in _ENCODERS:
         if isinstance(value, base):
             return encoder(value)
@@ -705,7 +733,16 @@ def _decode_item(kind: Any, payload: Any, done: Dict[int, Any]) -> Any:
             if any(type(pair) is not tuple or len(pair) != 2 for pair in items):
                 raise ValueError("bad srpy data (a tagged dict that is not a list of pairs)")
         return container[1](items)
+    if kind == "exception":  # its arguments and attributes are encoded values
+        data = dict(_expect(payload, dict, kind))
+        data["args"] = _decode(data.get("args", ()), done)
+        if type(data.get("attributes")) is dict:
+            data["attributes"] = {key: _decode(val, done) for key, val in data["attributes"].items()}
+        return exception_from_dict(data)
     decoder = _DECODERS.get(kind) if type(kind) is str else None
+    if decoder is None and kind in _RECORD_KINDS:
+        from . import records
+        return records.decode(kind, payload, lambda v: _decode(v, done))
     if decoder is None:
         raise ValueError("bad srpy data (unknown tagged kind %r)" % (kind,))
     return decoder(payload)

@@ -222,6 +222,11 @@ class Engine:
         written = []
         for relpath, text in files.items():
             target = self._sandbox_path(relpath)
+            if _holds(target, text):
+                # the same module again (each function or record class of a module brings it): the
+                # imported one stays, so its classes stay the ones values already refer to
+                written.append(relpath)
+                continue
             os.makedirs(os.path.dirname(target), exist_ok=True)
             with open(target, "w", encoding="utf-8") as handle:
                 handle.write(text)
@@ -582,3 +587,12 @@ def processor_name() -> str:
     if sys.platform.startswith("linux"):
         return platform.machine()
     return platform.processor() or platform.machine()
+
+
+def _holds(path: str, text: str) -> bool:
+    """True when the file at C{path} exists and holds exactly C{text}."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read() == text
+    except (OSError, UnicodeDecodeError):
+        return False

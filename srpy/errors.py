@@ -60,6 +60,18 @@ class SerializationError(SRPyError, TypeError):
     """A value cannot travel over the wire; the message names its type and what to do instead."""
 
 
+class RecordModuleNotImported(SRPyError, ValueError):
+    """
+    A received record's class is of a module the receiving side has not imported (srpy never
+    imports one because of a message; see L{srpy.records}). An engine answers a call with it; the
+    client then sends the class again and repeats the call once (the engine had restarted).
+    The message itself was whole: a connection that received one stays usable.
+    """
+
+    #: the message was read whole and well-formed: only this value cannot be rebuilt here
+    message_intact = True
+
+
 class RemoteError(SRPyError):
     """
     An exception of a type that has no local equivalent, raised by code on an engine.

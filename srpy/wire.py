@@ -879,6 +879,8 @@ class Connection(object):
         try:
             value = serializer.loads(data)
         except ValueError as exc:
+            if getattr(exc, "message_intact", False):  # read whole, in step: only this value cannot be built here
+                raise
             self._break()
             raise ProtocolError("%s sent an answer to %s() that cannot be decoded: %s" % (self.uri, method, exc))
         if flags & FLAGS_EXCEPTION:

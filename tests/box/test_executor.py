@@ -134,7 +134,9 @@ def test_base_exceptions_fail_their_own_future_and_every_engine_keeps_working(bo
     assert isinstance(interrupt, KeyboardInterrupt) and "pressed on the engine" in str(interrupt)
     assert "raise KeyboardInterrupt" in interrupt.remote_traceback
     custom = futures["custom"].exception()
-    assert isinstance(custom, srpy.RemoteError) and custom.remote_type.endswith("Custom")
+    # a user's own class, imported here, comes back as itself (issue 13), with the engine's traceback
+    assert type(custom) is Custom and custom.args == ("a user's own BaseException",)
+    assert "raise Custom" in custom.remote_traceback
     assert [f.result() for f in plain] == list(range(6))
 
     with pytest.raises(SystemExit):

@@ -48,7 +48,7 @@ def same(a, b):
         return same(a.real, b.real) and same(a.imag, b.imag)
     if kind is decimal.Decimal:
         return str(a) == str(b)
-    if kind in (list, tuple):
+    if kind in (list, tuple) or (isinstance(a, tuple) and hasattr(kind, "_fields")):  # named tuples too
         return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
     if kind is dict:
         return len(a) == len(b) and all(same(ka, kb) and same(va, vb)
@@ -72,7 +72,12 @@ def same(a, b):
 
 
 def base_form(value):
-    """What C{value} arrives as: subclasses of srpy's plain types as their base type (see L{codec})."""
+    """
+    What C{value} arrives as: subclasses of srpy's plain types as their base type (see L{codec}),
+    but records (enum members, named tuples of classes found by name) as themselves (L{srpy.records}).
+    """
+    if isinstance(value, enum.Enum) or hasattr(type(value), "_fields"):
+        return value
     if isinstance(value, bytearray):  # a tagged kind of its own, as its subclasses
         return bytearray(bytes(value))
     for base, copy in codec._BASE_COPIES:
@@ -189,7 +194,7 @@ def test_subclasses_arrive_as_their_base_type_with_their_own_content(value):
 
 def test_a_subclass_that_converts_itself_otherwise_still_travels_as_its_content():
     assert codec.loads(codec.dumps([Shouting("quiet")])) == ["quiet"]
-    assert type(codec.loads(codec.dumps({"c": Colour.RED}))["c"]) is int
+    assert type(codec.loads(codec.dumps({"c": Colour.RED}))["c"]) is Colour  # a record: it keeps its type
 
 
 class Touchy:
