@@ -34,11 +34,10 @@ C{RUN_LIMIT} seconds.
 """
 
 import argparse
-import datetime
+import functools
 import json
 import multiprocessing
 import os
-import platform
 import statistics
 import sys
 import time
@@ -142,6 +141,11 @@ def same_array(back: Any, sent: Any, where: str) -> None:
         raise RuntimeError("%s returned a different array" % where)
 
 
+def checker(sent: Any, where: str) -> Callable[[Any], None]:
+    """A check that what came back is C{sent} (L{same_array})."""
+    return lambda back: same_array(back, sent, where)
+
+
 def set_get_timer(engine: Any, value: Any, check: Callable[[Any], None]) -> Timer:
     """C{engine.set(a=value)} then C{engine.get('a')}; checked after the clock stops."""
     def run() -> float:
@@ -193,15 +197,15 @@ def bench_submit(box: Any, sock: Any, pools: Dict[str, Any], settings: Settings,
         "echo": echo_timer(sock, data),
         "srpy": call_timer(lambda: box.submit(echo, a).result(), lambda b: same_array(b, a, "box.submit"))}
     for context, pool in pools.items():
-        timers["pool_" + context] = call_timer(lambda p=pool: p.apply(echo, (a,)),
-                                               lambda b, c=context: same_array(b, a, "Pool.apply (%s)" % c))
+        timers["pool_" + context] = call_timer(functools.partial(pool.apply, echo, (a,)),
+                                               checker(a, "Pool.apply (%s)" % context))
     closers: List[Callable[[], Any]] = []
     try:
         for peer in peers:
             try:
                 call, close = start_peer(peer)
                 closers.append(close)
-                timers[peer] = call_timer(lambda c=call: c(a), lambda b, p=peer: same_array(b, a, p))
+                timers[peer] = call_timer(functools.partial(call, a), checker(a, peer))
                 timers[peer]()  # a failing peer is caught here, not in the middle of the rounds
             except Exception as exc:  # a broken peer is reported, the run goes on
                 timers.pop(peer, None)
@@ -283,7 +287,8 @@ def bench_dataframe(engine: Any, settings: Settings) -> Dict[str, Any]:
         "b": rng.random(rows) > 0.5,
         "t": pandas.date_range("2026-01-01", periods=rows, freq="s"),
         "c": pandas.Categorical(rng.choice(["red", "green", "blue"], rows))})
-    arrays = tuple([frame[name].to_numpy() for name in ("f8", "i8", "i4", "b", "t")] + [frame["c"].cat.codes.to_numpy()])
+    arrays = tuple([frame[name].to_numpy() for name in ("f8", "i8", "i4", "b", "t")]
+                   + [frame["c"].cat.codes.to_numpy()])
     nbytes = sum(a.nbytes for a in arrays)
 
     def check_arrays(back: Any) -> None:
@@ -397,7 +402,7 @@ def run(settings: Settings) -> Dict[str, Any]:
         uris = []
         for _ in range(2):
             uri, process = srpy.newSubEngine()
-            resources.add("srpy engine", lambda p=process: srpy.stopSubEngine(p))
+            resources.add("srpy engine", functools.partial(srpy.stopSubEngine, process))
             uris.append(uri)
         engine = srpy.PythonEngine(uris[0])
         resources.add("srpy engine client", engine.close)
@@ -410,13 +415,13 @@ def run(settings: Settings) -> Dict[str, Any]:
         figures["submit"] = bench_submit(box, sock, pools, settings, figures, peers)
         step("map over %d arrays" % settings.map_arrays)
         figures["map"] = bench_map(box, map_pool, settings)
-        reason = dataframe_support()
-        if reason is None:
+        frame_reason = dataframe_support()
+        if frame_reason is None:
             step("DataFrame of %d rows" % settings.dataframe_rows)
             figures["dataframe"] = bench_dataframe(engine, settings)
         else:
             figures["dataframe"] = None
-            figures["skipped"]["dataframe"] = reason
+            figures["skipped"]["dataframe"] = frame_reason
         step("bytes paths, %d MB" % (settings.bytes_size // 10**6))
         figures["bytes"] = bench_bytes(engine, box, sock, settings)
     finally:
@@ -499,7 +504,8 @@ def report(figures: Dict[str, Any]) -> str:
     lines = ["srpy data benchmark - %s; srpy commit %s; %s cores (%s); %s; load average at start %s, after %s"
              % (versions, info["srpy_commit"], info["cpus"], info["processor"], info["date"],
                 info["load_average_at_start"], info["load_average_after"]),
-             "%d rounds, measures in turns; MB = 10**6 bytes; MB/s = bytes there and back / seconds" % settings["repeats"],
+             "%d rounds, measures in turns; MB = 10**6 bytes; MB/s = bytes there and back / seconds"
+             % settings["repeats"],
              ""]
     set_get = figures["set_get"]
     lines += _table("set+get of a %d MB float64 array (MB/s)" % (settings["array_bytes"] // 10**6),
