@@ -89,8 +89,10 @@ def dumps(value: Any) -> bytes:
     kind = type(value)
     if kind in _SCALARS:  # a plain scalar: marshal writes it as it is
         return marshal.dumps(value, _VERSION)
-    # a user tuple shaped like srpy's own message mark would be read back as that mark: it goes tagged
-    if not (kind is tuple and len(value) == 2 and _is_text(value[0], _MARK)):
+    # a user tuple shaped like srpy's own message mark would be read back as that mark: it goes tagged;
+    # so does a value with a numpy array near its top (a call's variables): marshal would copy the
+    # whole buffer into plain bytes first, only for the exactness check to throw them away
+    if not (kind is tuple and len(value) == 2 and _is_text(value[0], _MARK)) and not ("numpy" in sys.modules and _numpy_near_top(value)):
         try:
             data = marshal.dumps(value, _VERSION)
         except (ValueError, MemoryError):
@@ -105,6 +107,28 @@ def dumps(value: Any) -> bytes:
     except RecursionError:
         raise errors.SerializationError("cannot send a value nested this deeply (or one that contains "
                                         "itself): flatten it first") from None
+
+
+#: how many items of a value L{_numpy_near_top} looks at, breadth first (a call's variables are a few levels down)
+_LOOK_AHEAD = 64
+
+
+def _numpy_near_top(value: Any) -> bool:
+    """True if one of the first L{_LOOK_AHEAD} items of C{value}, breadth first, is a numpy value."""
+    queue = [value]
+    for item in queue:  # items appended while it runs: breadth first
+        kind = type(item)
+        if kind in _SCALARS:
+            continue
+        if kind is tuple or kind is list:
+            queue += item[:_LOOK_AHEAD]
+        elif kind is dict:
+            queue += itertools.islice(item.values(), _LOOK_AHEAD)
+        elif kind.__module__ == "numpy":
+            return True
+        if len(queue) > _LOOK_AHEAD:
+            return False
+    return False
 
 
 def loads(data: bytes) -> Any:
