@@ -8,7 +8,8 @@ C{date}, C{time}, C{timedelta}, C{Decimal}, C{UUID}, C{array}, C{bytearray}, exc
 tagged tuples (marshal itself would turn every buffer into plain C{bytes}; an aware C{datetime} or
 C{time} arrives with a fixed-offset C{datetime.timezone} for its offset);
 numpy arrays and numpy scalars travel as tagged tuples too, built by L{srpy.arrays} (imported,
-with numpy, only when one is sent or arrives: srpy works without numpy);
+with numpy, only when one is sent or arrives: srpy works without numpy); so do pandas DataFrame,
+Series and Index, built by L{srpy.frames} (imported, with pandas, the same way);
 subclasses of tuple, list, dict, int, float, complex, str and bytes (named tuples, enums) travel as
 their base type, as with Pyro5's serpent. Anything else is refused with a L{SerializationError}
 naming its type.
@@ -589,6 +590,9 @@ _DECODERS: Dict[str, Callable[[Any], Any]] = {
 }
 
 
+_FRAME_TAGS = frozenset(("pdframe", "pdseries", "pdindex"))
+
+
 def _arrays() -> Any:
     from . import arrays
     return arrays
@@ -621,6 +625,11 @@ def _encode(value: Any, where: Any) -> Any:
     if kind.__module__ == "numpy":  # numpy arrays and scalars (np.float64 is a float: before _BASE_COPIES)
         from . import arrays
         return _tagged(*arrays.encode(value, where, _where))
+    if kind.__module__[:6] == "pandas":  # DataFrame, Series, Index (a Timestamp goes on: it is a datetime)
+        from . import frames
+        found = frames.encode(value, where, _encode, _where)
+        if found is not None:
+            return _tagged(*found)
     for base, encoder in _ENCODERS:
         if isinstance(value, base):
             return encoder(value)
@@ -705,6 +714,9 @@ def _decode_item(kind: Any, payload: Any, done: Dict[int, Any]) -> Any:
             if any(type(pair) is not tuple or len(pair) != 2 for pair in items):
                 raise ValueError("bad srpy data (a tagged dict that is not a list of pairs)")
         return container[1](items)
+    if kind in _FRAME_TAGS:  # pandas values: srpy.frames (and pandas) are imported only when one arrives
+        from . import frames
+        return frames.decode(kind, payload, lambda v: _decode(v, done))
     decoder = _DECODERS.get(kind) if type(kind) is str else None
     if decoder is None:
         raise ValueError("bad srpy data (unknown tagged kind %r)" % (kind,))
