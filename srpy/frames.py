@@ -21,7 +21,8 @@ The payloads, plain data only (never pickle, never dtype text that is evaluated)
    C{("category", codes array, categories index payload, ordered)};
    C{("masked", values array, mask array)} (Int8..UInt64, Float32/64, boolean: the values under
    the mask are 0); C{("string", storage, na, items)} (StringDtype, C{na} "NA" or "nan");
-   C{("object", items)} (an object column whose items are all str or None).
+   C{("object", items)} (an object column whose items are all str or None); in an index of
+   dtype object, C{("labels", items)}: labels are any values srpy carries (codec encodes each).
 
 Reading checks every part's type and that every column is as long as the index before pandas
 builds anything; a zone name must look like a zoneinfo key and is read only by C{zoneinfo}.
@@ -83,6 +84,7 @@ def encode(value: Any, where: Any, encode_item: Encode, where_text: Callable[[An
 
 
 def _index(index: Any, what: str, encode_item: Encode, where: Any, depth: int) -> tuple:
+    import numpy
     import pandas
     if depth > MAX_DEPTH:
         raise _Refused("%s nests more than %d levels" % (what, MAX_DEPTH))
@@ -94,7 +96,12 @@ def _index(index: Any, what: str, encode_item: Encode, where: Any, depth: int) -
     if type(index) is pandas.RangeIndex:
         return ("range", encode_item(index.name, where), index.start, index.stop, index.step)
     freq = getattr(index, "freqstr", None) if isinstance(index, (pandas.DatetimeIndex, pandas.TimedeltaIndex)) else None
-    return ("index", encode_item(index.name, where), _column(index, what, encode_item, where, depth), freq)
+    if isinstance(index.dtype, numpy.dtype) and index.dtype.kind == "O":
+        # labels, not data: any value srpy carries (codec encodes each)
+        column: tuple = ("labels", encode_item(index.tolist(), where))
+    else:
+        column = _column(index, what, encode_item, where, depth)
+    return ("index", encode_item(index.name, where), column, freq)
 
 
 def _numpy_array(values: Any) -> Any:
@@ -187,7 +194,9 @@ def decode(tag: str, payload: Any, decode_item: Decode) -> Any:
             arrays = [_read_column(c, 0) for c in payload[2]]
             if len(arrays) != len(columns) or any(len(a) != len(index) for a in arrays):
                 raise _bad("a DataFrame of %d labels and %d rows whose columns disagree" % (len(columns), len(index)))
-            frame = pandas.DataFrame(dict(enumerate(arrays)), index=index, copy=False)
+            # each column a Series of its own dtype first: pandas would take an object array of str for str
+            frame = pandas.DataFrame({n: pandas.Series(a, index=index, dtype=a.dtype, copy=False)
+                                      for n, a in enumerate(arrays)}, index=index, copy=False)
             frame.columns = columns
             return frame
         if tag == SERIES_TAG:
@@ -197,7 +206,7 @@ def decode(tag: str, payload: Any, decode_item: Decode) -> Any:
             values = _read_column(payload[2], 0)
             if len(values) != len(index):
                 raise _bad("a Series of %d values on an index of %d" % (len(values), len(index)))
-            return pandas.Series(values, index=index, name=payload[0], copy=False)
+            return pandas.Series(values, index=index, name=payload[0], dtype=values.dtype, copy=False)
         if tag == INDEX_TAG:
             return _read_index(payload, 0)
     except (TypeError, ValueError, KeyError, IndexError, OverflowError, AttributeError) as exc:
@@ -254,6 +263,10 @@ def _read_column(payload: Any, depth: int) -> Any:
     if kind == "object" and size == 2 and type(payload[1]) is list:
         if any(item is not None and type(item) is not str for item in payload[1]):
             raise _bad("an object column holding something other than str or None")
+        column = numpy.empty(len(payload[1]), dtype=object)
+        column[:] = payload[1]
+        return column
+    if kind == "labels" and size == 2 and type(payload[1]) is list:
         column = numpy.empty(len(payload[1]), dtype=object)
         column[:] = payload[1]
         return column
