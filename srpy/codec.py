@@ -625,7 +625,7 @@ def _encode(value: Any, where: Any) -> Any:
     if kind.__module__ == "numpy":  # numpy arrays and scalars (np.float64 is a float: before _BASE_COPIES)
         from . import arrays
         return _tagged(*arrays.encode(value, where, _where))
-    if kind.__module__[:6] == "pandas":  # DataFrame, Series, Index (a Timestamp goes on: it is a datetime)
+    if kind.__module__ == "pandas" or kind.__module__[:7] == "pandas.":  # DataFrame, Series, Index (not Timestamp)
         from . import frames
         found = frames.encode(value, where, _encode, _where)
         if found is not None:

@@ -296,3 +296,17 @@ def test_submit_and_map(pair):
             assert same(abs(sent), got)
     finally:
         box.close()
+
+
+def test_srpy_loads_pandas_only_when_one_travels():
+    import subprocess
+    import sys
+    from conftest import ROOT
+    code = ("import sys, srpy, srpy.codec as c, numpy\n"
+            "c.loads(c.dumps([1, numpy.arange(3), {'a': (b'x', {3})}]))\n"
+            "print('pandas' in sys.modules, 'srpy.frames' in sys.modules)\n"
+            "import pandas\nc.loads(c.dumps(pandas.Series([1])))\n"
+            "print('srpy.frames' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "False", "True"]
