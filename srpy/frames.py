@@ -42,6 +42,9 @@ INDEX_TAG = "pdindex"
 TAGS = frozenset((FRAME_TAG, SERIES_TAG, INDEX_TAG))
 #: nesting of index payloads (a MultiIndex's levels, a categorical's categories)
 MAX_DEPTH = 8
+#: the most items a RangeIndex used as a MultiIndex level or as categories may declare beyond the
+#: codes that use it (pandas builds its values, so the message must pay for them)
+MIN_RANGE_LIMIT = 2 ** 16
 #: a zoneinfo key ("Europe/Paris", "Etc/GMT+3"): no "..", no leading "/"
 _ZONE_KEY = re.compile(r"(?!.*\.\.)[A-Za-z0-9_+\-][A-Za-z0-9_+\-/.]{0,63}\Z")
 #: a pandas frequency string ("D", "3h", "W-SUN", "QE-DEC", "15min")
@@ -209,7 +212,7 @@ def decode(tag: str, payload: Any, decode_item: Decode) -> Any:
             return pandas.Series(values, index=index, name=payload[0], dtype=values.dtype, copy=False)
         if tag == INDEX_TAG:
             return _read_index(payload, 0)
-    except (TypeError, ValueError, KeyError, IndexError, OverflowError, AttributeError) as exc:
+    except (TypeError, ValueError, KeyError, IndexError, OverflowError, AttributeError, NotImplementedError) as exc:
         if str(exc).startswith("bad srpy data"):
             raise
         raise _bad("a pandas value pandas cannot build: %s" % str(exc)[:160]) from None
@@ -223,7 +226,11 @@ def _array(value: Any, kinds: str, what: str) -> Any:
     return value
 
 
-def _read_index(payload: Any, depth: int) -> Any:
+def _read_index(payload: Any, depth: int, range_limit: Optional[int] = None) -> Any:
+    """
+    The index a payload stands for. C{range_limit}: the most items a RangeIndex may declare (one
+    costs nothing alone, but pandas builds the values of a MultiIndex level or of categories).
+    """
     pandas = _pandas()
     if depth > MAX_DEPTH:
         raise _bad("a pandas index nested more than %d levels" % MAX_DEPTH)
@@ -231,7 +238,10 @@ def _read_index(payload: Any, depth: int) -> Any:
         raise _bad("a pandas index that is not a tagged tuple")
     form = payload[0]
     if form == "range" and len(payload) == 5 and all(type(n) is int for n in payload[2:]) and payload[4] != 0:
-        return pandas.RangeIndex(payload[2], payload[3], payload[4], name=payload[1])
+        index = pandas.RangeIndex(payload[2], payload[3], payload[4], name=payload[1])
+        if range_limit is not None and len(index) > range_limit:
+            raise _bad("a RangeIndex of %d items as a level or categories (at most %d here)" % (len(index), range_limit))
+        return index
     if form == "index" and len(payload) == 4 and (payload[3] is None or (
             type(payload[3]) is str and _FREQ.match(payload[3]))):
         values = _read_column(payload[2], depth)
@@ -243,10 +253,11 @@ def _read_index(payload: Any, depth: int) -> Any:
         return index
     if form == "multi" and len(payload) == 4 and type(payload[1]) is tuple and type(payload[2]) is tuple \
             and type(payload[3]) is tuple and len(payload[1]) == len(payload[2]) == len(payload[3]) > 0:
-        levels = [_read_index(level, depth + 1) for level in payload[2]]
         codes = [_array(c, "iu", "a MultiIndex's codes") for c in payload[3]]
         if len({len(c) for c in codes}) != 1:
             raise _bad("a MultiIndex whose levels' codes differ in length")
+        limit = max(len(codes[0]), MIN_RANGE_LIMIT)
+        levels = [_read_index(level, depth + 1, limit) for level in payload[2]]
         return pandas.MultiIndex(levels=levels, codes=codes, names=list(payload[1]), verify_integrity=True)
     raise _bad("a pandas index described as %r" % (form[:20],))
 
@@ -276,7 +287,7 @@ def _read_column(payload: Any, depth: int) -> Any:
         return pandas.DatetimeIndex(utc).tz_localize("UTC").tz_convert(tz).array
     if kind == "category" and size == 4 and type(payload[3]) is bool:
         codes = _array(payload[1], "iu", "a categorical's codes")
-        categories = _read_index(payload[2], depth + 1)
+        categories = _read_index(payload[2], depth + 1, max(len(codes), MIN_RANGE_LIMIT))
         dtype = pandas.CategoricalDtype(categories, ordered=payload[3])
         return pandas.Categorical.from_codes(codes, dtype=dtype)
     if kind == "masked" and size == 3:
