@@ -240,7 +240,8 @@ def _read_index(payload: Any, depth: int, range_limit: Optional[int] = None) -> 
     if form == "range" and len(payload) == 5 and all(type(n) is int for n in payload[2:]) and payload[4] != 0:
         index = pandas.RangeIndex(payload[2], payload[3], payload[4], name=payload[1])
         if range_limit is not None and len(index) > range_limit:
-            raise _bad("a RangeIndex of %d items as a level or categories (at most %d here)" % (len(index), range_limit))
+            raise _bad("a RangeIndex of %d items as a level or categories (at most %d here)"
+                       % (len(index), range_limit))
         return index
     if form == "index" and len(payload) == 4 and (payload[3] is None or (
             type(payload[3]) is str and _FREQ.match(payload[3]))):

@@ -200,7 +200,8 @@ HOSTILE = {
     "bad tz name": ("pdseries", (None, RANGE3, ("tz", item(numpy.zeros(3, "M8[ns]")), ("zone", "../../etc/passwd")))),
     "unknown tz": ("pdseries", (None, RANGE3, ("tz", item(numpy.zeros(3, "M8[ns]")), ("zone", "Mars/Olympus")))),
     "tz as text": ("pdseries", (None, RANGE3, ("tz", item(numpy.zeros(3, "M8[ns]")), "Europe/Paris"))),
-    "offset of two days": ("pdseries", (None, RANGE3, ("tz", item(numpy.zeros(3, "M8[ns]")), ("offset", 2 * 86400, "x")))),
+    "offset of two days": ("pdseries", (None, RANGE3, ("tz", item(numpy.zeros(3, "M8[ns]")),
+                                                       ("offset", 2 * 86400, "x")))),
     "category code out of range": ("pdseries", (None, RANGE3, ("category", item(numpy.array([0, 5, 0], "i1")),
                                                                 ("index", None, ("object", ["a"]), None), False))),
     "category of floats codes": ("pdseries", (None, RANGE3, ("category", item(numpy.zeros(3)),
@@ -278,7 +279,8 @@ def test_set_get_and_eval_through_an_engine(engine):
     assert engine.eval("(type(df).__name__, str(df['datetime tz'].dtype), str(df['Int64'].dtype))") == (
         "DataFrame", str(frame["datetime tz"].dtype), "Int64")
     assert same(frame["Int64"] * 2, engine.eval("df['Int64'] * 2"))
-    made = engine.eval("__import__('pandas').DataFrame({'a': [1, 2]}, index=__import__('pandas').Index(['x', 'y'], name='n'))")
+    engine.exe("import pandas")
+    made = engine.eval("pandas.DataFrame({'a': [1, 2]}, index=pandas.Index(['x', 'y'], name='n'))")
     assert same(pandas.DataFrame({"a": [1, 2]}, index=pandas.Index(["x", "y"], name="n")), made)
 
 
