@@ -141,12 +141,21 @@ def small_frames(draw):
     for n, name in enumerate(names):
         values = as_series(name)
         picks["%d %s" % (n, name)] = values.iloc[[draw(st.integers(0, 2)) for _ in range(rows)]].reset_index(drop=True)
-    index = draw(st.sampled_from(["range", "int", "str"]))
+    index = draw(st.sampled_from(["range", "int", "str", "multi", "dates"]))
     frame = pandas.DataFrame(picks, index=pandas.RangeIndex(rows))
     if index == "int":
         frame.index = pandas.Index(draw(st.lists(st.integers(-5, 5), min_size=rows, max_size=rows)), dtype="int64")
     elif index == "str":
         frame.index = pandas.Index(draw(st.lists(st.text(max_size=3), min_size=rows, max_size=rows)), dtype=object)
+    elif index == "multi":
+        frame.index = pandas.MultiIndex.from_arrays(
+            [draw(st.lists(st.sampled_from("ab"), min_size=rows, max_size=rows)),
+             draw(st.lists(st.integers(0, 3), min_size=rows, max_size=rows))], names=["l", draw(st.none() | st.text())])
+    elif index == "dates":
+        frame.index = pandas.date_range("2026-03-29", periods=rows, freq=draw(st.sampled_from(["h", "D", "15min"])),
+                                        tz=draw(st.sampled_from([None, PARIS, PLUS3])))
+    if draw(st.booleans()):  # columns as a MultiIndex
+        frame.columns = pandas.MultiIndex.from_arrays([list(frame.columns), list(range(frame.shape[1]))])
     return frame
 
 
