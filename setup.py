@@ -25,7 +25,7 @@ setup(
     install_requires=["Pyro5>=5.15,<6", "serpent>=1.41", "psutil>=5.8"],
     extras_require={
         "test": ["pytest>=7", "pytest-timeout>=2.1", "pytest-xdist>=3.5", "trustme>=1.0", "pydoctor>=23.9", "hypothesis>=6",
-                 "mypy>=1.10", "numpy>=1.21"],
+                 "mypy>=1.10", "numpy>=1.21", "pandas>=2.1"],
         "doc": ["pydoctor>=23.9"],
         "bench": ["ipyparallel", "dask[distributed]", "ray", "rpyc"],
     },

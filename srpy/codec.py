@@ -8,7 +8,8 @@ C{date}, C{time}, C{timedelta}, C{Decimal}, C{UUID}, C{array}, C{bytearray}, exc
 tagged tuples (marshal itself would turn every buffer into plain C{bytes}; an aware C{datetime} or
 C{time} arrives with a fixed-offset C{datetime.timezone} for its offset); numpy arrays and
 numpy scalars travel as tagged tuples too, built by L{srpy.arrays} (imported, with numpy, only
-when one is sent or arrives: srpy works without numpy); records (dataclass
+when one is sent or arrives: srpy works without numpy); so do pandas DataFrame, Series and
+Index, built by L{srpy.frames} (imported, with pandas, the same way); records (dataclass
 instances, enum members, named tuples) and user exceptions keep their types, their classes
 travelling by reference and resolved only from modules already imported (L{srpy.records}, loaded
 on the first one); other subclasses of tuple, list, dict, int, float, complex, str and bytes travel
@@ -632,6 +633,9 @@ _DECODERS: Dict[str, Callable[[Any], Any]] = {
 _RECORD_KINDS = frozenset(("dataclass", "enum", "flag", "namedtuple"))
 
 
+_FRAME_TAGS = frozenset(("pdframe", "pdseries", "pdindex"))
+
+
 def _arrays() -> Any:
     from . import arrays
     return arrays
@@ -666,6 +670,11 @@ def _encode(value: Any, where: Any) -> Any:
     if kind.__module__ == "numpy":  # numpy arrays and scalars (np.float64 is a float: before _BASE_COPIES)
         from . import arrays
         return _tagged(*arrays.encode(value, where, _where))
+    if kind.__module__ == "pandas" or kind.__module__[:7] == "pandas.":  # DataFrame, Series, Index (not Timestamp)
+        from . import frames
+        found = frames.encode(value, where, _encode, _where)
+        if found is not None:
+            return _tagged(*found)
     # records (srpy/records.py, loaded on the first one): dataclasses, enum members, named tuples
     if isinstance(value, enum.Enum) or hasattr(kind, "__dataclass_fields__") \
             or (isinstance(value, tuple) and hasattr(kind, "_fields")):
@@ -763,6 +772,9 @@ def _decode_item(kind: Any, payload: Any, done: Dict[int, Any]) -> Any:
         if type(data.get("attributes")) is dict:
             data["attributes"] = {key: _decode(val, done) for key, val in data["attributes"].items()}
         return exception_from_dict(data)
+    if kind in _FRAME_TAGS:  # pandas values: srpy.frames (and pandas) are imported only when one arrives
+        from . import frames
+        return frames.decode(kind, payload, lambda v: _decode(v, done))
     decoder = _DECODERS.get(kind) if type(kind) is str else None
     if decoder is None and kind in _RECORD_KINDS:
         from . import records
