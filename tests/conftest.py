@@ -300,3 +300,23 @@ class Background:
         if not ok:
             raise value
         return value
+
+
+def refuse_crafted_values(engine_uri, cases):
+    """
+    Send each of C{cases} (C{{name: (tag, payload)}}) to the engine as the value of a C{set} call,
+    crafted as one of codec's tagged items, on one raw connection; each must be answered with an
+    exception naming bad srpy data (and the connection stays in step).
+    """
+    import marshal
+    from srpy import codec, lite
+    conn = lite.Connection(engine_uri, serializer=codec.WIRE_FORMAT)
+    try:
+        for seq, (name, (tag, payload)) in enumerate(cases.items(), 1):
+            call = ("srpy.engine", "set", ({"v": (codec._TAG, tag, payload)},), {})
+            conn._send(lite.MSG_INVOKE, codec.SERIALIZER_ID, marshal.dumps((codec._MARK, call), 2), seq)
+            msgtype, _, flags, got, data, _ = conn._receive()
+            assert msgtype == lite.MSG_RESULT and flags & lite.FLAGS_EXCEPTION and got == seq, name
+            assert b"bad srpy data" in data, (name, data[:300])
+    finally:
+        conn.close()

@@ -19,7 +19,8 @@ from hypothesis import strategies as st  # noqa: E402
 from pandas import testing as pdt  # noqa: E402
 
 import srpy  # noqa: E402
-from srpy import codec, lite  # noqa: E402
+from conftest import refuse_crafted_values  # noqa: E402
+from srpy import codec  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -263,16 +264,7 @@ def test_hostile_payloads_are_bad_data_in_process(tag, payload):
 def test_hostile_payloads_against_a_real_engine(engine_uri):
     """Each crafted frame is one clear error naming bad data; the engine keeps serving."""
     with srpy.PythonEngine(engine_uri) as eng:
-        conn = lite.Connection(engine_uri, serializer=codec.WIRE_FORMAT)
-        try:
-            for seq, (name, (tag, payload)) in enumerate(HOSTILE.items(), 1):
-                call = ("srpy.engine", "set", ({"v": (codec._TAG, tag, payload)},), {})
-                conn._send(lite.MSG_INVOKE, codec.SERIALIZER_ID, marshal.dumps((codec._MARK, call), 2), seq)
-                msgtype, _, flags, got, data, _ = conn._receive()
-                assert msgtype == lite.MSG_RESULT and flags & lite.FLAGS_EXCEPTION and got == seq, name
-                assert b"bad srpy data" in data, (name, data[:300])
-        finally:
-            conn.close()
+        refuse_crafted_values(engine_uri, HOSTILE)
         assert eng.eval("6 * 7") == 42
         assert "v" not in eng.eval("dir()")
 
