@@ -505,8 +505,8 @@ def exception_from_dict(data: Dict[str, Any]) -> BaseException:
     module, _, name = classname.rpartition(".")
     exc = _known_exception(module, name, args, tb_text)
     if exc is None and module not in ("builtins", "srpy.errors"):
-        from . import records  # a user exception class imported here comes back as itself, built without its code
-        exc = records.exception(module, name, args, attrs, tb_text)
+        # a user exception class imported here comes back as itself, built without its code
+        exc = _records().exception(module, name, args, attrs, tb_text)
         if exc is not None:
             return exc
     if exc is None:
@@ -636,9 +636,35 @@ _RECORD_KINDS = frozenset(("dataclass", "enum", "flag", "namedtuple"))
 _FRAME_TAGS = frozenset(("pdframe", "pdseries", "pdindex"))
 
 
+# srpy.arrays, srpy.frames and srpy.records are imported on their first use (with numpy or pandas),
+# then kept here: an import statement run for every array of a map costs more than decoding it
+_arrays_module: Any = None
+_frames_module: Any = None
+_records_module: Any = None
+
+
 def _arrays() -> Any:
-    from . import arrays
-    return arrays
+    global _arrays_module
+    if _arrays_module is None:
+        from . import arrays
+        _arrays_module = arrays
+    return _arrays_module
+
+
+def _frames() -> Any:
+    global _frames_module
+    if _frames_module is None:
+        from . import frames
+        _frames_module = frames
+    return _frames_module
+
+
+def _records() -> Any:
+    global _records_module
+    if _records_module is None:
+        from . import records
+        _records_module = records
+    return _records_module
 
 
 #: tagged kinds whose payload holds encoded values: (payload type, what to build from the decoded items)
@@ -668,18 +694,15 @@ def _encode(value: Any, where: Any) -> Any:
         encoded = dict(pairs)
         return encoded if len(encoded) == len(pairs) else _tagged("dict", pairs)
     if kind.__module__ == "numpy":  # numpy arrays and scalars (np.float64 is a float: before _BASE_COPIES)
-        from . import arrays
-        return _tagged(*arrays.encode(value, where, _where))
+        return _tagged(*_arrays().encode(value, where, _where))
     if kind.__module__ == "pandas" or kind.__module__[:7] == "pandas.":  # DataFrame, Series, Index (not Timestamp)
-        from . import frames
-        found = frames.encode(value, where, _encode, _where)
+        found = _frames().encode(value, where, _encode, _where)
         if found is not None:
             return _tagged(*found)
     # records (srpy/records.py, loaded on the first one): dataclasses, enum members, named tuples
     if isinstance(value, enum.Enum) or hasattr(kind, "__dataclass_fields__") \
             or (isinstance(value, tuple) and hasattr(kind, "_fields")):
-        from . import records
-        record = records.encode(value, where, _encode, _tagged, _ITEM)
+        record = _records().encode(value, where, _encode, _tagged, _ITEM)
         if record is not None:
             return record
     for base, encoder in _ENCODERS:
@@ -773,12 +796,10 @@ def _decode_item(kind: Any, payload: Any, done: Dict[int, Any]) -> Any:
             data["attributes"] = {key: _decode(val, done) for key, val in data["attributes"].items()}
         return exception_from_dict(data)
     if kind in _FRAME_TAGS:  # pandas values: srpy.frames (and pandas) are imported only when one arrives
-        from . import frames
-        return frames.decode(kind, payload, lambda v: _decode(v, done))
+        return _frames().decode(kind, payload, lambda v: _decode(v, done))
     decoder = _DECODERS.get(kind) if type(kind) is str else None
     if decoder is None and kind in _RECORD_KINDS:
-        from . import records
-        return records.decode(kind, payload, lambda v: _decode(v, done))
+        return _records().decode(kind, payload, lambda v: _decode(v, done))
     if decoder is None:
         raise ValueError("bad srpy data (unknown tagged kind %r)" % (kind,))
     return decoder(payload)
