@@ -38,7 +38,7 @@ from .wire import (  # noqa: F401 (re-exported: lite's users import these names 
     MSG_PING, FLAGS_EXCEPTION, FLAGS_COMPRESSED, FLAGS_ONEWAY, FLAGS_BATCH, RESULT_BLOB, TRAILING, CALL_TIMEOUT,
     CALL_ID, BLOB_NAMES, ENDING, JSON_SERIALIZER_ID, MAX_MESSAGE_SIZE, HANDSHAKE_REPLY_MAX, ENGINE_OBJECT,
     STALE_AFTER, Connection, Pool, JsonSerializer, SocketTransport, JavaSocketTransport, default_transport,
-    parse_uri, proof, new_nonce, same_text, exception_from_dict, inflate,
+    parse_uri, proof, new_nonce, same_text, exception_from_dict, inflate, clock,
     SRPyError, SRPyServerNotFound, CommunicationError, ConnectionLost, ProtocolError, CallTimeout,
     AuthenticationError, RemoteError, RemoteSystemExit)
 # -- srpy package imports: end
@@ -56,7 +56,7 @@ __all__ = ["Engine", "Box", "module_sources", "package_sources", "save",
 
 _NO_TIMEOUT = object()  # a call that may take as long as it takes, whatever the engine's timeout
 _text = unicode if sys.version_info[0] == 2 else str  # type: ignore[name-defined]  # noqa: F821 (Python 2 name)
-_clock = getattr(time, "perf_counter", None) or time.time
+_clock = clock  # wire's: Jython 2.7 has no perf_counter, and its time.time() ticks in milliseconds
 
 
 # -- the call surface ------------------------------------------------------------------------------

@@ -82,7 +82,7 @@ __all__ = ["PROTOCOL_VERSION", "MAGIC", "HEADER", "CHUNK", "MSG_CONNECT", "MSG_C
            "BLOB_MIN", "ENGINE_OBJECT", "STALE_AFTER",
            "pack_header", "parse_header", "HeaderError", "sniff", "pack_chunk", "pack_annotations", "parse_chunk_head",
            "parse_annotations", "pack_message", "blob_ahead", "pack_trailing", "parse_trailing", "pack_call_limit",
-           "parse_call_limit", "inflate", "proof", "new_nonce", "same_text", "parse_uri",
+           "parse_call_limit", "inflate", "clock", "proof", "new_nonce", "same_text", "parse_uri",
            "JsonSerializer", "exception_from_dict", "SocketTransport", "JavaSocketTransport", "default_transport",
            "Connection", "Pool"]  # the exceptions are srpy.errors' (or, in the one-file client, lite's)
 
@@ -120,7 +120,10 @@ _TAG = b"PYRO"
 _PY2 = sys.version_info[0] == 2
 _JYTHON = sys.platform.startswith("java")
 _text = unicode if _PY2 else str  # type: ignore[name-defined]  # noqa: F821 (Python 2 name)
-_clock = getattr(time, "perf_counter", getattr(time, "clock", None) if _JYTHON else time.time)  # Jython: nanoTime
+#: the finest elapsed-time clock this Python has, in seconds (Jython 2.7 has no perf_counter: its
+#: time.clock is System.nanoTime; on CPython 2 time.clock is CPU time, so time.time there)
+clock = getattr(time, "perf_counter", getattr(time, "clock", None) if _JYTHON else time.time)
+_clock = clock
 
 MYPY = False  # (mypy reads it as True: it checks the package's branch)
 if MYPY or globals().get("__package__") == "srpy":  # srpy.wire: the package's exception types
