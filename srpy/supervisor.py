@@ -300,6 +300,13 @@ class Keeper:
         from .watch import EXIT_RUNAWAY  # loaded already: the keeper loads the engine before it forks
         code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
         dead = self.pid
+        # what it said before it ended comes first (its FAILED line names why): the loop may see
+        # the end before the line, and the pipe of a process that ended never blocks
+        while self._report >= 0 and self.exit_code is None:
+            self._read_report()
+        if self.exit_code is not None:  # it failed to start, and said why
+            self._end_incarnation()
+            return
         backstop = _read_backstop(self.sandbox)
         self._end_incarnation()
         if self.stopping:
