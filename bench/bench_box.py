@@ -830,52 +830,9 @@ def bench_primes(uris: List[str], engine_pids: List[int], pools: Dict[int, Any],
 
 def startup_srpy(env: Optional[Dict[str, str]] = None) -> Dict[str, float]:
     """Seconds from spawning C{python srpyapp.py -n 2} until both URIs answer ping(); and until printed."""
-    import srpy
+    import bench_startup  # bench/bench_startup.py, beside this file: the one measure of srpy's start-up
 
-    start = time.perf_counter()
-    process = subprocess.Popen([sys.executable, SRPYAPP, "-n", "2"], cwd=ROOT, stdin=subprocess.DEVNULL,
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
-    try:
-        uris: List[str] = []
-        deadline = start + READY_TIMEOUT
-        while len(uris) < 2:
-            line = helper_process.read_line(process, max(0.1, deadline - time.perf_counter()))
-            if not line and process.poll() is not None:
-                raise RuntimeError("srpyapp exited with code %s before printing 2 URIs" % process.returncode)
-            if line.startswith("PYRO:"):
-                uris.append(line)
-        printed = time.perf_counter() - start
-        engines = [srpy.PythonEngine(uri) for uri in uris]
-        try:
-            if [engine.ping() for engine in engines] != ["pong", "pong"]:
-                raise RuntimeError("srpy engines did not answer ping()")
-            answered = time.perf_counter() - start
-        finally:
-            for engine in engines:
-                engine.close()
-    finally:
-        stop_launcher(process)
-    return {"answered": answered, "printed": printed}
-
-
-def stop_launcher(process: "subprocess.Popen[bytes]") -> None:
-    """SIGTERM the launcher (it stops its engines); make sure none of its processes outlives it."""
-    import psutil
-
-    try:
-        children = psutil.Process(process.pid).children(recursive=True)
-    except psutil.Error:
-        children = []
-    helper_process.stop_process(process, first=signal.SIGTERM)
-    _, lingering = psutil.wait_procs(children, timeout=5.0)
-    for child in lingering:
-        try:
-            child.kill()
-        except psutil.Error:
-            pass
-    if lingering:
-        print("warning: srpyapp left %d engine process(es) running after SIGTERM; killed them"
-              % len(lingering), file=sys.stderr)
+    return bench_startup.start_srpy(ROOT, dict(os.environ if env is None else env))
 
 
 def startup_pyro(env: Optional[Dict[str, str]] = None) -> Dict[str, float]:
