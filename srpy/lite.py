@@ -56,7 +56,6 @@ __all__ = ["Engine", "Box", "module_sources", "package_sources", "save",
 
 _NO_TIMEOUT = object()  # a call that may take as long as it takes, whatever the engine's timeout
 _text = unicode if sys.version_info[0] == 2 else str  # type: ignore[name-defined]  # noqa: F821 (Python 2 name)
-_clock = clock  # wire's: Jython 2.7 has no perf_counter, and its time.time() ticks in milliseconds
 
 
 # -- the call surface ------------------------------------------------------------------------------
@@ -210,9 +209,9 @@ class Engine(object):
         """
         trips = []
         for _ in range(max(1, pings)):
-            start = _clock()
+            start = clock()
             self._call("ping")
-            trips.append(_clock() - start)
+            trips.append(clock() - start)
         result = self._call("benchmark", cycles)
         return _median(trips), result["proc"], result["busy"]
 

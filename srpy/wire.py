@@ -123,7 +123,6 @@ _text = unicode if _PY2 else str  # type: ignore[name-defined]  # noqa: F821 (Py
 #: the finest elapsed-time clock this Python has, in seconds (Jython 2.7 has no perf_counter: its
 #: time.clock is System.nanoTime; on CPython 2 time.clock is CPU time, so time.time there)
 clock = getattr(time, "perf_counter", getattr(time, "clock", None) if _JYTHON else time.time)
-_clock = clock
 
 MYPY = False  # (mypy reads it as True: it checks the package's branch)
 if MYPY or globals().get("__package__") == "srpy":  # srpy.wire: the package's exception types
@@ -898,7 +897,7 @@ class Connection(object):
         """
         if self.broken:
             return True
-        if _clock() - self.released <= STALE_AFTER:
+        if clock() - self.released <= STALE_AFTER:
             return False
         check = getattr(self.transport, "stale", None)
         return check is not None and bool(check())
@@ -962,7 +961,7 @@ class Pool(object):
         try:
             return self._open()
         except SRPyServerNotFound:
-            if _clock() >= self._restart_until:
+            if clock() >= self._restart_until:
                 raise
         return self._open_within(self._restart_wait)
 
@@ -980,12 +979,12 @@ class Pool(object):
 
     def _open_within(self, seconds):
         """A new connection, tried with back-off for up to C{seconds}; the last failure is raised."""
-        deadline, delay = _clock() + seconds, 0.01
+        deadline, delay = clock() + seconds, 0.01
         while True:
             try:
                 return self._open()
             except SRPyError:
-                if _clock() >= deadline:
+                if clock() >= deadline:
                     raise
             time.sleep(delay)
             delay = min(delay * 2, 0.25)
@@ -1012,7 +1011,7 @@ class Pool(object):
         if self.closed:  # closed while this call was under way: nothing goes back to the pool
             conn.close()
             return
-        conn.released = _clock()
+        conn.released = clock()
         with self._lock:
             if len(self._idle) < self.size:
                 self._idle.append(conn)
@@ -1047,7 +1046,7 @@ class Pool(object):
         next C{seconds}, let L{connect} wait out a refused connection for up to C{seconds}.
         """
         self._restart_wait = seconds
-        self._restart_until = _clock() + seconds
+        self._restart_until = clock() + seconds
         self.drop_idle()
 
     def await_restart(self, seconds):
