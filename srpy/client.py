@@ -289,20 +289,10 @@ class PythonEngine:
         elif timeout is NO_TIMEOUT:  # wait(): as long as it takes, whatever the client's timeout
             timeout = None
         if limit is None and call_id is None and not self._shared.max_task_time:
-            try:
-                return conn.call(method, args, None, annotations, timeout, trailing)  # the common call
-            except errors.RecordModuleNotImported:
-                if not self._forget_record_modules():
-                    raise
-                return conn.call(method, args, None, annotations, timeout, trailing)
+            return self._call_records_known(conn, method, args, annotations, timeout, trailing)  # the common call
         started = time.monotonic()
         try:
-            try:
-                return conn.call(method, args, None, annotations, timeout, trailing)
-            except errors.RecordModuleNotImported:
-                if not self._forget_record_modules():
-                    raise
-                return conn.call(method, args, None, annotations, timeout, trailing)
+            return self._call_records_known(conn, method, args, annotations, timeout, trailing)
         except (errors.TaskTimeout, errors.TaskAborted) as exc:
             if getattr(exc, "engine_ending", False):
                 # the engine ends its process to stop the call, and a fresh one starts in
@@ -341,6 +331,16 @@ class PythonEngine:
                     % (kind.__qualname__, self.uri, module_name, failure.get("error") or failure))
             shared.record_modules.add(module_name)
 
+    def _call_records_known(self, conn: Any, method: str, args: Tuple[Any, ...], annotations: Any,
+                            timeout: Optional[float], trailing: Any) -> Tuple[Any, Any]:
+        """C{conn.call}, made once more if the engine had forgotten a record's module (see L{_forget_record_modules})."""
+        try:
+            return conn.call(method, args, None, annotations, timeout, trailing)
+        except errors.RecordModuleNotImported:
+            if not self._forget_record_modules():
+                raise
+            return conn.call(method, args, None, annotations, timeout, trailing)
+
     def _forget_record_modules(self) -> bool:
         """
         An engine did not know a record's module this client had given it (it restarted since):
@@ -378,12 +378,7 @@ class PythonEngine:
                     timeout = self._shared.timeout
                 elif timeout is NO_TIMEOUT:
                     timeout = None
-                try:
-                    return conn.call(method, args, None, extra, timeout, trailing)
-                except errors.RecordModuleNotImported:
-                    if not self._forget_record_modules():
-                        raise
-                    return conn.call(method, args, None, extra, timeout, trailing)
+                return self._call_records_known(conn, method, args, extra, timeout, trailing)
             return self.call_on(conn, method, args, timeout=timeout, trailing=trailing, extra=extra)
         finally:
             pool.release(conn)
