@@ -191,7 +191,7 @@ def decode_array(payload: Any) -> Any:
     if type(payload) is not tuple or len(payload) != 4:
         raise _bad("a tagged numpy array that is not (dtype, shape, order, data)")
     description, shape, order, data = payload
-    if type(order) is not str or order not in ("C", "F") or type(data) is not bytes:
+    if type(order) is not str or order not in ("C", "F") or type(data) not in (bytes, bytearray):
         raise _bad("a tagged numpy array whose order is not 'C' or 'F' or whose data is not bytes")
     _check_shape(shape, "a numpy array")
     dtype = parse_dtype(description)
@@ -208,10 +208,13 @@ def decode_array(payload: Any) -> Any:
             if count > MAX_EMPTY_ITEMS:
                 raise _bad("a numpy array of %d items of no bytes each" % count)
             return numpy.zeros(shape, dtype, order=order)
-        # a read-only view of the received bytes (no copy), then the one copy into memory numpy
-        # owns, the cheapest way to a writable array (bytes cannot be written): a copy of the raw
-        # bytes (a memcpy, where numpy would copy a record field by field and drop its padding)
-        raw = numpy.frombuffer(data, numpy.uint8).copy()
+        if type(data) is bytearray:  # data that came beside the message, read into this: the array's memory
+            raw = numpy.frombuffer(data, numpy.uint8)
+        else:
+            # a read-only view of the received bytes (no copy), then the one copy into memory numpy
+            # owns, the cheapest way to a writable array (bytes cannot be written): a copy of the raw
+            # bytes (a memcpy, where numpy would copy a record field by field and drop its padding)
+            raw = numpy.frombuffer(data, numpy.uint8).copy()
         return raw.view(dtype).reshape(shape, order=order)
     except (TypeError, ValueError) as exc:  # what numpy still refuses (a shape too big for its index type)
         raise _bad("a numpy array numpy cannot build: %s" % exc) from None

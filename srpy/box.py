@@ -347,7 +347,7 @@ class EngBox(concurrent.futures.Executor):
             tar.add(path, arcname=os.path.basename(os.path.normpath(path)),
                     filter=lambda info: None if info.issym() or info.islnk() else info)
         archive = buffer.getvalue()
-        results = _parallel(self.getEngines(), lambda e: e.call_with_vars("unpack", (), {"archive": archive}))
+        results = _parallel(self.getEngines(), lambda e: e.call("unpack", {"archive": archive}))
         return {engine.uri: _raise_if_error(result) for engine, result in results}
 
     # -- the executor ------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """
 The wrapper of every method an engine process exposes (L{engine_call}): the engine's lock, call
-logging, bulk bytes in (raw trailing bytes) and out (a result sent as raw bytes), user exceptions
-with their user-code traceback, and the call's time limit and abort (L{srpy.watch.CallWatch}).
+logging, user exceptions with their user-code traceback, results a json caller cannot receive, and
+the call's time limit and abort (L{srpy.watch.CallWatch}). (Large buffers in and out travel
+beside the messages: L{srpy.daemon} reads and writes them.)
 
 Both Pyro objects of an engine process use it: the namespace object (L{srpy.engine.Engine}) and
 the peer object (L{srpy.peerservice.PeerService}).
@@ -10,7 +11,7 @@ the peer object (L{srpy.peerservice.PeerService}).
 import functools
 import logging
 import time
-from typing import Any, Callable, List, Sequence
+from typing import Any, Callable, Sequence
 
 from Pyro5.server import expose  # not Pyro5.api: it loads the name server (and sqlite3)
 from Pyro5.callcontext import current_context
@@ -21,22 +22,6 @@ from . import tracebacks
 from .tracebacks import user_traceback
 
 call_log = logging.getLogger("srpy.engine.calls")
-
-#: bytes values at least this large travel as raw Pyro5 annotations, outside the serializer
-BLOB_MIN = wire.BLOB_MIN
-#: annotation that carries a call's result as raw bytes
-RESULT_BLOB = wire.RESULT_BLOB
-#: annotation listing the sizes of the raw byte strings that follow a call message
-TRAILING = wire.TRAILING
-
-
-def _read_trailing() -> List[bytes]:
-    """Read the raw byte strings that trail this call's message (straight into bytes, no copy)."""
-    sizes = current_context.annotations.get(TRAILING)
-    if not sizes:
-        return []
-    return [current_context.client.recv(n) for n in wire.parse_trailing(sizes)]
-
 
 class _StandIn(Exception):
     """Carries a BaseException that is not an Exception (SystemExit, KeyboardInterrupt) over Pyro5."""
@@ -51,12 +36,12 @@ def _stand_in_type(name: str) -> type:
 
 def engine_call(locked: bool) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """
-    Wrap an exposed method: the lock (if C{locked}), call logging, blobs, user exceptions, and the
+    Wrap an exposed method: the lock (if C{locked}), call logging, user exceptions, and the
     call's time limit and abort (L{srpy.watch.CallWatch}): a locked call stopped by either ends
     with L{errors.TaskTimeout} or L{errors.TaskAborted}, sent back as its ordinary reply.
 
-    The object served has C{debug} and C{timing} (log each call, its duration) and C{_trailing} (a
-    C{threading.local} for the call's raw trailing bytes); one with locked methods also has
+    The object served has C{debug} and C{timing} (log each call, its duration); one with locked
+    methods also has
     C{_lock} (an L{srpy.lock.EngineLock}), C{_watch} (its L{srpy.watch.CallWatch}) and C{calls}
     (how many locked calls ran).
     """
@@ -68,9 +53,6 @@ def engine_call(locked: bool) -> Callable[[Callable[..., Any]], Callable[..., An
         def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
             current_context.response_annotations = {}
             annotations = current_context.annotations
-            # first: nothing may fail with the trailing bytes unread
-            self._trailing.blobs = _read_trailing() if annotations and TRAILING in annotations else ()
-            self._trailing.names = annotations.get(wire.BLOB_NAMES) if annotations else None
             if self.debug:
                 call_log.info("call %s%s", name, _short(args))
             start = time.perf_counter() if self.timing else 0.0
@@ -121,27 +103,16 @@ def engine_call(locked: bool) -> Callable[[Callable[..., Any]], Callable[..., An
             finally:
                 if self.timing:
                     call_log.info("%s took %.6f s", name, time.perf_counter() - start)
-            return _result_as_blob(result)
+            if current_context.serializer_id != codec.SERIALIZER_ID:
+                if type(result) is codec.Encoded:  # serialized for srpy's format: another serializer takes the value
+                    result = result.value
+                if current_context.serializer_id == wire.JSON_SERIALIZER_ID:
+                    _check_json(result)
+            return result
 
         return expose(wrapper)
 
     return decorate
-
-
-def _result_as_blob(result: Any) -> Any:
-    """
-    Large bytes results go ahead of the reply, as a Pyro5 result message holding only the
-    annotation C{SBLB}, written with no copy; the reply itself then carries None. Only callers
-    using srpy's serializer get this (json callers cannot carry bytes anyway).
-    """
-    if type(result) is bytes and len(result) >= BLOB_MIN and current_context.serializer_id == codec.SERIALIZER_ID:
-        conn = current_context.client
-        conn.send(wire.blob_ahead(codec.SERIALIZER_ID, current_context.seq, len(result)))  # header, chunk head
-        conn.send(result)
-        return None
-    if current_context.serializer_id == wire.JSON_SERIALIZER_ID:
-        _check_json(result)
-    return result
 
 
 def _check_json(result: Any) -> None:

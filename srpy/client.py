@@ -29,7 +29,7 @@ import weakref
 from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 from . import codec, errors, shipping, wire
-from .wire import BLOB_MIN, BLOB_NAMES, CALL_ID, CALL_TIMEOUT, RESULT_BLOB
+from .wire import CALL_ID, CALL_TIMEOUT
 
 
 #: srpy's serializer for connections (L{srpy.codec.WireFormat})
@@ -80,14 +80,15 @@ class _RecordShippingFormat(codec.WireFormat):
     def __init__(self) -> None:
         self.ship: Optional[Callable[[List[type]], None]] = None
 
-    def dumps_call(self, obj: str, method: str, args: Any, kwargs: Any) -> bytes:  # type: ignore[override]
-        data = codec.dumps((obj, method, tuple(args), kwargs or {}))
+    def dumps_call_with_buffers(self, obj: str, method: str, args: Any,  # type: ignore[override]
+                                kwargs: Any) -> Tuple[bytes, List[Tuple[memoryview, bool]]]:
+        message = codec.dumps_with_buffers((obj, method, tuple(args), kwargs or {}))
         records = sys.modules.get("srpy.records")  # loaded by codec on the first record it meets
         if records is not None and self.ship is not None:
             met = records.take_met()
             if met:
                 self.ship(met)
-        return data
+        return message
 
 
 class _SharedAttribute:
@@ -117,7 +118,7 @@ class PythonEngine:
     @ivar pool: the engine's connections (L{srpy.wire.Pool}), shared with every view.
 
     Besides SRPy's surface, a package-internal API, for srpy's own modules (box, scheduler,
-    status, peers) and not meant for users: L{call}, L{call_with_vars}, L{connection},
+    status, peers) and not meant for users: L{call}, L{connection},
     L{call_on}, L{call_annotations}, L{expect_restart} and the L{pool}.
     """
 
@@ -216,34 +217,12 @@ class PythonEngine:
     def call(self, method: str, *args: Any, timeout: Optional[float] = None) -> Any:
         """
         For srpy's own modules: the engine's method C{method(*args)}, with this view's limit and
-        call id; a result sent as raw bytes (SBLB) is returned as those bytes.
+        call id.
 
         @param timeout: seconds to wait for the answer (default: the limit and a grace, or the
             client's C{timeout}; L{NO_TIMEOUT}: as long as it takes).
         """
-        value, annotations = self._invoke(method, args, timeout)
-        if annotations and RESULT_BLOB in annotations:
-            return annotations[RESULT_BLOB]
-        return value
-
-    def call_with_vars(self, method: str, args: Tuple[Any, ...], variables: Dict[str, Any]) -> Any:
-        """
-        For srpy's own modules: L{call}C{(method, *args, variables)}, where bytes values of at
-        least L{BLOB_MIN<srpy.wire.BLOB_MIN>} bytes in C{variables} travel raw after the message
-        (SRAW, SRBN). C{variables} is changed: those values are replaced by None.
-        """
-        trailing, names = [], []
-        for key, value in variables.items():
-            if type(value) is bytes and len(value) >= BLOB_MIN:
-                # the bytes travel raw after the message; the annotation, never the value, says where
-                variables[key] = None
-                names.append(key)
-                trailing.append(value)
-        extra = {BLOB_NAMES: "\0".join(names).encode("utf-8")} if names else None
-        value, response = self._invoke(method, args + (variables,), None, trailing, extra)
-        if response and RESULT_BLOB in response:
-            return response[RESULT_BLOB]
-        return value
+        return self._invoke(method, args, timeout)[0]
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[wire.Connection]:
@@ -267,8 +246,7 @@ class PythonEngine:
         return annotations
 
     def call_on(self, conn: Any, method: str, args: Tuple[Any, ...] = (), call_id: Optional[bytes] = None,
-                timeout: Optional[float] = None, trailing: Any = (),
-                extra: Optional[Dict[str, bytes]] = None) -> Tuple[Any, Any]:
+                timeout: Optional[float] = None) -> Tuple[Any, Any]:
         """
         For srpy's own modules: make the call C{method(*args)} on C{conn} (a connection of this
         engine's, see L{connection}), with this view's limit and C{call_id}; return C{(value,
@@ -281,18 +259,16 @@ class PythonEngine:
         """
         call_id = call_id if call_id is not None else self.call_id
         annotations = self.call_annotations(call_id)
-        if extra:
-            annotations = dict(annotations or {}, **extra)
         limit = self.call_timeout
         if timeout is None:
             timeout = limit + LIMIT_GRACE if limit is not None else self.timeout
         elif timeout is NO_TIMEOUT:  # wait(): as long as it takes, whatever the client's timeout
             timeout = None
         if limit is None and call_id is None and not self._shared.max_task_time:
-            return self._call_records_known(conn, method, args, annotations, timeout, trailing)  # the common call
+            return self._call_records_known(conn, method, args, annotations, timeout)  # the common call
         started = time.monotonic()
         try:
-            return self._call_records_known(conn, method, args, annotations, timeout, trailing)
+            return self._call_records_known(conn, method, args, annotations, timeout)
         except (errors.TaskTimeout, errors.TaskAborted) as exc:
             if getattr(exc, "engine_ending", False):
                 # the engine ends its process to stop the call, and a fresh one starts in
@@ -332,14 +308,14 @@ class PythonEngine:
             shared.record_modules.add(module_name)
 
     def _call_records_known(self, conn: Any, method: str, args: Tuple[Any, ...], annotations: Any,
-                            timeout: Optional[float], trailing: Any) -> Tuple[Any, Any]:
+                            timeout: Optional[float]) -> Tuple[Any, Any]:
         """C{conn.call}, made once more if the engine had forgotten a record's module (see L{_forget_record_modules})."""
         try:
-            return conn.call(method, args, None, annotations, timeout, trailing)
+            return conn.call(method, args, None, annotations, timeout)
         except errors.RecordModuleNotImported:
             if not self._forget_record_modules():
                 raise
-            return conn.call(method, args, None, annotations, timeout, trailing)
+            return conn.call(method, args, None, annotations, timeout)
 
     def _forget_record_modules(self) -> bool:
         """
@@ -364,8 +340,7 @@ class PythonEngine:
 
     # -- the calls underneath -----------------------------------------------------------------------
 
-    def _invoke(self, method: str, args: Tuple[Any, ...], timeout: Optional[float],
-                trailing: Any = (), extra: Optional[Dict[str, bytes]] = None) -> Tuple[Any, Any]:
+    def _invoke(self, method: str, args: Tuple[Any, ...], timeout: Optional[float]) -> Tuple[Any, Any]:
         """A call over a pooled connection, with this view's limit and call id (through L{call_on})."""
         if self._view_closed:
             self._check_open()
@@ -378,8 +353,8 @@ class PythonEngine:
                     timeout = self._shared.timeout
                 elif timeout is NO_TIMEOUT:
                     timeout = None
-                return self._call_records_known(conn, method, args, extra, timeout, trailing)
-            return self.call_on(conn, method, args, timeout=timeout, trailing=trailing, extra=extra)
+                return self._call_records_known(conn, method, args, None, timeout)
+            return self.call_on(conn, method, args, timeout=timeout)
         finally:
             pool.release(conn)
 
@@ -413,7 +388,7 @@ class PythonEngine:
 
     def set(self, **variables: Any) -> None:
         """Create or overwrite variables in the engine's namespace."""
-        self.call_with_vars("set", (), variables)
+        self.call("set", variables)
 
     def get(self, vars: Any = None) -> Any:
         """None: the namespace's names; a name: its value; a list of names: {name: value}."""
@@ -425,15 +400,15 @@ class PythonEngine:
 
     def eval(self, expr: str, **variables: Any) -> Any:
         """Set C{variables}, then evaluate C{expr} in the namespace and return its value."""
-        return self.call_with_vars("eval", (expr,), variables)
+        return self.call("eval", expr, variables)
 
     def exe(self, code: str, **variables: Any) -> None:
         """Set C{variables}, then execute C{code} in the namespace."""
-        self.call_with_vars("exe", (code,), variables)
+        self.call("exe", code, variables)
 
     def vexe(self, code: str, get: Any = (), **variables: Any) -> Dict[str, Any]:
         """Run C{code} in a throw-away namespace made of C{variables}; return {name: value} for C{get}."""
-        return self.call_with_vars("vexe", (code, list(get)), variables)
+        return self.call("vexe", code, list(get), variables)
 
     def install(self, *modules: Any) -> List[str]:
         """

@@ -55,6 +55,7 @@ import itertools
 import marshal
 import struct
 import sys
+import threading
 import uuid
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
@@ -85,29 +86,128 @@ def dumps(value: Any) -> bytes:
     """
     Serialize C{value}; raise L{SerializationError} naming what cannot travel. marshal writes it
     as it is when it holds only types marshal writes as themselves (L{_marshal_exact}); otherwise
-    the tagged encoding takes over.
+    the tagged encoding takes over. Every buffer travels inside the message (L{dumps_with_buffers}
+    leaves the large ones beside it).
     """
     kind = type(value)
     if kind in _SCALARS:  # a plain scalar: marshal writes it as it is
         return marshal.dumps(value, _VERSION)
+    if kind is Encoded:
+        return dumps(value.value)
+    data = _plain(value)
+    return data if data is not None else _tagged_message(value)
+
+
+def dumps_with_buffers(value: Any) -> Tuple[bytes, List[Tuple[memoryview, bool]]]:
+    """
+    L{dumps}, but each large buffer in C{value} (at least L{BUFFER_MIN} bytes: a bytes,
+    bytearray, memoryview or array.array, a numpy array's data) is left out of the message, which
+    names it by its place in the list returned beside it: C{(message, [(buffer, writable), ...])}.
+    Each buffer is a flat byte view of the value's own memory (no copy); C{writable} says the
+    receiver must build it as a bytearray (numpy data, a bytearray, an array), not as bytes. The
+    wire sends them raw after the message (L{srpy.wire}'s C{SRAW}), L{loads} takes them back.
+
+    >>> message, buffers = dumps_with_buffers({"big": b"x" * BUFFER_MIN, "small": b"y"})
+    >>> [(len(view), writable) for view, writable in buffers]
+    [(65536, False)]
+    >>> loads(message, [b"x" * BUFFER_MIN]) == {"big": b"x" * BUFFER_MIN, "small": b"y"}
+    True
+    """
+    kind = type(value)
+    if kind in _SCALARS and (kind is not bytes or len(value) < BUFFER_MIN):
+        return marshal.dumps(value, _VERSION), []
+    if kind is Encoded:
+        return value.message, value.buffers
+    if kind not in _SCALARS:
+        data = _plain(value, BUFFER_MIN)
+        if data is not None:
+            return data, []
+    buffers: List[Tuple[memoryview, bool]] = []
+    _collecting.buffers = buffers
+    try:
+        return _tagged_message(value), buffers
+    finally:
+        _collecting.buffers = None
+
+
+class Encoded:
+    """
+    A value serialized now (L{dumps_with_buffers}), to be sent as it is later: an engine method
+    that must know whether its result can travel returns one, so it is not serialized twice. Its
+    buffers are views of the value's memory: it keeps the value.
+
+    @ivar value: the value; C{message}, C{buffers}: what L{dumps_with_buffers} made of it.
+    @raise SerializationError: the value cannot travel.
+    """
+
+    __slots__ = ("value", "message", "buffers")
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+        self.message, self.buffers = dumps_with_buffers(value)
+
+
+def _plain(value: Any, buffer_min: int = 0) -> Optional[bytes]:
+    """
+    marshal's own output for C{value} when it reads back as exactly C{value} (and, given
+    C{buffer_min}, holds no bytes of that size, which go beside the message), else None.
+    """
+    kind = type(value)
     # a user tuple shaped like srpy's own message mark would be read back as that mark: it goes tagged;
     # so does a value with a numpy array near its top (a call's variables): marshal would copy the
     # whole buffer into plain bytes first, only for the exactness check to throw them away
-    if not (kind is tuple and len(value) == 2 and _is_text(value[0], _MARK)) and not ("numpy" in sys.modules and _numpy_near_top(value)):
-        try:
-            data = marshal.dumps(value, _VERSION)
-        except (ValueError, MemoryError):
-            # a type marshal cannot write, or nested too deeply, or (MemoryError) a set whose items
-            # marshal to the same bytes but do not compare (two complex NaNs: marshal sorts set items):
-            # the tagged encoding encodes or reports it
-            data = b""
-        if data and _marshal_exact(value, data):
-            return data
+    if (kind is tuple and len(value) == 2 and _is_text(value[0], _MARK)) or ("numpy" in sys.modules and _numpy_near_top(value)):
+        return None
+    try:
+        data = marshal.dumps(value, _VERSION)
+    except (ValueError, MemoryError):
+        # a type marshal cannot write, or nested too deeply, or (MemoryError) a set whose items
+        # marshal to the same bytes but do not compare (two complex NaNs: marshal sorts set items):
+        # the tagged encoding encodes or reports it
+        return None
+    if not data:
+        return None
+    if not buffer_min or len(data) < buffer_min:  # too short to hold a buffer that goes beside it
+        return data if _marshal_exact(value, data) else None
+    # no byte string at all, or only short ones (proofs in that order: the first is cheap on bulk numbers)
+    if _exact_by_data(data, len(data) // 1024 + 16) or _exact_by_value(value, buffer_min):
+        return data
+    return None
+
+
+def _tagged_message(value: Any) -> bytes:
     try:
         return marshal.dumps((_MARK, _encode(value, "value")), _VERSION)
     except RecursionError:
         raise errors.SerializationError("cannot send a value nested this deeply (or one that contains "
                                         "itself): flatten it first") from None
+
+
+#: buffers of at least this many bytes go beside the message in L{dumps_with_buffers} (a smaller
+#: one costs less to copy into the message than a read and a write of its own on the socket)
+BUFFER_MIN = 64 * 1024
+#: the buffer list of the L{dumps_with_buffers} running in this thread (None: buffers go in the message)
+_collecting = threading.local()
+_collecting.buffers = None
+
+
+def _beside(view: Any, writable: bool, inband: Callable[[], Any]) -> Any:
+    """
+    The place of buffer C{view} (a flat byte view) in the message: a tagged reference to it in the
+    buffer list of the L{dumps_with_buffers} that runs (C{writable}: built as a bytearray there),
+    or C{inband()}, the value that carries it inside the message.
+    """
+    buffers = getattr(_collecting, "buffers", None)
+    if buffers is None:
+        return inband()
+    buffers.append((view, writable))
+    return (_TAG, "buffer", len(buffers) - 1)
+
+
+def _flat(buffer: Any) -> memoryview:
+    """A flat byte view of C{buffer}'s memory (contiguous) or of a compact copy of it (with gaps)."""
+    view = memoryview(buffer)
+    return view.cast("B") if view.c_contiguous else memoryview(view.tobytes())
 
 
 #: how many items of a value L{_numpy_near_top} looks at, breadth first (a call's variables are a few levels down)
@@ -132,12 +232,15 @@ def _numpy_near_top(value: Any) -> bool:
     return False
 
 
-def loads(data: bytes) -> Any:
+def loads(data: bytes, buffers: Optional[List[Any]] = None) -> Any:
     """
     Deserialize what L{dumps} made, from any peer: L{check_marshal} first, so that data that is
     not what it claims costs no more memory than its size and builds only plain data (then
     srpy's tagged kinds). Engines reading calls and clients reading replies run the same checks.
 
+    @param buffers: the buffers that came beside the message (L{dumps_with_buffers}), as bytes
+        or bytearray; each is used once, as it is (no copy: a numpy array received in a
+        bytearray is a view of it).
     @raise ValueError: for anything that L{dumps} did not make (and nothing else).
     """
     if not data or _LAYOUTS[data[0]] != len(data):  # else the data is one number, None or bool: nothing to bound
@@ -148,7 +251,7 @@ def loads(data: bytes) -> Any:
         raise ValueError("bad marshal data (%s)" % exc) from None
     if type(value) is tuple and len(value) == 2 and value[0] == _MARK:
         try:
-            return _decode(value[1], {})
+            return _decode(value[1], {_BUFFERS: buffers} if buffers else {})
         except RecursionError:
             raise ValueError("bad srpy data (tagged values nested too deeply)") from None
         except (ArithmeticError, TypeError) as exc:
@@ -227,15 +330,16 @@ def _exact_by_data(data: bytes, budget: int) -> bool:
     return True
 
 
-def _exact_by_value(value: Any) -> bool:
+def _exact_by_value(value: Any, buffer_min: int = 0) -> bool:
     """
     True when C{value} holds only objects of the types marshal writes as themselves (L{_PLAIN}),
     walked one nesting level at a time: a small level item by item, a large one at C speed
-    (C{set(map(type, level))}), as calls' arguments are small and bulk data is wide.
+    (C{set(map(type, level))}), as calls' arguments are small and bulk data is wide. Given
+    C{buffer_min}, also False when it holds bytes of that size or more.
     """
     kind = type(value)
     if kind in _SCALARS:
-        return True
+        return not buffer_min or kind is not bytes or len(value) < buffer_min
     if kind is dict:
         level: Any = [*value, *value.values()]
     elif kind in _CONTAINERS:
@@ -245,6 +349,8 @@ def _exact_by_value(value: Any) -> bool:
     for _ in range(_MAX_DEPTH):
         if len(level) > _SMALL:
             kinds = set(map(type, level))
+            if buffer_min and bytes in kinds and max(len(item) for item in level if type(item) is bytes) >= buffer_min:
+                return False
             if kinds <= _SCALARS:
                 return True
             if not kinds <= _PLAIN:
@@ -258,6 +364,8 @@ def _exact_by_value(value: Any) -> bool:
         for item in level:
             kind = type(item)
             if kind in _SCALARS or (kind in _CONTAINERS and not item):  # an empty one: a call's {} of variables
+                if buffer_min and kind is bytes and len(item) >= buffer_min:
+                    return False
                 continue
             if kind is dict:
                 nested += item  # its keys
@@ -570,8 +678,12 @@ _ENCODERS: List[Tuple[type, Callable[[Any], tuple]]] = [
     (datetime.timedelta, lambda v: _tagged("timedelta", (v.days, v.seconds, v.microseconds))),
     (decimal.Decimal, lambda v: _tagged("decimal", str(v))),
     (uuid.UUID, lambda v: _tagged("uuid", v.hex)),
-    (array.array, lambda v: _tagged("array", (v.typecode, v.tobytes()))),
-    (bytearray, lambda v: _tagged("bytearray", bytes(v))),
+    (array.array, lambda v: _tagged("array", (v.typecode, _beside(memoryview(v).cast("B"), True, v.tobytes)
+                                              if len(v) * v.itemsize >= BUFFER_MIN else v.tobytes()))),
+    (bytearray, lambda v: _beside(memoryview(v), True, lambda: _tagged("bytearray", bytes(v)))
+     if len(v) >= BUFFER_MIN else _tagged("bytearray", bytes(v))),
+    # a memoryview travels as the bytes it shows (nothing on the other side could share its memory)
+    (memoryview, lambda v: _beside(_flat(v), False, v.tobytes) if v.nbytes >= BUFFER_MIN else v.tobytes()),
     (BaseException, lambda v: _tagged("exception", _encoded_exception(v))),
 ]
 
@@ -600,7 +712,7 @@ def _timedelta(payload: Any) -> datetime.timedelta:
 
 def _array(payload: Any) -> array.array:
     parts = _expect(payload, tuple, "array")
-    if len(parts) != 2 or parts[0] not in _ARRAY_CODES or type(parts[1]) is not bytes:
+    if len(parts) != 2 or parts[0] not in _ARRAY_CODES or type(parts[1]) not in (bytes, bytearray):
         raise ValueError("bad srpy data (a tagged array that is not a type code and bytes)")
     return array.array(parts[0], parts[1])
 
@@ -680,6 +792,8 @@ def _encode(value: Any, where: Any) -> Any:
     """
     kind = type(value)
     if kind in _SCALARS:
+        if kind is bytes and len(value) >= BUFFER_MIN:
+            return _beside(memoryview(value), False, lambda: value)
         return value
     if kind is list:
         return [_encode(v, (where, _ITEM)) for v in value]
@@ -694,7 +808,11 @@ def _encode(value: Any, where: Any) -> Any:
         encoded = dict(pairs)
         return encoded if len(encoded) == len(pairs) else _tagged("dict", pairs)
     if kind.__module__ == "numpy":  # numpy arrays and scalars (np.float64 is a float: before _BASE_COPIES)
-        return _tagged(*_arrays().encode(value, where, _where))
+        tag, payload = _arrays().encode(value, where, _where)
+        if tag == "ndarray" and len(payload[3]) >= BUFFER_MIN:  # its data: a flat uint8 view of the array's memory
+            data = payload[3]
+            payload = payload[:3] + (_beside(memoryview(data), True, lambda: data),)
+        return _tagged(tag, payload)
     if kind.__module__ == "pandas" or kind.__module__[:7] == "pandas.":  # DataFrame, Series, Index (not Timestamp)
         found = _frames().encode(value, where, _encode, _where)
         if found is not None:
@@ -751,7 +869,7 @@ def _type_name(kind: type) -> str:
     return kind.__qualname__ if kind.__module__ == "builtins" else kind.__module__ + "." + kind.__qualname__
 
 
-def _decode(value: Any, done: Dict[int, Any]) -> Any:
+def _decode(value: Any, done: Dict[Any, Any]) -> Any:
     """
     The value L{_encode} stood for. C{done} maps each container already decoded (by id) to its
     result: marshal shares repeated items, and 100 bytes of tuples that each hold the previous
@@ -780,8 +898,14 @@ def _decode(value: Any, done: Dict[int, Any]) -> Any:
     return result
 
 
-def _decode_item(kind: Any, payload: Any, done: Dict[int, Any]) -> Any:
+def _decode_item(kind: Any, payload: Any, done: Dict[Any, Any]) -> Any:
     """One tagged item: a container of encoded values, or a value rebuilt from its plain payload."""
+    if kind == "buffer":
+        return _buffer(payload, done)
+    slot = _BUFFER_SLOTS.get(kind) if type(kind) is str else None
+    if slot is not None and type(payload) is tuple and len(payload) > slot and type(payload[slot]) is tuple:
+        # the data of an array came beside the message
+        payload = payload[:slot] + (_buffer(_reference(payload[slot]), done),) + payload[slot + 1:]
     container = _TAGGED_CONTAINERS.get(kind) if type(kind) is str else None
     if container is not None:
         items = [_decode(v, done) for v in _expect(payload, container[0], kind)]
@@ -803,6 +927,33 @@ def _decode_item(kind: Any, payload: Any, done: Dict[int, Any]) -> Any:
     if decoder is None:
         raise ValueError("bad srpy data (unknown tagged kind %r)" % (kind,))
     return decoder(payload)
+
+
+#: where the buffers that came beside the message are, and which were used, in L{_decode}'s C{done}
+#: (whose other keys are ids)
+_BUFFERS, _USED = "buffers", "used"
+#: tagged kinds whose payload is a tuple that may hold a reference to such a buffer, and where
+_BUFFER_SLOTS = {"ndarray": 3, "array": 1}
+
+
+def _reference(item: Any) -> Any:
+    """The index a tagged buffer reference C{item} names."""
+    if len(item) != 3 or not _is_text(item[0], _TAG) or item[1] != "buffer":
+        raise ValueError("bad srpy data (an array whose data is neither bytes nor a buffer reference)")
+    return item[2]
+
+
+def _buffer(index: Any, done: Dict[Any, Any]) -> Any:
+    """The buffer number C{index} of those beside the message; each may be used once."""
+    buffers = done.get(_BUFFERS) or ()
+    if type(index) is not int or not 0 <= index < len(buffers):
+        raise ValueError("bad srpy data (a reference to buffer %s of the %d beside the message)"
+                         % (_clip(repr(index)), len(buffers)))
+    used = done.setdefault(_USED, set())
+    if index in used:
+        raise ValueError("bad srpy data (buffer %d used twice)" % index)
+    used.add(index)
+    return buffers[index]
 
 
 # -- Pyro5 registration --------------------------------------------------------------------------
@@ -849,6 +1000,11 @@ class WireFormat:
     @staticmethod
     def dumps_call(obj: str, method: str, args: Any, kwargs: Any) -> bytes:
         return dumps((obj, method, tuple(args), kwargs or {}))
+
+    @staticmethod
+    def dumps_call_with_buffers(obj: str, method: str, args: Any, kwargs: Any) -> Tuple[bytes, List[Tuple[memoryview, bool]]]:
+        """The call, its large buffers beside it (L{dumps_with_buffers}): the connection sends them raw after it."""
+        return dumps_with_buffers((obj, method, tuple(args), kwargs or {}))
 
     loads = staticmethod(loads)
 

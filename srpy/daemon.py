@@ -12,12 +12,17 @@ flags, unknown objects) is handed to Pyro5's own C{handleRequest}, after the sam
 message, whatever its serializer or flags, is held to the same size limit, raw trailing bytes to
 the same limit, marshal to L{srpy.codec.check_marshal}, inflation to the size limit; Pyro5's
 keep-serialized blob arguments (which it would read with a plain C{marshal.loads}) are refused.
+
+Large buffers travel raw beside the messages (L{srpy.wire}'s C{SRAW}): this daemon reads a
+call's straight into the bytes or bytearray each becomes, before anything else (on every path,
+so the connection stays in step; only srpy's own path gives them to the call), and sends a
+reply's from the result's own memory (L{srpy.codec.dumps_with_buffers}).
 What this takes of Pyro5's internals (its registry, its message class, its own handleRequest) it
 takes through L{srpy._pyro5}, which says why and checks each against the installed Pyro5.
 """
 
 import socket
-from typing import Any, Dict, List, Set
+from typing import Any, Dict, List, Optional, Set
 
 from Pyro5 import config as pyro_config
 from Pyro5 import errors as pyro_errors
@@ -79,14 +84,16 @@ class EngineDaemon(SecureDaemon):
             raise pyro_errors.ProtocolError("message too large (%d, max=%d)" % (size, limit))
         payload = _read(conn, size) if size else b""
         annotations = _annotations(payload, ann_size) if ann_size else {}
-        if annotations:
+        buffers = None
+        if annotations and wire.TRAILING in annotations:
             raw = _trailing_size(annotations)
             if raw > limit:
                 _discard(conn, raw)
                 self._refuse_too_large(conn, serializer_id, flags, seq, raw, "raw bytes")
                 return
+            buffers = _read_buffers(conn, annotations)  # first: nothing may fail with them unread
         if msgtype == _INVOKE and serializer_id == codec.SERIALIZER_ID and flags == _FAST_FLAGS:
-            self._serve(conn, seq, payload, ann_size, annotations)
+            self._serve(conn, seq, payload, ann_size, annotations, buffers)
             return
         # every other message passes the same checks (above, and here), then Pyro5's own handling
         if _pyro5.serializer(serializer_id) is None and msgtype != pyro_protocol.MSG_PING:
@@ -122,17 +129,24 @@ class EngineDaemon(SecureDaemon):
             raise pyro_errors.ProtocolError(text)
         conn.send(wire.pack_message(wire.MSG_RESULT, serializer_id, data, seq, wire.FLAGS_EXCEPTION))
 
-    def _serve(self, conn: Any, seq: int, payload: bytes, ann_size: int, annotations: Dict[str, Any]) -> None:
+    def _serve(self, conn: Any, seq: int, payload: bytes, ann_size: int, annotations: Dict[str, Any],
+               buffers: Optional[List[Any]]) -> None:
         _pyro5.enter_call(conn, seq, codec.SERIALIZER_ID, annotations)
+        sent: List[Any] = []
         try:
-            obj_id, method, vargs, kwargs = codec.loads(payload[ann_size:] if ann_size else payload)
+            obj_id, method, vargs, kwargs = codec.loads(payload[ann_size:] if ann_size else payload, buffers)
             result = self._target(obj_id, method)(*vargs, **kwargs)
-            data, flags = codec.dumps(result), 0
+            data, sent = codec.dumps_with_buffers(result)
+            flags = 0
         except Exception as exc:  # the call's failure is its reply, as in Pyro5
             _pyro5.attach_traceback(exc)
-            data, flags = _exception_reply(exc), wire.FLAGS_EXCEPTION
+            data, flags, sent = _exception_reply(exc), wire.FLAGS_EXCEPTION, []
         annotations = current_context.response_annotations
+        if sent:
+            annotations = dict(annotations or {}, **wire.buffer_annotations(sent))
         conn.send(wire.pack_message(wire.MSG_RESULT, codec.SERIALIZER_ID, data, seq, flags, annotations))
+        for view, _ in sent:  # from the result's own memory
+            conn.send(view)
 
     def _target(self, obj_id: str, method: str) -> Any:
         obj = _pyro5.registered_object(self, obj_id)
@@ -163,6 +177,33 @@ def _read(conn: Any, size: int) -> bytes:
             raise pyro_errors.ConnectionClosedError("receiving: connection lost")
         return data + conn.recv(size - len(data))
     return conn.recv(size)
+
+
+def _read_buffers(conn: Any, annotations: Dict[str, Any]) -> List[Any]:
+    """
+    The raw buffers that follow a call's message, each read straight into what it becomes:
+    bytes, or a bytearray for those marked writable (a numpy array is then a view of it).
+    """
+    try:
+        layout = wire.parse_buffers(annotations)
+    except errors.ProtocolError as exc:
+        raise pyro_errors.ProtocolError(str(exc)) from None
+    return [_read_into(conn, size) if writable else _read(conn, size) for size, writable in layout]
+
+
+def _read_into(conn: Any, size: int) -> bytearray:
+    """Exactly C{size} bytes from C{conn}, read into a new bytearray."""
+    buf = bytearray(size)
+    view, got, sock = memoryview(buf), 0, conn.sock
+    while got < size:
+        try:
+            count = sock.recv_into(view[got:], size - got)
+        except OSError as exc:
+            raise pyro_errors.ConnectionClosedError("receiving: connection lost: %s" % exc) from None
+        if not count:
+            raise pyro_errors.ConnectionClosedError("receiving: connection lost")
+        got += count
+    return buf
 
 
 def _trailing_size(annotations: Dict[str, Any]) -> int:

@@ -73,7 +73,6 @@ class Engine:
         self._functions_lock = threading.Lock()
         self._codes: Dict[Any, Any] = {}
         self._functions: Dict[str, Any] = {}
-        self._trailing = threading.local()
         self.sandbox = tempfile.mkdtemp(prefix="srpy-sandbox-")
         self._set_peers: Optional[Callable[[List[str]], List[str]]] = None  # see serve_peers
         #: the SSL context of this engine's own connections to its peers (TLS engines: the launcher's)
@@ -105,8 +104,8 @@ class Engine:
             code = self._codes[key] = compile(source, functions.source_filename(source, mode), mode)
         return code
 
-    def _with_blobs(self, variables: Optional[Dict[str, Any]]) -> Dict[str, Any]:
-        """Type-check a call's variables and put back the bytes that came as annotations."""
+    def _variables(self, variables: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+        """A call's variables, type-checked."""
         if variables is None:
             return {}
         if not isinstance(variables, dict):
@@ -114,14 +113,6 @@ class Engine:
         for key in variables:
             if not isinstance(key, str) or not key.isidentifier():
                 raise TypeError("variable names must be identifiers, not %r" % (key,))
-        names = self._trailing.names
-        if names is not None:  # the call names the variables its raw trailing bytes stand for
-            names = bytes(names).decode("utf-8").split("\0")
-            blobs = self._trailing.blobs
-            if len(names) != len(blobs) or not set(names) <= set(variables):
-                raise TypeError("the call's raw bytes do not match its variables (%d names, %d byte strings)"
-                                % (len(names), len(blobs)))
-            variables.update(zip(names, blobs))
         return variables
 
     def _resolve(self, path: str) -> Any:
@@ -138,7 +129,7 @@ class Engine:
     @engine_call(locked=True)
     def set(self, variables: Dict[str, Any]) -> None:
         """Create or overwrite variables."""
-        self.ns.update(self._with_blobs(variables))
+        self.ns.update(self._variables(variables))
 
     @engine_call(locked=True)
     def get(self, names: Any = None) -> Any:
@@ -171,14 +162,14 @@ class Engine:
     def eval(self, expr: str, variables: Optional[Dict[str, Any]] = None) -> Any:
         """Set C{variables}, then evaluate C{expr} in the namespace."""
         _check_source(expr)
-        self.ns.update(self._with_blobs(variables))
+        self.ns.update(self._variables(variables))
         return eval(self._compile(expr, "eval"), self.ns)
 
     @engine_call(locked=True)
     def exe(self, code: str, variables: Optional[Dict[str, Any]] = None) -> None:
         """Set C{variables}, then execute C{code} in the namespace."""
         _check_source(code)
-        self.ns.update(self._with_blobs(variables))
+        self.ns.update(self._variables(variables))
         exec(self._compile(code, "exec"), self.ns)
 
     @engine_call(locked=True)
@@ -186,7 +177,7 @@ class Engine:
         """Run C{code} in a fresh namespace made of C{variables}; return the names in C{get}."""
         _check_source(code)
         scratch = {"__name__": "__srpy_vexe__", "__builtins__": builtins}
-        scratch.update(self._with_blobs(variables))
+        scratch.update(self._variables(variables))
         exec(self._compile(code, "exec"), scratch)
         return {name: scratch[name] for name in get}
 
@@ -203,8 +194,7 @@ class Engine:
         """
         value = self._resolve(path)
         try:
-            codec.dumps(value)
-            return {"kind": "value", "value": value}
+            return codec.Encoded({"kind": "value", "value": value})
         except (TypeError, ValueError):
             return {"kind": "object", "type": type(value).__name__, "callable": callable(value),
                     "doc": getattr(value, "__doc__", None) or "", "name": getattr(value, "__name__", path)}
@@ -292,7 +282,7 @@ class Engine:
             return {"kind": kind, "error": exc, "module": None}
 
     @engine_call(locked=True)
-    def run_batch(self, tasks: List[Any]) -> bytes:
+    def run_batch(self, tasks: List[Any]) -> Any:
         """
         Run C{tasks}, each C{[hash, 'call', [args, kwargs]]}, C{[hash, 'map', [args, args, ...]]} or
         C{[hash, 'map1', [arg, arg, ...]]} (a map over one iterable: items sent as they are),
@@ -300,7 +290,8 @@ class Engine:
         seconds)}: one outcome per task, C{('ok', value)}, C{('err', exception)}, or for a map
         that failed part-way C{('part', values, exception)}; and the seconds the tasks ran here
         (what the client learns each function's speed from: the round trip is not the
-        function's). Whatever a task raises (C{SystemExit},
+        function's), serialized here (L{codec.Encoded<srpy.codec.Encoded>}: their large
+        buffers travel from the results' memory). Whatever a task raises (C{SystemExit},
         C{KeyboardInterrupt}, any C{BaseException}) is its own outcome, except srpy's
         L{CallInterrupted<srpy.errors.CallInterrupted>}, which stops the whole call. A value that
         cannot travel fails only its own task (a map's chunk: from that value on).
@@ -309,9 +300,9 @@ class Engine:
         outcomes = [self._run_task(task) for task in tasks]
         seconds = time.perf_counter() - start
         try:
-            return codec.dumps((outcomes, seconds))
+            return codec.Encoded((outcomes, seconds))
         except (TypeError, ValueError):
-            return codec.dumps(([_travelling(outcome, task[1]) for outcome, task in zip(outcomes, tasks)], seconds))
+            return codec.Encoded(([_travelling(outcome, task[1]) for outcome, task in zip(outcomes, tasks)], seconds))
 
     def _run_task(self, task: Sequence[Any]) -> tuple:
         fn_hash, kind, payload = task
@@ -359,7 +350,7 @@ class Engine:
         Unpack the tar archive C{variables['archive']} (sent by C{EngBox.upload}, large ones as raw
         bytes after the call) into the sandbox; return the files it held.
         """
-        archive = self._with_blobs(variables).get("archive")
+        archive = self._variables(variables).get("archive")
         if not isinstance(archive, bytes):
             raise TypeError("unpack() needs the archive as bytes, not %s" % type(archive).__name__)
         import tarfile  # loaded on first use, as psutil below: an engine needs neither to start serving

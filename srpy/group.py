@@ -55,10 +55,9 @@ class PeerLink:
             raise
 
     def call(self, method: str, *args: Any) -> Any:
-        """C{method(*args)} on the peer object (a large bytes result comes raw, ahead of the reply)."""
+        """C{method(*args)} on the peer object (large buffers travel raw beside the messages, both ways)."""
         with self.pool.connection() as conn:
-            value, annotations = conn.call(method, args)
-        return annotations[wire.RESULT_BLOB] if annotations and wire.RESULT_BLOB in annotations else value
+            return conn.call(method, args)[0]
 
     def close(self) -> None:
         self.pool.close()

@@ -35,8 +35,8 @@ if globals().get("__package__") != "srpy":  # srpy/lite.py copied on its own: it
                       "client to copy, run `python3 -m srpy.lite --save DIR` and copy DIR/lite.py")
 from .wire import (  # noqa: F401 (re-exported: lite's users import these names from lite)
     PROTOCOL_VERSION, MAGIC, HEADER, CHUNK, MSG_CONNECT, MSG_CONNECTOK, MSG_CONNECTFAIL, MSG_INVOKE, MSG_RESULT,
-    MSG_PING, FLAGS_EXCEPTION, FLAGS_COMPRESSED, FLAGS_ONEWAY, FLAGS_BATCH, RESULT_BLOB, TRAILING, CALL_TIMEOUT,
-    CALL_ID, BLOB_NAMES, ENDING, JSON_SERIALIZER_ID, MAX_MESSAGE_SIZE, HANDSHAKE_REPLY_MAX, ENGINE_OBJECT,
+    MSG_PING, FLAGS_EXCEPTION, FLAGS_COMPRESSED, FLAGS_ONEWAY, FLAGS_BATCH, TRAILING, BUFFER_KINDS, CALL_TIMEOUT,
+    CALL_ID, ENDING, JSON_SERIALIZER_ID, MAX_MESSAGE_SIZE, HANDSHAKE_REPLY_MAX, ENGINE_OBJECT,
     STALE_AFTER, Connection, Pool, JsonSerializer, SocketTransport, JavaSocketTransport, default_transport,
     parse_uri, proof, new_nonce, same_text, exception_from_dict, inflate, clock,
     SRPyError, SRPyServerNotFound, CommunicationError, ConnectionLost, ProtocolError, CallTimeout,

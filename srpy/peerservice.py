@@ -90,7 +90,6 @@ class PeerService:
         self._engine = engine
         self._group = group
         self._parts = parts
-        self._trailing = threading.local()  # the call wrapper's (see srpy.calls.engine_call)
 
     @property
     def debug(self) -> bool:

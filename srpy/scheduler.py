@@ -73,7 +73,6 @@ from typing import Any, Callable, Deque, Dict, Generator, Iterator, List, Option
 
 from . import codec
 from .fanout import fan_out, start_thread
-from .wire import RESULT_BLOB
 from .errors import (CallTimeout, CommunicationError, EngineDead, MessageTooLargeError, MissingPackagesError,
                      NoEnginesError, SerializationError, SRPyError, SRPyServerNotFound, TaskAborted, TaskTimeout, UnknownFunction)
 
@@ -739,7 +738,7 @@ class Scheduler:
                 raise  # not the engine's: the dispatcher ends, loudly
             self._fail(batch, exc)
             return
-        outcomes, seconds = codec.loads(raw)
+        outcomes, seconds = raw
         self._observe(slot, fn_hash, seconds, sum(task.size for task in batch))
         self._deliver(slot, batch, outcomes)
 
@@ -783,8 +782,6 @@ class Scheduler:
                 with self._cond:
                     if self._calls.get(id(slot)) is entry:
                         del self._calls[id(slot)]
-        if annotations and RESULT_BLOB in annotations:
-            return annotations[RESULT_BLOB]
         return value
 
     def _watch(self) -> None:

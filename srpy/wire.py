@@ -35,20 +35,22 @@ Message types: 1 CONNECT, 2 CONNECTOK, 3 CONNECTFAIL (the handshake), 4 INVOKE (
 srpy's extensions, all within Pyro5's framing (a plain Pyro5 peer ignores the annotations)::
 
     name  on      value
-    SBLB  reply   a call's result as raw bytes: a RESULT message with an empty payload and
-                  this one annotation, sent AHEAD of the reply with the same sequence number
-                  (which then carries None); more than one may come (L{RESULT_BLOB})
-    SRAW  call    N sizes, big-endian unsigned 64-bit (8*N bytes): N raw byte strings follow
-                  the call message right after its payload, unframed (L{TRAILING})
-    SRBN  call    the names of the call's variables that travel as those raw byte strings,
-                  in order, UTF-8, NUL-separated (their values in the call itself are None)
-                  (L{BLOB_NAMES})
+    SRAW  both    N sizes, big-endian unsigned 64-bit (8*N bytes): N raw buffers follow the
+                  message right after its payload, unframed, in order (L{TRAILING}); the
+                  serializer's message names them by their place (srpy's: large bytes,
+                  bytearray, memoryview, array.array and numpy data, L{srpy.codec}); at most
+                  L{MAX_BUFFERS}, counted with the message against its size limit
+    SRBK  both    N ASCII letters, one per SRAW buffer: "b" read it as bytes, "w" as a
+                  bytearray (writable: what a numpy array is built on, no copy); none: all "b"
+                  (L{BUFFER_KINDS})
     STMO  call    the call's time limit in seconds, a big-endian double (8 bytes) (L{CALL_TIMEOUT})
     SCID  call    the call's id, 8 bytes of the client's choice, for abort (L{CALL_ID})
     SRND  reply   empty: the engine ends its process right after this reply (a runaway call
                   that held the interpreter), and a fresh one starts at the same URI (L{ENDING})
 
-bytes values of at least L{BLOB_MIN} bytes travel this way, outside the serializer, both ways.
+Buffers of at least L{BLOB_MIN} bytes travel this way, outside the serializer, both ways: from
+the value's own memory to the socket, and from the socket into the memory of the value built
+(an engine sends them only to callers that use srpy's serializer).
 
 The handshake (what srpy adds is the secret proof, L{proof}, an HMAC-SHA256 over both nonces)::
 
@@ -77,11 +79,12 @@ import time
 
 __all__ = ["PROTOCOL_VERSION", "MAGIC", "HEADER", "CHUNK", "MSG_CONNECT", "MSG_CONNECTOK", "MSG_CONNECTFAIL",
            "MSG_INVOKE", "MSG_RESULT", "MSG_PING", "FLAGS_EXCEPTION", "FLAGS_COMPRESSED", "FLAGS_ONEWAY",
-           "FLAGS_BATCH", "FLAGS_KEEPSERIALIZED", "FLAGS_CORR_ID", "RESULT_BLOB", "TRAILING", "CALL_TIMEOUT",
-           "CALL_ID", "BLOB_NAMES", "ENDING", "JSON_SERIALIZER_ID", "MAX_MESSAGE_SIZE", "HANDSHAKE_REPLY_MAX",
-           "BLOB_MIN", "ENGINE_OBJECT", "STALE_AFTER",
+           "FLAGS_BATCH", "FLAGS_KEEPSERIALIZED", "FLAGS_CORR_ID", "TRAILING", "BUFFER_KINDS", "CALL_TIMEOUT",
+           "CALL_ID", "ENDING", "JSON_SERIALIZER_ID", "MAX_MESSAGE_SIZE", "HANDSHAKE_REPLY_MAX",
+           "BLOB_MIN", "MAX_BUFFERS", "ENGINE_OBJECT", "STALE_AFTER",
            "pack_header", "parse_header", "HeaderError", "sniff", "pack_chunk", "pack_annotations", "parse_chunk_head",
-           "parse_annotations", "pack_message", "blob_ahead", "pack_trailing", "parse_trailing", "pack_call_limit",
+           "parse_annotations", "pack_message", "pack_trailing", "parse_trailing", "buffer_annotations",
+           "parse_buffers", "pack_call_limit",
            "parse_call_limit", "inflate", "clock", "proof", "new_nonce", "same_text", "parse_uri",
            "JsonSerializer", "exception_from_dict", "SocketTransport", "JavaSocketTransport", "default_transport",
            "Connection", "Pool"]  # the exceptions are srpy.errors' (or, in the one-file client, lite's)
@@ -98,15 +101,16 @@ CHUNK = struct.Struct("!4sI")
 MSG_CONNECT, MSG_CONNECTOK, MSG_CONNECTFAIL, MSG_INVOKE, MSG_RESULT, MSG_PING = 1, 2, 3, 4, 5, 6
 FLAGS_EXCEPTION, FLAGS_COMPRESSED, FLAGS_ONEWAY, FLAGS_BATCH = 1, 2, 4, 8
 FLAGS_KEEPSERIALIZED, FLAGS_CORR_ID = 0x20, 0x40
-RESULT_BLOB = "SBLB"  # annotation carrying a call's result as raw bytes
-TRAILING = "SRAW"  # annotation listing the sizes of raw byte strings sent right after a call
+TRAILING = "SRAW"  # annotation listing the sizes of the raw buffers sent right after a message
+BUFFER_KINDS = "SRBK"  # annotation saying how to read each of those buffers: "b" bytes, "w" bytearray
 CALL_TIMEOUT = "STMO"  # annotation carrying a call's time limit in seconds (big-endian double)
 CALL_ID = "SCID"  # annotation naming a call (8 bytes, the client's choice) so that abort() can stop it
-BLOB_NAMES = "SRBN"  # annotation naming the call's variables (UTF-8, NUL-separated) that travel as its raw trailing bytes
 ENDING = "SRND"  # annotation on a reply sent by an engine that ends its process right after it (to stop a call)
 JSON_SERIALIZER_ID = 3
-#: bytes values at least this large travel as raw bytes (SBLB, SRAW), outside the serializer
+#: buffers at least this large travel raw after their message (SRAW), outside the serializer
 BLOB_MIN = 64 * 1024
+#: the most raw buffers one message may announce
+MAX_BUFFERS = 1 << 16
 #: refuse messages announcing more than this many bytes (Pyro5's own default limit)
 MAX_MESSAGE_SIZE = 1 << 30
 #: the most a client accepts in one message before the handshake is complete (an engine's reply holds ~2 KB)
@@ -264,15 +268,6 @@ def pack_message(msgtype, serializer_id, data, seq=0, flags=0, annotations=None)
     return pack_header(msgtype, serializer_id, len(data), seq, flags, len(chunks)) + chunks + data
 
 
-def blob_ahead(serializer_id, seq, size):
-    """
-    The first bytes of an SBLB message sent ahead of the reply to call C{seq}: its header and its
-    one chunk's head, so that the C{size} raw bytes of the blob follow, sent as they are (no copy).
-    """
-    return (pack_header(MSG_RESULT, serializer_id, 0, seq, 0, CHUNK.size + size)
-            + CHUNK.pack(RESULT_BLOB.encode("ascii"), size))
-
-
 def pack_trailing(blobs):
     """The value of the SRAW annotation for the raw byte strings C{blobs}."""
     return struct.pack("!%dQ" % len(blobs), *[len(blob) for blob in blobs])
@@ -286,7 +281,41 @@ def parse_trailing(value):
     """
     if len(value) % 8:
         raise ProtocolError("malformed %s annotation (%d bytes, not a list of 8-byte sizes)" % (TRAILING, len(value)))
+    if len(value) > 8 * MAX_BUFFERS:
+        raise ProtocolError("a message announcing %d raw buffers (at most %d)" % (len(value) // 8, MAX_BUFFERS))
     return list(struct.unpack("!%dQ" % (len(value) // 8), _raw(value)))
+
+
+def buffer_annotations(buffers):
+    """
+    The annotations (SRAW, SRBK) announcing C{buffers}, a list of C{(buffer, writable)}: each
+    buffer a flat byte view or bytes, C{writable} to be read as a bytearray.
+    """
+    annotations = {TRAILING: pack_trailing([view for view, _ in buffers])}
+    kinds = "".join("w" if writable else "b" for _, writable in buffers)
+    if "w" in kinds:
+        annotations[BUFFER_KINDS] = kinds.encode("ascii")
+    return annotations
+
+
+def parse_buffers(annotations):
+    """
+    C{[(size, writable), ...]}, the raw buffers a message's annotations announce (none: []).
+
+    @raise ProtocolError: a malformed SRAW or SRBK, more than L{MAX_BUFFERS} buffers.
+    """
+    sizes = annotations.get(TRAILING)
+    if sizes is None:
+        return []
+    sizes = parse_trailing(sizes)
+    kinds = annotations.get(BUFFER_KINDS)
+    if kinds is None:
+        return [(size, False) for size in sizes]
+    kinds = _raw(kinds)
+    if len(kinds) != len(sizes) or kinds.strip(b"bw"):
+        raise ProtocolError("malformed %s annotation (%d letters for %d buffers, each b or w)"
+                            % (BUFFER_KINDS, len(kinds), len(sizes)))
+    return [(size, kinds[i:i + 1] == b"w") for i, size in enumerate(sizes)]
 
 
 def pack_call_limit(seconds):
@@ -561,6 +590,17 @@ class SocketTransport(object):
             got += len(chunk)
         return b"".join(chunks)
 
+    def recv_buffer(self, size):
+        """Exactly C{size} bytes, read straight into a new bytearray (its memory is the final value's)."""
+        buf = bytearray(size)
+        view, got = memoryview(buf), 0
+        while got < size:
+            count = self.sock.recv_into(view[got:], size - got)
+            if not count:
+                raise ConnectionLost("the engine closed the connection")
+            got += count
+        return buf
+
     def close(self):
         """Close the connection (idempotent)."""
         try:
@@ -638,6 +678,10 @@ class JavaSocketTransport(object):
         if size < 512:
             return buf.tostring()
         return _JPy.newString(_JStringUtil.fromBytes(buf))  # much faster than tostring() for big data
+
+    def recv_buffer(self, size):
+        """Exactly C{size} bytes, as a bytearray."""
+        return bytearray(self.recv(size))
 
     def close(self):
         """Close the connection (idempotent)."""
@@ -721,17 +765,23 @@ class Connection(object):
         self.limit = self.max_message_size
 
     # framing
-    def _send(self, msgtype, serializer_id, data, seq=0, annotations=None, flags=0):
-        """One message; the payload is sent as it is, not copied into the header's bytes."""
+    def _send(self, msgtype, serializer_id, data, seq=0, annotations=None, flags=0, buffers=()):
+        """
+        One message, then the raw C{buffers} it announces (SRAW); the payload and the buffers are
+        sent as they are, not copied into the header's bytes.
+        """
         chunks = pack_annotations(annotations)
-        self.transport.send([pack_header(msgtype, serializer_id, len(data), seq, flags, len(chunks)) + chunks, data])
+        head = pack_header(msgtype, serializer_id, len(data), seq, flags, len(chunks)) + chunks
+        self.transport.send([head, data] + list(buffers))
 
     def _receive(self):
         """
-        One message: C{(type, serializer id, flags, seq, data, annotations)}. Nothing the peer sends
-        makes this hold more than L{limit} bytes (announced, or once inflated): a peer that has not
-        yet proved itself in the handshake gets L{HANDSHAKE_REPLY_MAX}, an engine afterwards
-        L{max_message_size}, as engines limit what they accept.
+        One message: C{(type, serializer id, flags, seq, data, annotations, buffers)}, C{buffers}
+        the raw ones that followed it (SRAW: bytes, or bytearray for those SRBK marks "w").
+        Nothing the peer sends makes this hold more than L{limit} bytes (announced, or once
+        inflated, and the buffers apart): a peer that has not yet proved itself in the handshake
+        gets L{HANDSHAKE_REPLY_MAX}, an engine afterwards L{max_message_size}, as engines limit
+        what they accept.
         """
         try:
             msgtype, serializer_id, flags, seq, data_size, ann_size = parse_header(self.transport.recv(HEADER.size))
@@ -739,7 +789,7 @@ class Connection(object):
             raise ProtocolError(self._header_problem(exc))
         self._check_size(data_size + ann_size)
         if not ann_size and not flags & FLAGS_COMPRESSED:  # the common reply: its data, one more read
-            return msgtype, serializer_id, flags, seq, self.transport.recv(data_size), {}
+            return msgtype, serializer_id, flags, seq, self.transport.recv(data_size), {}, ()
         annotations = {}
         while ann_size >= CHUNK.size:
             # read chunk by chunk, not as one block: a blob's value is then its own bytes, never a copy
@@ -751,12 +801,23 @@ class Connection(object):
         if ann_size != 0:
             raise ProtocolError("%s sent malformed annotations" % (self.uri,))
         data = self.transport.recv(data_size)
+        buffers = self._receive_buffers(annotations) if TRAILING in annotations else ()
         if flags & FLAGS_COMPRESSED:
             try:
                 data = inflate(data, self.limit)
             except ProtocolError as exc:
                 raise ProtocolError("%s sent %s" % (self.uri, exc))
-        return msgtype, serializer_id, flags, seq, data, annotations
+        return msgtype, serializer_id, flags, seq, data, annotations, buffers
+
+    def _receive_buffers(self, annotations):
+        """The raw buffers that follow a message, each read straight into the object it becomes."""
+        try:
+            layout = parse_buffers(annotations)
+        except ProtocolError as exc:
+            raise ProtocolError("%s sent %s" % (self.uri, exc))
+        self._check_size(sum(size for size, _ in layout))
+        transport = self.transport
+        return [transport.recv_buffer(size) if writable else transport.recv(size) for size, writable in layout]
 
     def _header_problem(self, exc):
         if exc.field == "tag":
@@ -777,10 +838,10 @@ class Connection(object):
         cnonce = new_nonce()
         request = {"handshake": {"srpy": 1, "nonce": cnonce}, "object": self.object_id}
         self._send(MSG_CONNECT, JSON_SERIALIZER_ID, self._json.dumps(request))
-        msgtype, _, _, _, data, _ = self._receive()
+        msgtype, _, _, _, data, _, _ = self._receive()
         if msgtype == MSG_CONNECT:  # the engine wants the secret: a challenge
             self._answer_challenge(secret, cnonce, self._loads_json(data))
-            msgtype, _, _, _, data, _ = self._receive()
+            msgtype, _, _, _, data, _, _ = self._receive()
             challenged = True
         else:
             challenged = False
@@ -825,8 +886,9 @@ class Connection(object):
     def call(self, method, args=(), kwargs=None, annotations=None, timeout=None, trailing=()):
         """
         Invoke C{method} on the remote object; return C{(value, response_annotations)}.
-        A remote exception is raised here as a local one. C{trailing} byte strings are sent raw
-        right after the call message (an srpy engine reads them before anything else).
+        A remote exception is raised here as a local one. A serializer that leaves large buffers
+        beside the message (C{dumps_call_with_buffers}, srpy's) has them sent raw right after it,
+        after the C{trailing} byte strings (raw bytes too, which the call's message does not name).
 
         @param timeout: seconds to wait for the answer; None waits forever.
         @raise CallTimeout: no answer within C{timeout} (the connection is then closed).
@@ -837,25 +899,25 @@ class Connection(object):
             if self.broken:
                 raise ConnectionLost("this connection to %s failed earlier" % (self.uri,))
             seq = self._seq = (self._seq + 1) & 0xffff
-            data = self.serializer.dumps_call(self.object_id, method, args, kwargs)
+            serializer = self.serializer
+            if hasattr(serializer, "dumps_call_with_buffers"):
+                data, buffers = serializer.dumps_call_with_buffers(self.object_id, method, args, kwargs)
+            else:
+                data, buffers = serializer.dumps_call(self.object_id, method, args, kwargs), []
+            if trailing:
+                buffers = [(blob, False) for blob in trailing] + buffers
             transport = self.transport
             try:
                 transport.settimeout(timeout)
-                if annotations or trailing:
-                    if trailing:
+                if annotations or buffers:
+                    if buffers:
                         annotations = dict(annotations or {})
-                        annotations[TRAILING] = pack_trailing(trailing)
-                    self._send(MSG_INVOKE, self.serializer.serializer_id, data, seq, annotations)
-                    for blob in trailing:
-                        transport.send([blob])
+                        annotations.update(buffer_annotations(buffers))
+                    self._send(MSG_INVOKE, serializer.serializer_id, data, seq, annotations,
+                               buffers=[view for view, _ in buffers])
                 else:  # the common call: one write
-                    transport.send([pack_header(MSG_INVOKE, self.serializer.serializer_id, len(data), seq) + data])
-                msgtype, serializer_id, flags, seq, data, response_ann = self._receive()
-                while msgtype == MSG_RESULT and not data and RESULT_BLOB in response_ann:
-                    # an srpy engine sent bulk bytes ahead of the reply; the reply follows
-                    blob = response_ann
-                    msgtype, serializer_id, flags, seq, data, response_ann = self._receive()
-                    response_ann.update(blob)
+                    transport.send([pack_header(MSG_INVOKE, serializer.serializer_id, len(data), seq) + data])
+                msgtype, serializer_id, flags, seq, data, response_ann, received = self._receive()
             except self._timeouts:
                 self._break()
                 raise CallTimeout("no answer from %s to %s() within %s s" % (self.uri, method, timeout))
@@ -866,20 +928,24 @@ class Connection(object):
                 self._break()
                 raise
             try:
-                return self._result(method, msgtype, serializer_id, flags, seq, data), response_ann
+                return self._result(method, msgtype, serializer_id, flags, seq, data, received), response_ann
             except SRPyError as exc:
                 if ENDING in response_ann:  # the engine ends once this is sent: a fresh one follows
                     exc.engine_ending = True
                 raise
 
-    def _result(self, method, msgtype, serializer_id, flags, seq, data):
+    def _result(self, method, msgtype, serializer_id, flags, seq, data, buffers=()):
         if msgtype != MSG_RESULT or seq != self._seq:
             self._break()
             raise ProtocolError("%s answered %s() out of order (message type %d, seq %d, expected %d)"
                                 % (self.uri, method, msgtype, seq, self._seq))
         serializer = self.serializer if serializer_id == self.serializer.serializer_id else self._json
         try:
-            value = serializer.loads(data)
+            # buffers only a serializer that names them can use (srpy's); any other leaves them unread
+            if buffers and serializer is not self._json:
+                value = serializer.loads(data, buffers)
+            else:
+                value = serializer.loads(data)
         except ValueError as exc:
             if getattr(exc, "message_intact", False):  # read whole, in step: only this value cannot be built here
                 raise

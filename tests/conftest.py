@@ -315,7 +315,7 @@ def refuse_crafted_values(engine_uri, cases):
         for seq, (name, (tag, payload)) in enumerate(cases.items(), 1):
             call = ("srpy.engine", "set", ({"v": (codec._TAG, tag, payload)},), {})
             conn._send(lite.MSG_INVOKE, codec.SERIALIZER_ID, marshal.dumps((codec._MARK, call), 2), seq)
-            msgtype, _, flags, got, data, _ = conn._receive()
+            msgtype, _, flags, got, data, _, _ = conn._receive()
             assert msgtype == lite.MSG_RESULT and flags & lite.FLAGS_EXCEPTION and got == seq, name
             assert b"bad srpy data" in data, (name, data[:300])
     finally:

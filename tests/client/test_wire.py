@@ -45,8 +45,8 @@ def test_a_message_holds_its_annotations_between_header_and_payload():
 
 
 @pytest.mark.parametrize("block, size, match", [
-    (wire.CHUNK.pack(b"SBLB", 100) + b"x" * 10, 18, "exceeds remaining data"),
-    (b"SBLB\0\0", 6, "malformed annotations"),
+    (wire.CHUNK.pack(b"SRAW", 100) + b"x" * 10, 18, "exceeds remaining data"),
+    (b"SRAW\0\0", 6, "malformed annotations"),
     (wire.CHUNK.pack(b"\xff\xfe\xfd\xfc", 0), 8, "not ASCII"),
 ])
 def test_malformed_annotations_are_refused(block, size, match):
@@ -61,10 +61,22 @@ def test_srpy_s_extensions_pack_and_parse_back():
     assert wire.parse_call_limit(wire.pack_call_limit(2.5)) == 2.5
     for no_limit in (None, b"short", struct.pack("!d", 0.0), struct.pack("!d", -1.0), struct.pack("!d", float("nan"))):
         assert wire.parse_call_limit(no_limit) is None
-    ahead = wire.blob_ahead(83, 9, 5) + b"hello"  # what an engine sends before the reply to call 9
-    msgtype, serializer_id, flags, seq, data_size, ann_size = wire.parse_header(ahead[:40])
-    assert (msgtype, seq, data_size, ann_size) == (wire.MSG_RESULT, 9, 0, 13)
-    assert wire.parse_annotations(ahead[40:], ann_size)[wire.RESULT_BLOB].tobytes() == b"hello"
+    announced = wire.buffer_annotations([(b"ab", False), (memoryview(bytearray(5)), True), (b"", False)])
+    assert announced == {"SRAW": wire.pack_trailing([b"ab", b"12345", b""]), "SRBK": b"bwb"}
+    assert wire.parse_buffers(announced) == [(2, False), (5, True), (0, False)]
+    assert wire.buffer_annotations([(b"ab", False)]) == {"SRAW": wire.pack_trailing([b"ab"])}, "all bytes: no SRBK"
+    assert wire.parse_buffers({"SRAW": wire.pack_trailing([b"ab"])}) == [(2, False)]
+    assert wire.parse_buffers({}) == []
+
+
+@pytest.mark.parametrize("annotations, match", [
+    ({"SRAW": b"\0" * 16, "SRBK": b"b"}, "1 letters for 2 buffers"),
+    ({"SRAW": b"\0" * 8, "SRBK": b"x"}, "each b or w"),
+    ({"SRAW": b"\0" * 8 * (wire.MAX_BUFFERS + 1)}, "at most 65536"),
+])
+def test_malformed_buffer_announcements_are_refused(annotations, match):
+    with pytest.raises(errors.ProtocolError, match=match):
+        wire.parse_buffers(annotations)
 
 
 def test_inflate_never_holds_more_than_its_limit():

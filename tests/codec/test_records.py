@@ -405,7 +405,7 @@ class Thing:
 def send_crafted(conn, seq, kind, payload):
     call = ("srpy.engine", "set", ({"v": (codec._TAG, kind, payload)},), {})
     conn._send(lite.MSG_INVOKE, codec.SERIALIZER_ID, marshal.dumps((codec._MARK, call)), seq)
-    msgtype, _, flags, answer_seq, data, _ = conn._receive()
+    msgtype, _, flags, answer_seq, data, _, _ = conn._receive()
     assert msgtype == lite.MSG_RESULT and flags & lite.FLAGS_EXCEPTION and answer_seq == seq
     return data
 

@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 import srpy
-from srpy import codec, lite
+from srpy import codec, lite, wire
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -85,7 +85,7 @@ def test_crafted_tagged_values_reserve_nothing(engine_uri):
                             ("no-such-kind", b""), ("decimal", 12)):
                 call = ("srpy.engine", "set", ({"v": (codec._TAG,) + payload},), {})
                 conn._send(lite.MSG_INVOKE, codec.SERIALIZER_ID, marshal.dumps((codec._MARK, call)), 3)
-                msgtype, _, flags, seq, data, _ = conn._receive()
+                msgtype, _, flags, seq, data, _, _ = conn._receive()
                 assert msgtype == lite.MSG_RESULT and flags & lite.FLAGS_EXCEPTION and seq == 3
                 assert b"bad srpy data" in data
         finally:
@@ -163,7 +163,7 @@ def test_keep_serialized_blob_arguments_are_refused_not_unmarshalled(engine_uri)
             bomb = b"(" + struct.pack("<i", 2 ** 26)
             body = marshal.dumps(("srpy.engine", "ping", (), {}))
             conn._send(lite.MSG_INVOKE, 2, body, 9, {"BLBI": bomb}, flags=0x20)
-            msgtype, _, flags, seq, data, _ = conn._receive()
+            msgtype, _, flags, seq, data, _, _ = conn._receive()
             assert msgtype == lite.MSG_RESULT and flags & lite.FLAGS_EXCEPTION and seq == 9
             assert b"SerializedBlob" in data
         finally:
@@ -448,13 +448,27 @@ def test_a_string_shaped_like_the_old_blob_marker_is_only_a_string(engine_uri):
         eng.exe("del marker, other, data")
 
 
-def test_raw_bytes_that_name_no_variable_are_refused(engine_uri):
+@pytest.mark.parametrize("value, trailing, match", [
+    ((codec._TAG, "buffer", 1), (b"x" * 10,), "buffer 1 of the 1 beside"),
+    ((codec._TAG, "buffer", -1), (b"x" * 10,), "buffer -1 of the 1 beside"),
+    ((codec._TAG, "buffer", "0"), (b"x" * 10,), "buffer '0' of the 1 beside"),
+    ((codec._TAG, "buffer", 0), (), "buffer 0 of the 0 beside"),
+    ([(codec._TAG, "buffer", 0), (codec._TAG, "buffer", 0)], (b"x" * 10,), "buffer 0 used twice"),
+    ((codec._TAG, "ndarray", ("<f8", (3,), "C", (codec._TAG, "buffer", 0))), (b"x" * 10,), "declares 24 bytes but holds 10"),
+    ((codec._TAG, "ndarray", ("<f8", (1,), "C", (codec._TAG, "other", 0))), (b"x" * 8,), "neither bytes nor a buffer"),
+], ids=["past-the-end", "negative", "not-an-int", "none-came", "used-twice", "array-size", "not-a-reference"])
+def test_crafted_references_to_raw_buffers_are_refused(engine_uri, value, trailing, match):
+    """A call whose message names raw buffers that did not come, or names one twice, or sizes an array wrongly."""
     conn = lite.Connection(engine_uri, serializer=srpy.client.WIRE_FORMAT)
     try:
-        with pytest.raises(TypeError, match="raw bytes do not match"):
-            conn.call("set", ({"a": None},), annotations={lite.BLOB_NAMES: b"nothere"}, trailing=(b"x" * 10,),
-                      timeout=30)
+        call = ("srpy.engine", "set", ({"stolen": value},), {})
+        data = marshal.dumps((codec._MARK, call), 2)
+        annotations = wire.buffer_annotations([(blob, True) for blob in trailing]) if trailing else None
+        conn._send(lite.MSG_INVOKE, codec.SERIALIZER_ID, data, 1, annotations, buffers=trailing)
+        msgtype, _, flags, seq, answer, _, _ = conn._receive()
+        assert flags & lite.FLAGS_EXCEPTION
+        assert match in str(codec.loads(answer))
     finally:
         conn.close()
     with srpy.PythonEngine(engine_uri) as eng:
-        assert "nothere" not in eng.get() and eng.eval("6 * 7") == 42
+        assert "stolen" not in eng.get() and eng.eval("6 * 7") == 42

@@ -76,10 +76,10 @@ def test_client_that_forges_the_secret_proof_is_refused(secret_launcher):
     try:
         request = {"handshake": {"srpy": 1, "nonce": lite.new_nonce()}, "object": conn.object_id}
         conn._send(lite.MSG_CONNECT, lite.JSON_SERIALIZER_ID, conn._json.dumps(request))
-        msgtype, _, _, _, data, _ = conn._receive()
+        msgtype, _, _, _, data, _, _ = conn._receive()
         assert msgtype == lite.MSG_CONNECT and "nonce" in conn._json.loads(data)
         conn._send(lite.MSG_CONNECT, lite.JSON_SERIALIZER_ID, conn._json.dumps({"proof": "0" * 64}))
-        msgtype, _, _, _, data, _ = conn._receive()
+        msgtype, _, _, _, data, _, _ = conn._receive()
         assert msgtype == lite.MSG_CONNECTFAIL and "wrong secret" in conn._json.loads(data)
     finally:
         conn.transport.close()

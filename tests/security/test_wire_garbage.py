@@ -132,7 +132,7 @@ def test_undecodable_call_bodies_get_error_replies(engine_uri):
                                 (srpy.codec.SERIALIZER_ID, b"\xff\xfe not marshal")):
         conn = lite.Connection(engine_uri)
         conn._send(lite.MSG_INVOKE, serializer_id, body, 1)
-        msgtype, _, flags, _, data, _ = conn._receive()
+        msgtype, _, flags, _, data, _, _ = conn._receive()
         conn.close()
         assert msgtype == lite.MSG_RESULT and flags & lite.FLAGS_EXCEPTION
         assert data
