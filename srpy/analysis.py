@@ -407,8 +407,8 @@ class _Walk:
         self.todo.append((path, name, package))
         if name != "__main__":  # a module target is itself what would travel (or be installed)
             self._note(name, None, False)
-        while self.todo:
-            path, name, package = self.todo.pop()
+        while self.todo:  # breadth first: a job's own imports before its modules' imports
+            path, name, package = self.todo.pop(0)
             if path in self.seen:
                 continue
             self.seen.add(path)
@@ -496,6 +496,7 @@ class _Walk:
                     unpinned.append(top)
                 for pin in entry["requirements"]:
                     requirements[_canonical(pin.partition("==")[0])] = pin
+            entry["at"].sort(key=_place)
             imports[top] = entry
 
         def kind(name: str) -> List[str]:
@@ -510,6 +511,12 @@ class _Walk:
             "unpinned": unpinned,
             "imports": imports,
         }
+
+
+def _place(at: str) -> Tuple[str, int]:
+    """C{"file:line"} as (file, line), to sort a name's places by file, then line by line."""
+    path, _, line = at.rpartition(":")
+    return path, int(line)
 
 
 # -- srpyapp analyze -----------------------------------------------------------------------------
