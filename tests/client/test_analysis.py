@@ -338,11 +338,11 @@ def test_the_documented_example_says_what_analyze_says(tmp_path):
     section = text[text.index("## Analyse what a job needs"):]
     section = section[:section.index("\n## ", 1)]
     blocks = re.findall(r"^```python[^\n]*\n(.*?)^```", section, re.M | re.S)
-    files = {block.split("\n", 1)[0][2:].strip(): block for block in blocks if block.startswith("# ") and
-             block.split("\n", 1)[0].endswith(".py")}
+    named = [(re.match(r"# (\w+\.py):", block), block) for block in blocks]  # "# job.py: what it does"
+    files = {match.group(1): block for match, block in named if match}
     assert set(files) == {"job.py", "helpers.py"}, files
     write(tmp_path, files)
-    calls = [block for block in blocks if "srpy.analyze(" in block]
+    calls = [block for block in blocks if "srpy.analyze(\"job.py\")" in block]
     assert len(calls) == 1, calls
     checks = re.findall(r"^print\((.*)\)\s+# (.*)$", calls[0], re.M)
     assert len(checks) >= 4, calls[0]
