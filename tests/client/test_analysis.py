@@ -244,14 +244,11 @@ def test_a_namespace_package_pins_the_distribution_that_holds_the_submodule(tmp_
                      info + "/METADATA": "Metadata-Version: 2.1\nName: %s\nVersion: %s\n" % (dist, version),
                      info + "/RECORD": "".join("%s,,\n" % f for f in files)})
     script = write(tmp_path / "job", {"ns.py": "import nsxyz.b\n"}) / "ns.py"
-    monkeypatch.syspath_prepend(str(site))
-    analysis._providers.cache_clear()
-    try:
-        found = analysis.analyze(str(script))
-        assert found["requirements"] == ["nsxyz-b==2.0"]
-        assert found["local"] == []
-    finally:
-        analysis._providers.cache_clear()  # the next test sees the real sys.path's distributions
+    assert analysis.analyze(str(script))["missing"] == ["nsxyz"]
+    monkeypatch.syspath_prepend(str(site))  # installed since the last analyze: it counts
+    found = analysis.analyze(str(script))
+    assert found["requirements"] == ["nsxyz-b==2.0"]
+    assert found["local"] == [] and found["imports"]["nsxyz"]["kind"] == "installed"
 
 
 def test_the_metadata_fallback_agrees_with_packages_distributions():
