@@ -11,7 +11,7 @@ function's module), found by reading its source, never by running it, and what e
  - C{missing}: found nowhere here.
  - C{srpy}: srpy itself, which every engine has (no requirement).
 
-The file side is L{analyze}; C{srpyapp analyze SCRIPT} (L{main}) prints the same as JSON.
+L{analyze} returns it as a mapping; C{srpyapp analyze SCRIPT} (L{main}) prints the same as JSON.
 
 >>> found = analyze("srpy.analysis")
 >>> found["local"], found["missing"], found["imports"]["ast"]["kind"], found["imports"]["srpy"]["kind"]
@@ -112,6 +112,8 @@ def _source_of(target: Any) -> Tuple[str, str]:
         target = os.fspath(target)
     if isinstance(target, str):
         if target.endswith(".py") or os.sep in target or os.path.isfile(target):
+            if os.path.isdir(target):
+                raise AnalysisError("cannot analyse %s: it is a folder; name the script in it" % target)
             if not os.path.isfile(target):
                 raise FileNotFoundError(2, "no such script", target)
             return os.path.abspath(target), "__main__"
@@ -545,7 +547,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     options = parser.parse_args(argv)
     try:
         if not os.path.isfile(options.script):
-            raise AnalysisError("%s: no such file" % options.script)
+            raise AnalysisError("%s: %s" % (options.script, "not a file" if os.path.exists(options.script)
+                                            else "no such file"))
         found = analyze(options.script)
     except (AnalysisError, OSError) as exc:
         print("srpyapp analyze: error: %s" % " ".join(str(exc).split()), file=sys.stderr)

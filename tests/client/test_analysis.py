@@ -269,6 +269,8 @@ def test_a_file_that_does_not_parse_is_named_with_its_line(tmp_path):
 def test_what_cannot_be_analysed_says_so_in_one_line(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such script"):
         analysis.analyze(str(tmp_path / "nothere.py"))
+    with pytest.raises(srpy.AnalysisError, match="is a folder"):
+        analysis.analyze(tmp_path)
     with pytest.raises(srpy.AnalysisError, match="no module"):
         analysis.analyze("surely_not_a_module_xyz")
     with pytest.raises(srpy.AnalysisError, match="no Python source"):
@@ -304,7 +306,8 @@ def test_cli_writes_the_json_to_a_file(job, tmp_path):
 @pytest.mark.parametrize("files, script, message", [
     ({"bad.py": "x = (\n"}, "bad.py", "bad.py line 1: "),
     ({}, "nothere.py", "nothere.py: no such file"),
-], ids=["parse-error", "missing-file"])
+    ({"folder/x.py": ""}, "folder", "folder: not a file"),
+], ids=["parse-error", "missing-file", "folder"])
 def test_cli_errors_exit_2_with_one_line(tmp_path, files, script, message):
     write(tmp_path, files)
     code, out, err = srpyapp(script, cwd=tmp_path)
