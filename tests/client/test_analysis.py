@@ -127,6 +127,19 @@ def test_the_script_is_read_not_run_and_nothing_is_imported(job):
     assert not {"helpers", "mypkg", "hypothesis", "xdist", "trustme"} & (set(sys.modules) - before)
 
 
+def test_a_script_that_would_leave_a_trace_leaves_none(tmp_path):
+    script = write(tmp_path, {"trace.py": """
+        import pathlib
+        pathlib.Path(__file__).with_name("ran").write_text("the script ran")
+        import tracer
+        """, "tracer.py": """
+        import pathlib
+        pathlib.Path(__file__).with_name("imported").write_text("a module of it was imported")
+        """}) / "trace.py"
+    assert analysis.analyze(str(script))["local"] == ["tracer"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["trace.py", "tracer.py"]
+
+
 def test_a_module_by_name_and_by_object_and_a_function(tmp_path, monkeypatch):
     write(tmp_path, {
         "shop/__init__.py": "",
