@@ -11,6 +11,8 @@ is the public face of the package; everything a user needs is named here.
  - L{detectNCPUs<srpy.subengine.detectNCPUs>}: the number of usable cores.
  - L{this_engine<srpy.peers.this_engine>}, L{spawn<srpy.peers.spawn>}: for code running on an engine, its
    peers, messages, shared data and work sharing (L{srpy.peers}).
+ - L{analyze<srpy.analysis.analyze>}: what a script, module or function imports, and what each import is here
+   (standard library, an installed distribution and its version, your own module, missing).
  - L{srpy.lite}: a dependency-free client that also runs on Jython 2.7.
  - L{srpy.errors}: every exception srpy raises.
 
@@ -30,9 +32,10 @@ from ._version import __version__, copyright
 
 if _TYPE_CHECKING:  # what type checkers and readers see; at run time, __getattr__ below imports on demand
     from . import errors
+    from .analysis import analyze
     from .box import EngBox, MultiRunResult
     from .client import Namespace, PythonEngine, RemoteObject
-    from .errors import (AuthenticationError, CallTimeout, CommunicationError, ConnectionLost, EngineDead,
+    from .errors import (AnalysisError, AuthenticationError, CallTimeout, CommunicationError, ConnectionLost, EngineDead,
                          MessageTooLargeError, MissingPackagesError, NoEnginesError, PeerUnavailable, RemoteError,
                          RemoteSystemExit, SerializationError, SRPyError, SRPyServerNotFound, TaskAborted,
                          TaskTimeout)
@@ -49,14 +52,16 @@ _HOMES: _Dict[str, str] = {
     "EngBox": "box", "MultiRunResult": "box",
     "FunctionShippingError": "functions",
     "this_engine": "peers", "spawn": "peers",
+    "analyze": "analysis",
 }
 _HOMES.update(dict.fromkeys([
     "SRPyError", "SRPyServerNotFound", "AuthenticationError", "CommunicationError", "ConnectionLost", "CallTimeout",
     "SerializationError", "MessageTooLargeError", "RemoteError", "RemoteSystemExit", "TaskTimeout", "TaskAborted",
-    "EngineDead", "NoEnginesError", "MissingPackagesError", "PeerUnavailable"], "errors"))
+    "EngineDead", "NoEnginesError", "MissingPackagesError", "PeerUnavailable", "AnalysisError"], "errors"))
 
 __all__ = [
     "this_engine", "spawn", "PeerUnavailable",
+    "analyze", "AnalysisError",
     "EngBox", "MultiRunResult", "FunctionShippingError", "EngineDead", "NoEnginesError", "MissingPackagesError",
     "PythonEngine", "Namespace", "RemoteObject", "newSubEngine", "stopSubEngine", "detectNCPUs",
     "errors", "SRPyError", "SRPyServerNotFound", "AuthenticationError", "CommunicationError",

@@ -163,3 +163,11 @@ class IncompatiblePyro5Error(SRPyError):
     The installed Pyro5 changed one of the internals srpy relies on (C{srpy._pyro5}'s table); the
     message names each one and how it changed, and the Pyro5 versions srpy was checked against.
     """
+
+
+class AnalysisError(SRPyError, ValueError):
+    """
+    What a job needs cannot be found out (C{srpy.analyze}): one of its source files does not parse
+    (the message names the file and the line), or the module it names cannot be found or has no
+    Python source to read.
+    """
