@@ -57,9 +57,10 @@ from typing import Any, Callable, Dict, List, Tuple
 
 from . import errors
 
-#: the tag of an array, and of a scalar
+#: the tag of an array, of a scalar, and of a list of arrays alike (L{encode_many})
 ARRAY_TAG = "ndarray"
 SCALAR_TAG = "npscalar"
+MANY_TAG = "ndarrays"
 #: bounds on a received dtype description: nesting levels (structured inside structured, or a
 #: sub-array field), fields in all, dimensions of a shape, size of one item, length of a field name
 MAX_DEPTH = 16
@@ -112,6 +113,67 @@ def encode(value: Any, where: Any, where_text: Callable[[Any], str]) -> Tuple[st
         raise errors.SerializationError("cannot send a value of type %r%s (at %s): %s" % (
             kind.__module__ + "." + kind.__qualname__,
             " with dtype %s" % (dtype,) if isinstance(dtype, numpy.dtype) else "", where_text(where), exc)) from None
+
+
+def encode_many(values: List[Any]) -> Any:
+    """
+    C{(tag, payload)} for a list of arrays alike (the same dtype and shape, none empty, none
+    0-d, none Fortran-ordered): C{(description, shape, count, data)}, their data stacked in one
+    buffer, so a list of many small arrays (a map's) costs one item, not one per array. None for
+    any other list (each of its items then travels on its own).
+    """
+    import numpy
+    first = values[0]
+    ndarray = numpy.ndarray
+    if type(first) is not ndarray or not first.ndim or not first.size or first.dtype.hasobject \
+            or not first.dtype.itemsize:
+        return None
+    dtype, shape = first.dtype, first.shape
+    for value in values:
+        if type(value) is not ndarray or value.shape != shape or (value.dtype is not dtype and value.dtype != dtype):
+            return None
+        flags = value.flags
+        if flags.f_contiguous and not flags.c_contiguous:  # its order would be lost
+            return None
+    try:
+        description = _describe(dtype, [MAX_FIELDS])
+    except _Refused:
+        return None  # said by name when the first one goes on its own
+    stacked = numpy.empty((len(values),) + shape, dtype)  # stack() alone would make the byte order native
+    numpy.stack(values, out=stacked)
+    return MANY_TAG, (description, shape, len(values), stacked.reshape(-1).view(numpy.uint8))
+
+
+def decode_many(payload: Any) -> List[Any]:
+    """
+    The list of arrays an L{encode_many} payload stands for: each writable, a view of one block
+    of memory that holds them all.
+
+    @raise ValueError: "bad srpy data ...", for a payload L{encode_many} did not write.
+    """
+    numpy = _numpy()
+    if type(payload) is not tuple or len(payload) != 4:
+        raise _bad("a tagged list of numpy arrays that is not (dtype, shape, count, data)")
+    description, shape, count, data = payload
+    if type(count) is not int or count < 1 or type(data) not in (bytes, bytearray):
+        raise _bad("a tagged list of numpy arrays whose count is not a positive int or whose data is not bytes")
+    _check_shape(shape, "a list of numpy arrays")
+    dtype = parse_dtype(description)
+    size = 1
+    for step in shape:
+        size *= step
+    if dtype.subdtype is not None or not dtype.itemsize or not size or not shape:
+        raise _bad("a list of numpy arrays of dtype %s and shape %r" % (_show(dtype), shape))
+    if count * size * dtype.itemsize != len(data):
+        raise _bad("a list of %d numpy arrays of shape %r and dtype %s declares %d bytes but holds %d"
+                   % (count, shape, _show(dtype), count * size * dtype.itemsize, len(data)))
+    raw = numpy.frombuffer(data, numpy.uint8)
+    if type(data) is bytes:
+        raw = raw.copy()  # bytes cannot be written
+    try:
+        return list(raw.view(dtype).reshape((count,) + shape))
+    except (TypeError, ValueError) as exc:
+        raise _bad("a list of numpy arrays numpy cannot build: %s" % exc) from None
 
 
 class _Refused(Exception):

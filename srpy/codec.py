@@ -204,6 +204,19 @@ def _beside(view: Any, writable: bool, inband: Callable[[], Any]) -> Any:
     return (_TAG, "buffer", len(buffers) - 1)
 
 
+#: a list of at least this many numpy arrays alike travels as one block (L{srpy.arrays.encode_many})
+_MANY_ARRAYS = 8
+
+
+def _data_beside(tagged: Tuple[str, Any]) -> Tuple[str, Any]:
+    """An array's (or a block of arrays') C{(tag, payload)}, its data beside the message if large."""
+    tag, payload = tagged
+    if tag != "npscalar" and len(payload[3]) >= BUFFER_MIN:  # its data: a flat uint8 view of the array's memory
+        data = payload[3]
+        payload = payload[:3] + (_beside(memoryview(data), True, lambda: data),)
+    return tag, payload
+
+
 def _flat(buffer: Any) -> memoryview:
     """A flat byte view of C{buffer}'s memory (contiguous) or of a compact copy of it (with gaps)."""
     view = memoryview(buffer)
@@ -740,6 +753,7 @@ _DECODERS: Dict[str, Callable[[Any], Any]] = {
     # numpy arrays and scalars: srpy.arrays (and numpy) are imported only when one arrives
     "ndarray": lambda p: _arrays().decode_array(p),
     "npscalar": lambda p: _arrays().decode_scalar(p),
+    "ndarrays": lambda p: _arrays().decode_many(p),
 }
 #: tagged kinds L{srpy.records} writes and reads (dataclass, enum member, Flag combination, named tuple)
 _RECORD_KINDS = frozenset(("dataclass", "enum", "flag", "namedtuple"))
@@ -796,6 +810,10 @@ def _encode(value: Any, where: Any) -> Any:
             return _beside(memoryview(value), False, lambda: value)
         return value
     if kind is list:
+        if len(value) >= _MANY_ARRAYS and type(value[0]).__module__ == "numpy":
+            many = _arrays().encode_many(value)
+            if many is not None:
+                return _tagged(*_data_beside(many))
         return [_encode(v, (where, _ITEM)) for v in value]
     if kind is tuple:
         items = tuple(_encode(v, (where, _ITEM)) for v in value)
@@ -808,11 +826,7 @@ def _encode(value: Any, where: Any) -> Any:
         encoded = dict(pairs)
         return encoded if len(encoded) == len(pairs) else _tagged("dict", pairs)
     if kind.__module__ == "numpy":  # numpy arrays and scalars (np.float64 is a float: before _BASE_COPIES)
-        tag, payload = _arrays().encode(value, where, _where)
-        if tag == "ndarray" and len(payload[3]) >= BUFFER_MIN:  # its data: a flat uint8 view of the array's memory
-            data = payload[3]
-            payload = payload[:3] + (_beside(memoryview(data), True, lambda: data),)
-        return _tagged(tag, payload)
+        return _tagged(*_data_beside(_arrays().encode(value, where, _where)))
     if kind.__module__ == "pandas" or kind.__module__[:7] == "pandas.":  # DataFrame, Series, Index (not Timestamp)
         found = _frames().encode(value, where, _encode, _where)
         if found is not None:
@@ -933,7 +947,7 @@ def _decode_item(kind: Any, payload: Any, done: Dict[Any, Any]) -> Any:
 #: (whose other keys are ids)
 _BUFFERS, _USED = "buffers", "used"
 #: tagged kinds whose payload is a tuple that may hold a reference to such a buffer, and where
-_BUFFER_SLOTS = {"ndarray": 3, "array": 1}
+_BUFFER_SLOTS = {"ndarray": 3, "ndarrays": 3, "array": 1}
 
 
 def _reference(item: Any) -> Any:

@@ -187,10 +187,11 @@ class Engine:
         return self._resolve(path)(*args, **(kwargs or {}))
 
     @engine_call(locked=True)
-    def inspect(self, path: str) -> Dict[str, Any]:
+    def inspect(self, path: str) -> Any:
         """
-        Describe C{path}: C{{'kind': 'value', 'value': v}} when it can travel, else
-        C{{'kind': 'object', 'type', 'callable', 'doc', 'name'}} (for L{srpy.client.Namespace}).
+        Describe C{path}: C{{'kind': 'value', 'value': v}} when it can travel (serialized here, to
+        know: L{codec.Encoded<srpy.codec.Encoded>}), else C{{'kind': 'object', 'type',
+        'callable', 'doc', 'name'}} (for L{srpy.client.Namespace}).
         """
         value = self._resolve(path)
         try:
