@@ -28,17 +28,13 @@ object kind anywhere; only then does C{numpy.dtype} build it. The shape, item si
 length must agree exactly before anything is built, so a huge declared shape with few bytes is
 refused at once, allocating nothing.
 
-Copies (in-band: the raw bytes travel inside the message). Sending: no C{tobytes}; marshal reads
-the array's memory through the buffer protocol (a flat C{uint8} view of it) as it writes the
-message: one copy, the message (a view with gaps costs one compacting copy first). Today
-L{srpy.codec.dumps} also tries plain marshal on the whole value before the tagged encoding, which
-writes the array once more and throws it away, and the frame is joined to its header: two more,
-outside this module. Receiving: marshal reads the data out of the message as C{bytes} (one copy),
-C{numpy.frombuffer} wraps them (none), and one copy of the raw bytes (a memcpy) makes memory numpy
-owns, since an array on immutable bytes cannot be made writable: the array is a view (C{base}) of
-that copy. So this module adds no copy to send a contiguous array and one to receive any; the
-zero-copy path (buffers out of band, from the array's memory to the socket and back) is a later
-step.
+Copies. The payload's data is a flat C{uint8} view of the array's own memory (no C{tobytes}; a
+view with gaps costs one compacting copy). Data of at least 64 KiB travels beside the message
+(L{srpy.codec.dumps_with_buffers}): from that view to the socket, and from the socket into a
+bytearray the received array is a view of: no copy either side. Smaller data travels inside the
+message: marshal copies it in, and on receipt C{numpy.frombuffer} wraps the bytes and one copy
+makes them writable. A list of arrays alike is stacked into one block (L{encode_many}): one copy
+to send, none to receive (each array a view of the block).
 
 >>> import numpy
 >>> kind, payload = encode(numpy.arange(3, dtype=">i2"), "value", str)

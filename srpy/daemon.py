@@ -163,10 +163,7 @@ class EngineDaemon(SecureDaemon):
 def _read(conn: Any, size: int) -> bytes:
     """Exactly C{size} bytes from C{conn}, in one system call when the socket allows it."""
     sock = conn.sock
-    plain = getattr(conn, "srpy_plain", None)
-    if plain is None:  # asked once per connection (after its handshake): a plain socket (not TLS), blocking
-        plain = conn.srpy_plain = bool(_WAITALL) and not hasattr(sock, "getpeercert") and sock.gettimeout() is None
-    if plain:
+    if _plain(conn):
         try:
             data = sock.recv(size, _WAITALL)
         except OSError as exc:
@@ -195,15 +192,25 @@ def _read_into(conn: Any, size: int) -> bytearray:
     """Exactly C{size} bytes from C{conn}, read into a new bytearray."""
     buf = bytearray(size)
     view, got, sock = memoryview(buf), 0, conn.sock
+    flags = _WAITALL if _plain(conn) else 0  # a plain socket fills it in one system call
     while got < size:
         try:
-            count = sock.recv_into(view[got:], size - got)
+            count = sock.recv_into(view[got:], size - got, flags)
         except OSError as exc:
             raise pyro_errors.ConnectionClosedError("receiving: connection lost: %s" % exc) from None
         if not count:
             raise pyro_errors.ConnectionClosedError("receiving: connection lost")
         got += count
     return buf
+
+
+def _plain(conn: Any) -> bool:
+    """Whether C{conn}'s socket is plain (not TLS) and blocking: then one read with MSG_WAITALL fills a buffer."""
+    plain = getattr(conn, "srpy_plain", None)
+    if plain is None:  # asked once per connection (after its handshake)
+        sock = conn.sock
+        plain = conn.srpy_plain = bool(_WAITALL) and not hasattr(sock, "getpeercert") and sock.gettimeout() is None
+    return bool(plain)
 
 
 def _trailing_size(annotations: Dict[str, Any]) -> int:

@@ -594,8 +594,9 @@ class SocketTransport(object):
         """Exactly C{size} bytes, read straight into a new bytearray (its memory is the final value's)."""
         buf = bytearray(size)
         view, got = memoryview(buf), 0
+        flags = self._waitall if self.plain else 0  # a plain socket fills it in one system call
         while got < size:
-            count = self.sock.recv_into(view[got:], size - got)
+            count = self.sock.recv_into(view[got:], size - got, flags)
             if not count:
                 raise ConnectionLost("the engine closed the connection")
             got += count

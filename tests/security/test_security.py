@@ -27,6 +27,10 @@ def test_tls_engine(start_launcher, pki):
         blob = os.urandom(300_000)
         engine.set(blob=blob)
         assert engine.get("blob") == blob  # the raw-bytes paths work over TLS too
+        numpy = pytest.importorskip("numpy")
+        grid = numpy.arange(500_000.0).reshape(500, 1000)
+        back = engine.eval("grid * 2", grid=grid)  # bytearray buffers both ways, read without MSG_WAITALL
+        assert back.dtype == grid.dtype and (back == grid * 2).all() and back.flags.writeable
         with pytest.raises(srpy.SRPyServerNotFound, match="TLS"):
             srpy.PythonEngine(uri, secret="s3")  # a plaintext client fails, and is told why
         with pytest.raises(srpy.AuthenticationError):
