@@ -23,6 +23,9 @@ moments fall on all of them alike; the median of each is reported, and the issue
 judged on ratios of medians of this run: set+get >= 0.8x the echo; submit >= 0.6x the echo and
 faster than every Pool/Dask/Ray row; map >= 100,000 arrays/s; DataFrame within 2x its arrays.
 
+Dask and Ray are installed for the benchmark only, in a virtual environment of its own
+(C{bench/requirements-peers.txt} says how); without them their rows are left out with a note.
+
 Usage::
 
     python bench/bench_data.py            # default settings (a couple of minutes)
