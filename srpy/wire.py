@@ -39,7 +39,7 @@ srpy's extensions, all within Pyro5's framing (a plain Pyro5 peer ignores the an
                   message right after its payload, unframed, in order (L{TRAILING}); the
                   serializer's message names them by their place (srpy's: large bytes,
                   bytearray, memoryview, array.array and numpy data, L{srpy.codec}); at most
-                  L{MAX_BUFFERS}, counted with the message against its size limit
+                  L{MAX_BUFFERS}, together held to the same size limit as a message
     SRBK  both    N ASCII letters, one per SRAW buffer: "b" read it as bytes, "w" as a
                   bytearray (writable: what a numpy array is built on, no copy); none: all "b"
                   (L{BUFFER_KINDS})
