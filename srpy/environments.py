@@ -574,6 +574,8 @@ def remove_leftovers(root: Optional[str] = None) -> List[str]:
             with _exclusive(os.path.join(root, "." + key + ".lock")):  # not one a builder is filling now
                 shutil.rmtree(os.path.join(root, name), ignore_errors=True)
             removed.append(name)
+        elif name.startswith(".") and name.endswith(".lock") and not os.path.isdir(os.path.join(root, name[1:-5])):
+            os.remove(os.path.join(root, name))  # a failed build's: a builder that waits on it still builds safely
     return removed
 
 
