@@ -68,7 +68,7 @@ def normalize(specs: Sequence[Any]) -> List[str]:
 
 def _text(requirement: Any) -> str:
     from packaging.utils import canonicalize_name
-    text = canonicalize_name(requirement.name)
+    text = str(canonicalize_name(requirement.name))
     if requirement.extras:
         text += "[%s]" % ",".join(sorted(canonicalize_name(extra) for extra in requirement.extras))
     if requirement.url:
