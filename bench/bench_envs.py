@@ -41,7 +41,7 @@ from bench_startup import READY_TIMEOUT, _read_lines, _stop  # noqa: E402 - afte
 from wheels import make_wheel  # noqa: E402
 
 #: what each package case installs, and whether it ships a find_links folder (the small one) or uses PyPI
-PACKAGES = {"small": ("tinypkg==1.0", True), "numpy": ("numpy==2.4.6", False)}
+PACKAGES = {"small": ("tinypkg==1.0", True), "numpy": ("numpy==2.3.5", False)}  # not the dev env's numpy
 INSTALLERS = ("uv", "pip")
 
 

@@ -69,6 +69,9 @@ ENV_DIR_VARIABLE = "SRPY_ENV_DIR"
 INSTALLER_VARIABLE = "SRPY_INSTALLER"
 #: the file that marks a complete environment, and describes it
 MARKER = "srpy-env.json"
+#: the file in an engine's sandbox naming its active environment: its keeper reads it when the
+#: engine ends to stop a call, and the fresh engine it forks activates the same (L{restore})
+ACTIVE_FILE = ".srpy-environment"
 #: seconds an installer may run
 INSTALL_TIMEOUT = 1800.0
 #: how many of the installer's last lines an InstallError carries
@@ -441,7 +444,38 @@ def activate(path: str, metadata: Dict[str, Any], sandbox: str) -> None:
     sys.path[position:position] = added
     importlib.invalidate_caches()
     _active = {"key": os.path.basename(path), "path": path, "entries": added, "handle": handle}
+    try:
+        with open(os.path.join(sandbox, ACTIVE_FILE), "w", encoding="utf-8") as note:
+            note.write(path)
+    except OSError as exc:  # only a restart would miss it
+        log.warning("cannot note the active environment in the sandbox: %s", exc)
     log.info("environment %s active (%s)", _active["key"], " ".join(metadata.get("requirements", [])))
+
+
+def restore(path: str, sandbox: str) -> bool:
+    """
+    Activate again, in a fresh engine process, the environment at C{path} that the engine it
+    replaces had active (its keeper passes it on); False, and a warning, if it cannot be.
+    """
+    metadata = read_marker(path)
+    if metadata is None:
+        log.warning("environment %s, active before the restart, is gone: this engine has none", path)
+        return False
+    try:
+        activate(path, metadata, sandbox)
+        return True
+    except (SRPyError, OSError) as exc:
+        log.warning("environment %s, active before the restart, cannot be activated again: %s", path, exc)
+        return False
+
+
+def noted(sandbox: str) -> Optional[str]:
+    """The environment the engine of C{sandbox} had active (see L{ACTIVE_FILE}), or None."""
+    try:
+        with open(os.path.join(sandbox, ACTIVE_FILE), encoding="utf-8") as note:
+            return note.read().strip() or None
+    except OSError:
+        return None
 
 
 def _hold_shared(path: str) -> Any:

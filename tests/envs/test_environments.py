@@ -216,3 +216,16 @@ def test_srpyapp_envs_lists_and_removes(start_launcher, links, env_dir):
     nothing = envs_cli("remove", "nosuchkey", "--env-dir", env_dir)
     assert nothing.returncode == 1 and "no environment nosuchkey" in nothing.stderr
     assert envs_cli("remove", "--env-dir", env_dir).returncode == 2  # KEY or --all
+
+
+@pytest.mark.slow  # about 9 s: the engine is ended by its time limit and replaced
+def test_an_engine_restarted_after_a_time_limit_keeps_its_environment(start_launcher, links, env_dir):
+    launcher = start_launcher(["--env-dir", env_dir], env=NO_INDEX)
+    with srpy.EngBox(launcher.uris) as box:
+        box.require("tinypkg==1.0", install=True, find_links=links)
+        pid = box[0].whoami()["PID"]
+        with pytest.raises(srpy.TaskTimeout):
+            box[0].limited(1).exe("x = 10**10**8")  # holds the interpreter: the engine process ends, a fresh one serves
+        assert box[0].whoami()["PID"] != pid
+        assert box.submit(tinypkg_version).result(timeout=60)[0] == "1.0"
+        assert box.require("tinypkg==1.0", install=True)[launcher.uris[0]]["status"] == "active"
