@@ -306,8 +306,11 @@ def _make(temporary: str, final: str, requirements: List[str], find_links: Optio
         if relative not in sites and not relative.startswith(".."):
             sites.append(relative)
     _repoint(temporary, final)
+    modules: Dict[str, Tuple[str, str]] = {}
+    for site in sites:
+        modules.update(_top_levels(os.path.join(temporary, site)))
     metadata = {"key": os.path.basename(final), "requirements": requirements, "python": python_identity(),
-                "installer": name, "created": time.time(), "site": sites,
+                "installer": name, "created": time.time(), "site": sites, "modules": modules,
                 "packages": _distributions([os.path.join(temporary, site) for site in sites]),
                 "seconds": round(time.perf_counter() - start, 3)}
     with open(os.path.join(temporary, MARKER), "w", encoding="utf-8") as handle:
@@ -419,7 +422,7 @@ def activate(path: str, metadata: Dict[str, Any], sandbox: str) -> None:
     if not entries:
         raise InstallError("environment %s has no site-packages folder: remove it (srpyapp envs remove %s)"
                            % (path, os.path.basename(path)))
-    conflicts = _conflicts(entries)
+    conflicts = _conflicts(entries, metadata.get("modules"))
     if conflicts:
         raise EnvironmentConflict(
             "this engine cannot use environment %s (%s): it imported already %s. One process holds one version "
@@ -493,22 +496,27 @@ def _release(handle: Any) -> None:
         pass
 
 
-def _conflicts(entries: List[str]) -> List[str]:
-    """What the environment of C{entries} provides that this process imported at another version."""
-    provided: Dict[str, Tuple[str, str]] = {}
-    for site in entries:
-        provided.update(_top_levels(site))
+def _conflicts(entries: List[str], modules: Any = None) -> List[str]:
+    """
+    What the environment of C{entries} provides (C{modules}: C{{top-level name: (distribution,
+    version)}}, as its marker records them) that this process imported at another version.
+    """
+    import importlib.metadata
+    if not isinstance(modules, dict):
+        modules = {}
+        for site in entries:
+            modules.update(_top_levels(site))
     found = []
-    for top, (dist, version) in sorted(provided.items()):
+    for top, (dist, version) in sorted(modules.items()):
         module = sys.modules.get(top)
         origin = _folder_of(module) if module is not None else None
         if origin is None or origin in entries:
             continue
-        loaded = _top_levels(origin).get(top)
-        if loaded is None:  # not a distribution's (the standard library, the sandbox): never the environment's
-            continue
-        if loaded[1] != version or _canonical(loaded[0]) != _canonical(dist):
-            found.append("%s (%s %s from %s; the environment has %s %s)" % (top, loaded[0], loaded[1], origin, dist,
+        # the same distribution where the imported module comes from (a name lookup, not a scan); none
+        # there: the module is not that distribution's (the standard library's, the sandbox's...)
+        loaded = next(iter(importlib.metadata.distributions(path=[origin], name=dist)), None)
+        if loaded is not None and str(loaded.version) != version:
+            found.append("%s (%s %s from %s; the environment has %s %s)" % (top, dist, loaded.version, origin, dist,
                                                                            version))
     return found
 

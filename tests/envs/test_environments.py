@@ -108,6 +108,20 @@ def test_one_engine_cannot_activate_a_conflicting_set(start_launcher, links, env
         assert box.require("tinypkg==1.0", install=True)[launcher.uris[0]]["status"] == "active"
 
 
+def test_an_environment_cannot_replace_what_the_engine_imported_from_its_own_python(start_launcher, tmp_path,
+                                                                                   env_dir):
+    folder = tmp_path / "wheels"
+    folder.mkdir()
+    make_wheel(folder, "serpent", "0.0.1")  # every engine has imported serpent (a dependency of srpy's)
+    launcher = start_launcher(["--env-dir", env_dir], env=NO_INDEX)
+    with srpy.EngBox(launcher.uris) as box:
+        own = box[0].eval("__import__('serpent').__version__")
+        with pytest.raises(EnvironmentConflict) as caught:
+            box.require("serpent==0.0.1", install=True, find_links=str(folder))
+        assert "serpent 0.0.1" in str(caught.value) and "serpent %s" % own in str(caught.value), caught.value
+        assert box[0].eval("__import__('serpent').__version__") == own  # the engine's own still serves
+
+
 def test_the_cache_is_reused_by_later_engines(start_launcher, links, env_dir):
     first = start_launcher(["--env-dir", env_dir], env=NO_INDEX)
     with srpy.EngBox(first.uris) as box:
