@@ -9,6 +9,7 @@ C{tmp_path} (C{srpyapp --env-dir}).
 import json
 import os
 import subprocess
+import time
 import sys
 
 import pytest
@@ -243,3 +244,29 @@ def test_an_engine_restarted_after_a_time_limit_keeps_its_environment(start_laun
         assert box[0].whoami()["PID"] != pid
         assert box.submit(tinypkg_version).result(timeout=60)[0] == "1.0"
         assert box.require("tinypkg==1.0", install=True)[launcher.uris[0]]["status"] == "active"
+
+
+def sleep_then_version(seconds):
+    import time
+    time.sleep(seconds)
+    return tinypkg_version()[0]
+
+
+@pytest.mark.slow  # about 8 s: an engine is killed and its launcher restarts it
+def test_an_engine_that_comes_back_to_the_box_gets_its_environment(start_launcher, links, env_dir):
+    import psutil
+    launcher = start_launcher(["-n", "2", "--restart", "--env-dir", env_dir], count=2, env=NO_INDEX)
+    with srpy.EngBox(launcher.uris, requirements=["tinypkg==1.0"], find_links=links) as box:
+        victim = box[0]
+        pid = victim.whoami()["PID"]
+        futures = [box.submit(sleep_then_version, 2) for _ in range(2)]
+        time.sleep(0.5)
+        psutil.Process(pid).kill()  # a crash: its launcher starts a fresh engine process, with no environment
+        assert [future.result(timeout=60) for future in futures] == ["1.0", "1.0"]
+        deadline = time.monotonic() + 60
+        while victim not in box.getEngines() and time.monotonic() < deadline:  # it answers again, rejoins
+            time.sleep(0.2)
+        assert victim in box.getEngines()
+        assert victim.whoami()["PID"] != pid
+        # the box gave the fresh process its environment as it took it back
+        assert victim.eval("__import__('tinypkg').__version__") == "1.0"
