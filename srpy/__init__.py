@@ -33,9 +33,9 @@ if _TYPE_CHECKING:  # what type checkers and readers see; at run time, __getattr
     from .box import EngBox, MultiRunResult
     from .client import Namespace, PythonEngine, RemoteObject
     from .errors import (AuthenticationError, CallTimeout, CommunicationError, ConnectionLost, EngineDead,
-                         MessageTooLargeError, MissingPackagesError, NoEnginesError, PeerUnavailable, RemoteError,
-                         RemoteSystemExit, SerializationError, SRPyError, SRPyServerNotFound, TaskAborted,
-                         TaskTimeout)
+                         EnvironmentConflict, InstallError, InvalidRequirement, MessageTooLargeError,
+                         MissingPackagesError, NoEnginesError, PeerUnavailable, RemoteError, RemoteSystemExit,
+                         SerializationError, SRPyError, SRPyServerNotFound, TaskAborted, TaskTimeout)
     from .functions import FunctionShippingError
     from .subengine import detectNCPUs, newSubEngine, stopSubEngine
     from .peers import spawn, this_engine
@@ -53,11 +53,13 @@ _HOMES: _Dict[str, str] = {
 _HOMES.update(dict.fromkeys([
     "SRPyError", "SRPyServerNotFound", "AuthenticationError", "CommunicationError", "ConnectionLost", "CallTimeout",
     "SerializationError", "MessageTooLargeError", "RemoteError", "RemoteSystemExit", "TaskTimeout", "TaskAborted",
-    "EngineDead", "NoEnginesError", "MissingPackagesError", "PeerUnavailable"], "errors"))
+    "EngineDead", "NoEnginesError", "MissingPackagesError", "PeerUnavailable",
+    "InvalidRequirement", "InstallError", "EnvironmentConflict"], "errors"))
 
 __all__ = [
     "this_engine", "spawn", "PeerUnavailable",
     "EngBox", "MultiRunResult", "FunctionShippingError", "EngineDead", "NoEnginesError", "MissingPackagesError",
+    "InvalidRequirement", "InstallError", "EnvironmentConflict",
     "PythonEngine", "Namespace", "RemoteObject", "newSubEngine", "stopSubEngine", "detectNCPUs",
     "errors", "SRPyError", "SRPyServerNotFound", "AuthenticationError", "CommunicationError",
     "ConnectionLost", "CallTimeout", "SerializationError", "MessageTooLargeError", "RemoteError", "RemoteSystemExit",

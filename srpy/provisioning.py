@@ -143,7 +143,6 @@ def provision(engines: Sequence[Any], specs: Sequence[Any], find_links: Optional
     links = pack_links(os.fspath(find_links)) if find_links is not None else None
     names = sorted({requirement.name for requirement in requirements})
     request: Dict[str, Any] = {"requirements": texts, "names": names, "action": "check"}
-    shipped: set = set()
 
     def give(engine: Any) -> Dict[str, Any]:
         info = engine.call("environment", request)
@@ -153,8 +152,7 @@ def provision(engines: Sequence[Any], specs: Sequence[Any], find_links: Optional
             return dict(info, status="satisfied")
         wanted = dict(request, action="activate", index_url=index_url)
         if info["status"] == "absent" and links is not None:
-            engine.call_with_vars("unpack", (), {"archive": links[1]})
-            shipped.add(engine.uri)
+            engine.call_with_vars("unpack", (), {"archive": links[1]})  # only where it is to be built
         if links is not None:
             wanted["find_links"] = links[0]
         from .client import NO_TIMEOUT  # building may take minutes: the engine's installer timeout bounds it
