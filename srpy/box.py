@@ -68,6 +68,8 @@ class EngBox(concurrent.futures.Executor):
         """
         if requirements:
             provisioning.parse(list(requirements))  # a wrong string fails here, before any engine is reached
+        elif find_links is not None or index_url is not None:
+            raise ValueError("find_links and index_url are for requirements=[...]")
         if isinstance(engines, (str, PythonEngine)):
             engines = [engines]
         self._engines: List[PythonEngine] = []
@@ -353,7 +355,7 @@ class EngBox(concurrent.futures.Executor):
         set: built once on its host (uv where found, else pip; kept in C{srpyapp --env-dir}, by
         default C{~/.cache/srpy/envs}) and reused by later boxes, then activated for all the work
         the engine runs; the engine's own Python is never changed. Engines that join the box later
-        (or come back after a restart) get it too. C{find_links}: a folder of wheels and sdists on
+        (or come back after dying under its work) get it too. C{find_links}: a folder of wheels and sdists on
         this machine, shipped to the engines; they install from it without any index (unless
         C{index_url} is given too). See doc/environments.md.
 
@@ -374,8 +376,7 @@ class EngBox(concurrent.futures.Executor):
                 raise error
             return None
         specs = list(packages)
-        provisioning.parse(specs)
-        results = provisioning.provision(self.getEngines(), specs, find_links, index_url)
+        results = provisioning.provision(self.getEngines(), specs, find_links, index_url)  # parses them first
         self._environment = (specs, find_links, index_url)
         return results
 
