@@ -11,8 +11,8 @@ C{srpyapp envs}).
    engines of one host and one Python share an environment, another Python gets its own.
  - B{Build}: C{python -m venv --without-pip} into a temporary folder beside the cache entry, then
    C{uv pip install --python <venv python>} where uv is found (on C{PATH} or beside the engine's
-   Python), else the engine's own pip, C{python -m pip --python <venv python> install} (pip 22.3
-   or later); C{SRPY_INSTALLER=pip} or C{uv} forces one. Requirement strings are arguments after
+   Python), else the engine's own pip, C{python -m pip --python <venv python> install} (a pip
+   older than 22.3: C{--target} its site-packages); C{SRPY_INSTALLER=pip} or C{uv} forces one. Requirement strings are arguments after
    C{--}, never read by a shell. Only once the installer succeeded is the folder renamed into
    place, in one step; on failure it is removed, and L{InstallError<srpy.errors.InstallError>}
    names the engine, the requirements and the installer's last lines. A lock file
@@ -292,12 +292,6 @@ def _make(temporary: str, final: str, requirements: List[str], find_links: Optio
     _run([sys.executable, "-m", "venv", "--without-pip", "--prompt", "srpy-" + os.path.basename(final), temporary],
          "python -m venv", requirements, engine)
     python = venv_python(temporary)
-    name, command = installer_command(python)
-    if find_links is not None:
-        command += ["--find-links", find_links] + (["--index-url", index_url] if index_url else ["--no-index"])
-    elif index_url:
-        command += ["--index-url", index_url]
-    _run(command + ["--"] + requirements, name, requirements, engine)
     query = "import json, sysconfig; print(json.dumps([sysconfig.get_path('purelib'), sysconfig.get_path('platlib')]))"
     output = _run([python, "-I", "-c", query], "python -c sysconfig", requirements, engine)
     sites = []
@@ -305,6 +299,14 @@ def _make(temporary: str, final: str, requirements: List[str], find_links: Optio
         relative = os.path.relpath(site, temporary)
         if relative not in sites and not relative.startswith(".."):
             sites.append(relative)
+    if not sites:
+        raise _install_error(engine, requirements, "the venv has no site-packages folder inside it", output.encode())
+    name, command = installer_command(python, os.path.join(temporary, sites[0]))
+    if find_links is not None:
+        command += ["--find-links", find_links] + (["--index-url", index_url] if index_url else ["--no-index"])
+    elif index_url:
+        command += ["--index-url", index_url]
+    _run(command + ["--"] + requirements, name, requirements, engine)
     _repoint(temporary, final)
     modules: Dict[str, Tuple[str, str]] = {}
     for site in sites:
@@ -325,8 +327,12 @@ def venv_python(folder: str) -> str:
     return os.path.join(folder, "bin", "python")
 
 
-def installer_command(python: str) -> Tuple[str, List[str]]:
-    """(C{'uv'} or C{'pip'}, the command that installs into the venv of C{python}, without the requirements)."""
+def installer_command(python: str, site: str) -> Tuple[str, List[str]]:
+    """
+    (C{'uv'} or C{'pip'}, the command that installs into the venv of C{python}, whose
+    site-packages is C{site}, without the requirements). A pip older than 22.3 has no
+    C{--python}: it installs into C{site} with C{--target}.
+    """
     choice = os.environ.get(INSTALLER_VARIABLE, "").strip().lower()
     if choice not in ("", "uv", "pip"):
         raise SRPyError("%s is 'uv' or 'pip', not %r" % (INSTALLER_VARIABLE, choice))
@@ -336,8 +342,22 @@ def installer_command(python: str) -> Tuple[str, List[str]]:
             return "uv", [uv, "pip", "install", "--python", python]
         if choice == "uv":
             raise SRPyError("%s=uv, but no uv is found (on PATH, or beside %s)" % (INSTALLER_VARIABLE, sys.executable))
-    return "pip", [sys.executable, "-m", "pip", "--python", python, "install", "--disable-pip-version-check",
-                   "--no-input"]
+    options = ["--disable-pip-version-check", "--no-input"]
+    if not pip_takes_python():
+        return "pip", [sys.executable, "-m", "pip", "install", "--target", site] + options
+    return "pip", [sys.executable, "-m", "pip", "--python", python, "install"] + options
+
+
+def pip_takes_python() -> bool:
+    """True when this Python's pip has C{--python} (pip 22.3 and later), or when it cannot tell (pip will say)."""
+    import importlib.metadata
+    import re
+    try:
+        version = importlib.metadata.version("pip")
+    except importlib.metadata.PackageNotFoundError:
+        return True
+    found = re.match(r"(\d+)\.(\d+)", version)
+    return found is None or (int(found.group(1)), int(found.group(2))) >= (22, 3)
 
 
 def find_uv() -> Optional[str]:

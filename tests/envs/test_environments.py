@@ -270,3 +270,16 @@ def test_an_engine_that_comes_back_to_the_box_gets_its_environment(start_launche
         assert victim.whoami()["PID"] != pid
         # the box gave the fresh process its environment as it took it back
         assert victim.eval("__import__('tinypkg').__version__") == "1.0"
+
+
+def test_an_old_pip_installs_with_target(tmp_path, links, monkeypatch):
+    """pip before 22.3 has no --python: the environment is filled with --target (real pip, in this process)."""
+    from srpy import environments
+    monkeypatch.setenv("SRPY_INSTALLER", "pip")
+    monkeypatch.setattr(environments, "pip_takes_python", lambda: False)
+    root = str(tmp_path / "envs")
+    metadata, built = environments.build(["tinypkg==2.0"], root, links, None, "this process")
+    assert built and metadata["installer"] == "pip" and metadata["packages"] == {"tinypkg": "2.0"}
+    site = os.path.join(root, metadata["key"], metadata["site"][0])
+    assert os.path.isfile(os.path.join(site, "tinypkg", "__init__.py"))
+    assert environments.build(["tinypkg==2.0"], root, links, None, "this process")[1] is False  # cached
