@@ -302,10 +302,12 @@ def _make(temporary: str, final: str, requirements: List[str], find_links: Optio
     if not sites:
         raise _install_error(engine, requirements, "the venv has no site-packages folder inside it", output.encode())
     name, command = installer_command(python, os.path.join(temporary, sites[0]))
+    # uv's --default-index wins over its UV_INDEX_URL and UV_DEFAULT_INDEX (its --index-url does not)
+    index_option = "--default-index" if name == "uv" else "--index-url"
     if find_links is not None:
-        command += ["--find-links", find_links] + (["--index-url", index_url] if index_url else ["--no-index"])
+        command += ["--find-links", find_links] + ([index_option, index_url] if index_url else ["--no-index"])
     elif index_url:
-        command += ["--index-url", index_url]
+        command += [index_option, index_url]
     _run(command + ["--"] + requirements, name, requirements, engine)
     _repoint(temporary, final)
     modules: Dict[str, Tuple[str, str]] = {}

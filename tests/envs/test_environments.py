@@ -283,3 +283,53 @@ def test_an_old_pip_installs_with_target(tmp_path, links, monkeypatch):
     site = os.path.join(root, metadata["key"], metadata["site"][0])
     assert os.path.isfile(os.path.join(site, "tinypkg", "__init__.py"))
     assert environments.build(["tinypkg==2.0"], root, links, None, "this process")[1] is False  # cached
+
+
+def simple_index(folder, wheel):
+    """A PEP 503 index in C{folder} serving C{wheel} (its project's page links it); returns its file:// URL."""
+    import shutil
+    name = os.path.basename(wheel).split("-")[0]
+    project = folder / name
+    project.mkdir(parents=True)
+    shutil.copy(wheel, project)
+    (project / "index.html").write_text('<a href="%s">%s</a>' % ((os.path.basename(wheel),) * 2))
+    (folder / "index.html").write_text('<a href="%s/">%s</a>' % (name, name))
+    return folder.as_uri()
+
+
+@pytest.mark.parametrize("installer", ["uv", "pip"])
+def test_index_url_names_the_index_the_engines_install_from(start_launcher, tmp_path, env_dir, installer):
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    index = simple_index(tmp_path / "simple", make_wheel(wheels, "tinypkg", "2.0"))
+    # their default index is unreachable: what they install comes from index_url
+    launcher = start_launcher(["--env-dir", env_dir], env=dict(NO_INDEX, SRPY_INSTALLER=installer))
+    with srpy.EngBox(launcher.uris) as box:
+        with pytest.raises(ValueError):
+            box.require("tinypkg", index_url=index)  # only with install=True
+        results = box.require("tinypkg", install=True, index_url=index)
+        assert results[launcher.uris[0]]["packages"] == {"tinypkg": "2.0"}
+        assert box.submit(tinypkg_version).result()[0] == "2.0"
+
+
+def test_without_flock_a_race_leaves_one_environment(tmp_path, links, monkeypatch):
+    """Where there is no flock (Windows), two builders race; the rename keeps one copy, the loser discards its own."""
+    import threading
+    from srpy import environments
+    monkeypatch.setattr(environments, "fcntl", None)
+    root = str(tmp_path / "envs")
+    start = threading.Barrier(2)
+    outcomes = []
+
+    def builder():
+        start.wait()
+        outcomes.append(environments.build(["tinypkg==1.0"], root, links, None, "this process"))
+
+    threads = [threading.Thread(target=builder) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(outcomes) == 2
+    assert outcomes[0][0]["created"] == outcomes[1][0]["created"]  # both use the one that was renamed into place
+    assert folders(root) == [outcomes[0][0]["key"]]  # the loser's copy is gone: no temporary folder left
