@@ -16,8 +16,12 @@ import pytest
 
 import srpy
 from conftest import ROOT
+from srpy.environments import find_uv
 from srpy.errors import EnvironmentConflict, InstallError, InvalidRequirement
 from wheels import make_wheel
+
+#: both installers where uv is installed (pip install .[test] installs it); pip alone where it is not
+INSTALLERS = [pytest.param("uv", marks=pytest.mark.skipif(find_uv() is None, reason="uv is not installed")), "pip"]
 
 #: what no engine can reach: a package index on a closed port, for uv and pip alike
 NO_INDEX = {"UV_INDEX_URL": "http://127.0.0.1:9/simple", "UV_DEFAULT_INDEX": "http://127.0.0.1:9/simple",
@@ -64,7 +68,7 @@ def envs_cli(*args):
                           cwd=ROOT, timeout=60, stdin=subprocess.DEVNULL)
 
 
-@pytest.mark.parametrize("installer", ["uv", "pip"])
+@pytest.mark.parametrize("installer", INSTALLERS)
 def test_install_then_tasks_import_it_from_the_environment(start_launcher, links, env_dir, installer):
     launcher = start_launcher(["--env-dir", env_dir], env=dict(NO_INDEX, SRPY_INSTALLER=installer))
     with srpy.EngBox(launcher.uris) as box:
@@ -297,7 +301,7 @@ def simple_index(folder, wheel):
     return folder.as_uri()
 
 
-@pytest.mark.parametrize("installer", ["uv", "pip"])
+@pytest.mark.parametrize("installer", INSTALLERS)
 def test_index_url_names_the_index_the_engines_install_from(start_launcher, tmp_path, env_dir, installer):
     wheels = tmp_path / "wheels"
     wheels.mkdir()
