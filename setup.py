@@ -22,10 +22,13 @@ setup(
     # 3.9: ast.unparse ships functions by source (functions.py); 3.10's packages_distributions and
     # sys.stdlib_module_names are used where present (shipping.py), with fallbacks. 3.8 cannot run it.
     python_requires=">=3.9",
-    install_requires=["Pyro5>=5.15,<6", "serpent>=1.41", "psutil>=5.8"],
+    # packaging: requirement strings of EngBox.require(install=True), parsed on the client
+    install_requires=["Pyro5>=5.15,<6", "serpent>=1.41", "psutil>=5.8", "packaging>=22"],
     extras_require={
         "test": ["pytest>=7", "pytest-timeout>=2.1", "pytest-xdist>=3.5", "trustme>=1.0", "pydoctor>=23.9", "hypothesis>=6",
-                 "mypy>=1.10", "numpy>=1.21", "pandas>=2.1"],
+                 "mypy>=1.10", "numpy>=1.21", "pandas>=2.1", "uv>=0.5"],
+        # environments (EngBox.require(install=True)) build with uv where it is found, else with pip
+        "envs": ["uv>=0.5"],
         "doc": ["pydoctor>=23.9"],
         "bench": ["ipyparallel", "dask[distributed]", "ray", "rpyc"],
     },

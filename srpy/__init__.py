@@ -35,10 +35,10 @@ if _TYPE_CHECKING:  # what type checkers and readers see; at run time, __getattr
     from .analysis import analyze
     from .box import EngBox, MultiRunResult
     from .client import Namespace, PythonEngine, RemoteObject
-    from .errors import (AnalysisError, AuthenticationError, CallTimeout, CommunicationError, ConnectionLost, EngineDead,
-                         MessageTooLargeError, MissingPackagesError, NoEnginesError, PeerUnavailable, RemoteError,
-                         RemoteSystemExit, SerializationError, SRPyError, SRPyServerNotFound, TaskAborted,
-                         TaskTimeout)
+    from .errors import (AnalysisError, AuthenticationError, CallTimeout, CommunicationError, ConnectionLost,
+                         EngineDead, EnvironmentConflict, InstallError, InvalidRequirement, MessageTooLargeError,
+                         MissingPackagesError, NoEnginesError, PeerUnavailable, RemoteError, RemoteSystemExit,
+                         SerializationError, SRPyError, SRPyServerNotFound, TaskAborted, TaskTimeout)
     from .functions import FunctionShippingError
     from .subengine import detectNCPUs, newSubEngine, stopSubEngine
     from .peers import spawn, this_engine
@@ -57,12 +57,14 @@ _HOMES: _Dict[str, str] = {
 _HOMES.update(dict.fromkeys([
     "SRPyError", "SRPyServerNotFound", "AuthenticationError", "CommunicationError", "ConnectionLost", "CallTimeout",
     "SerializationError", "MessageTooLargeError", "RemoteError", "RemoteSystemExit", "TaskTimeout", "TaskAborted",
-    "EngineDead", "NoEnginesError", "MissingPackagesError", "PeerUnavailable", "AnalysisError"], "errors"))
+    "EngineDead", "NoEnginesError", "MissingPackagesError", "PeerUnavailable", "AnalysisError",
+    "InvalidRequirement", "InstallError", "EnvironmentConflict"], "errors"))
 
 __all__ = [
     "this_engine", "spawn", "PeerUnavailable",
     "analyze", "AnalysisError",
     "EngBox", "MultiRunResult", "FunctionShippingError", "EngineDead", "NoEnginesError", "MissingPackagesError",
+    "InvalidRequirement", "InstallError", "EnvironmentConflict",
     "PythonEngine", "Namespace", "RemoteObject", "newSubEngine", "stopSubEngine", "detectNCPUs",
     "errors", "SRPyError", "SRPyServerNotFound", "AuthenticationError", "CommunicationError",
     "ConnectionLost", "CallTimeout", "SerializationError", "MessageTooLargeError", "RemoteError", "RemoteSystemExit",

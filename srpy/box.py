@@ -20,9 +20,9 @@ import os
 import tarfile
 import threading
 import time
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
-from . import discovery, functions, scheduler as scheduling
+from . import discovery, functions, provisioning, scheduler as scheduling
 from .fanout import fan_out, start_thread
 from .client import PythonEngine
 from .errors import AuthenticationError, CommunicationError, NoEnginesError, SRPyServerNotFound
@@ -56,11 +56,20 @@ class EngBox(concurrent.futures.Executor):
     """
 
     def __init__(self, engines: Union[EngineLike, Iterable[EngineLike], None] = None, secret: Optional[str] = None,
-                 task_timeout: Optional[float] = None, ssl_context: Any = None) -> None:
+                 task_timeout: Optional[float] = None, ssl_context: Any = None,
+                 requirements: Optional[Sequence[str]] = None, find_links: Optional[str] = None,
+                 index_url: Optional[str] = None) -> None:
         """
         @param engines: L{PythonEngine}s or URIs to connect to; one URI string or engine alone
             means that one engine.
+        @param requirements: requirement strings the box's work needs: once connected, the box
+            calls C{require(*requirements, install=True, find_links=find_links,
+            index_url=index_url)} (see L{require}).
         """
+        if requirements:
+            provisioning.parse(list(requirements))  # a wrong string fails here, before any engine is reached
+        elif find_links is not None or index_url is not None:
+            raise ValueError("find_links and index_url are for requirements=[...]")
         if isinstance(engines, (str, PythonEngine)):
             engines = [engines]
         self._engines: List[PythonEngine] = []
@@ -75,7 +84,11 @@ class EngBox(concurrent.futures.Executor):
         self.mrp = _MultiRun(self, parallel=True)
         self._pending: Dict[str, str] = {}  # URIs given that did not answer yet: uri -> why
         self._owned: set = set()  # ids of the clients this box made (and closes); siblings share, not own
+        #: what require(install=True) installed: engines that join later get it too
+        self._environment: Optional[Tuple[List[str], Optional[str], Optional[str]]] = None
         self._connect_all(list(engines or ()))
+        if requirements:
+            self.require(*requirements, install=True, find_links=find_links, index_url=index_url)
 
     def _connect_all(self, engines: List[EngineLike]) -> None:
         """
@@ -143,7 +156,11 @@ class EngBox(concurrent.futures.Executor):
                 if self._shut:
                     engine.close()
                     return
-                self.append(engine)
+                try:
+                    self.append(engine)
+                except Exception as exc:  # it answers, but cannot have the box's environment
+                    log.warning("engine %s answers but cannot join the box: %s", uri, exc)
+                    return
             log.info("engine %s answers now; it joins the box", uri)
             return
         with self._lock:
@@ -163,6 +180,9 @@ class EngBox(concurrent.futures.Executor):
         """Add an engine (a L{PythonEngine} or a URI to connect to); returns it."""
         if not isinstance(engine, PythonEngine):
             engine = self._connect(engine)
+        if self._environment is not None:  # it gets what the box's work needs, or does not join
+            specs, find_links, index_url = self._environment
+            provisioning.provision([engine], specs, find_links, index_url)
         with self._lock:
             self._engines.append(engine)
             if self._scheduler is not None:
@@ -324,15 +344,52 @@ class EngBox(concurrent.futures.Executor):
 
     # -- projects and environments ------------------------------------------------------------------
 
-    def require(self, *packages: str) -> None:
+    def require(self, *packages: str, install: bool = False, find_links: Optional[str] = None,
+                index_url: Optional[str] = None) -> Optional[Dict[str, Dict[str, Any]]]:
         """
-        Check that every engine can import every package.
+        Check that every engine can import every package (C{install=False}: C{packages} are module
+        names), or give every engine what the requirements C{packages} (C{"numpy>=2"},
+        C{"tinypkg==1.0"}) need (C{install=True}).
 
-        @raise MissingPackagesError: naming which engines lack which packages.
+        With C{install=True} an engine that lacks a requirement gets an environment of the whole
+        set: built once on its host (uv where found, else pip; kept in C{srpyapp --env-dir}, by
+        default C{~/.cache/srpy/envs}) and reused by later boxes, then activated for all the work
+        the engine runs; the engine's own Python is never changed. Engines that join the box later
+        (or come back after dying under its work) get it too. C{find_links}: a folder of wheels and sdists on
+        this machine, shipped to the engines; they install from it without any index (unless
+        C{index_url} is given too). See doc/environments.md.
+
+        @return: None (C{install=False}); else C{{uri: info}}, info's C{status} being
+            C{'satisfied'} (the engine had it all), C{'active'}, C{'cached'} or C{'built'}.
+        @raise MissingPackagesError: (C{install=False}) naming which engines lack which packages.
+        @raise InvalidRequirement: a requirement string is not valid; raised before anything is sent.
+        @raise InstallError: installing failed: one error naming the engines, the requirements
+            and the installer's last lines; no half-made environment is left.
+        @raise EnvironmentConflict: an engine imported already, at another version, a module of
+            the environment (one engine per conflicting set, or restart it).
         """
-        error = missing_packages(self.getEngines(), list(packages))
-        if error is not None:
-            raise error
+        if not install:
+            if find_links is not None or index_url is not None:
+                raise ValueError("find_links and index_url are for install=True")
+            error = missing_packages(self.getEngines(), list(packages))
+            if error is not None:
+                raise error
+            return None
+        specs = list(packages)
+        results = provisioning.provision(self.getEngines(), specs, find_links, index_url)  # parses them first
+        self._environment = (specs, find_links, index_url)
+        return results
+
+    def _provide(self, engine: PythonEngine) -> bool:
+        """Give an engine that joins the box what L{require} installed on the others; False if it failed."""
+        assert self._environment is not None
+        specs, find_links, index_url = self._environment
+        try:
+            provisioning.provision([engine], specs, find_links, index_url)
+            return True
+        except Exception as exc:  # an engine that cannot have the box's environment cannot do its work
+            log.warning("engine %s cannot have the box's requirements %s: %s", engine.uri, " ".join(specs), exc)
+            return False
 
     def upload(self, path: str) -> Dict[str, List[str]]:
         """
@@ -374,6 +431,8 @@ class EngBox(concurrent.futures.Executor):
 
     def _engine_back(self, engine: PythonEngine, back: bool) -> bool:
         """An engine that died answers again (C{back}): it rejoins, unless removed meanwhile; or it is given up."""
+        if back and self._environment is not None and not self._provide(engine):
+            back = False  # a fresh process has no active environment: it gets the box's, or cannot rejoin
         with self._lock:
             if engine not in self._away:
                 return False

@@ -5,7 +5,8 @@ checks, and the two ways it hosts engines.
 Basic mode (C{-b}, the default) serves one engine, in a process the launcher forks and keeps
 (a L{srpy.supervisor.Keeper}). Multi mode (C{-m}, or C{-n N}) starts one engine process per core
 (or N) and supervises them (L{srpy.supervisor.Supervisor}). C{srpyapp status} is
-L{srpy.status}, C{srpyapp analyze SCRIPT} is L{srpy.analysis}. Every option is checked before any
+L{srpy.status}, C{srpyapp analyze SCRIPT} is L{srpy.analysis}, C{srpyapp envs} is
+L{srpy.environments}. Every option is checked before any
 engine starts or any URI is printed: a wrong value gets the usage and one error line (exit code
 2), what an option names that cannot be used gets one error line (exit code 1).
 """
@@ -35,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="srpyapp", description="Host srpy engines: Python namespaces that clients run code in. "
                                     "'srpyapp status -h': show what running engines are doing. "
-                                    "'srpyapp analyze -h': what a script imports, as JSON.")
+                                    "'srpyapp analyze -h': what a script imports, as JSON. "
+                                    "'srpyapp envs -h': list or remove the environments engines built.")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("-b", "--basic", action="store_true",
                       help="one engine, in a process this one keeps (and restarts after a limit) (default)")
@@ -80,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tls-ca", metavar="FILE", help="CA bundle that signs client certificates (and peers')")
     parser.add_argument("--tls-require-client-cert", action="store_true",
                         help="accept only clients with a certificate signed by --tls-ca")
+    parser.add_argument("--env-dir", metavar="DIR", default=None,
+                        help="where the engines keep the environments EngBox.require(install=True) builds "
+                             "(default: $SRPY_ENV_DIR, else ~/.cache/srpy/envs)")
     parser.add_argument("--ready-timeout", type=_positive_number, default=30.0, help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--version", action="version", version="srpy %s" % __version__)
@@ -180,6 +185,8 @@ def check_files(options: argparse.Namespace) -> None:
     """
     if options.uri_file:
         _check_uri_file(options.uri_file)
+    if options.env_dir and os.path.exists(options.env_dir) and not os.path.isdir(options.env_dir):
+        raise SRPyError("--env-dir %s: that is not a directory" % options.env_dir)
     if options.tls_cert:
         _check_tls_files(options.tls_cert, options.tls_key, options.tls_ca)
 
@@ -475,12 +482,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args[:1] == ["analyze"]:  # srpyapp analyze SCRIPT: what a script imports, as JSON
         from . import analysis
         return analysis.main(args[1:])
+    if args[:1] == ["envs"]:  # srpyapp envs list|remove ...: this host's environments
+        from . import environments
+        return environments.main(args[1:])
     parser = build_parser()
     options = parser.parse_args(args)
     if not options.child:
         check_values(parser, options)
     if options.uri_file:
         options.uri_file = os.path.abspath(options.uri_file)  # engines change directory to their sandbox
+    if options.env_dir:  # the engines read it from their environment, forked or started anew
+        options.env_dir = os.path.abspath(os.path.expanduser(options.env_dir))
+        os.environ["SRPY_ENV_DIR"] = options.env_dir
     configure_logging(options.debug)
     if options.secret is None:
         options.secret = os.environ.get("SRPY_SECRET") or None

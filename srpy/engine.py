@@ -367,6 +367,15 @@ class Engine:
         return [m.name for m in members if m.isfile()]
 
 
+    @engine_call(locked=True)
+    def environment(self, request: Dict[str, Any]) -> Dict[str, Any]:
+        """
+        Report, build or activate the environment of a requirement set on this engine's host (for
+        C{EngBox.require(..., install=True)}): see L{srpy.environments.provide}.
+        """
+        from . import environments  # on first use: an engine that installs nothing never loads it
+        return environments.provide(request, "%s (%s)" % (self.name, self.uri), self.sandbox)
+
     def function(self, bundle: Dict[str, Any]) -> Any:
         """The shipped function of C{bundle}, built once per engine and kept under its hash."""
         fn = self._functions.get(bundle["hash"])

@@ -171,3 +171,41 @@ class AnalysisError(SRPyError, ValueError):
     (the message names the file and the line), or the module it names cannot be found or has no
     Python source to read.
     """
+
+
+class InvalidRequirement(SRPyError, ValueError):
+    """
+    A requirement given to C{EngBox.require} (or C{EngBox(requirements=...)}) is not a valid
+    requirement string (PEP 508, as pip reads them: C{"numpy>=2"}, C{"pkg[extra]==1.0"}); raised
+    on the client before anything is sent to an engine. The message names the string and what is wrong.
+    """
+
+
+class InstallError(SRPyError):
+    """
+    Building an environment on an engine's host failed: the installer (uv or pip) could not
+    install the requirements. Nothing half-made is left behind: the environment's temporary folder
+    is removed. When several engines failed, one error names each.
+
+    @ivar engine: the engine that failed (its name and URI), or the engines, comma-separated.
+    @ivar requirements: the requirements it was installing.
+    @ivar output: the installer's last lines of output.
+    @ivar failures: C{{uri: InstallError}} when several engines failed, else empty.
+    """
+
+    def __init__(self, message: str, engine: str = "", requirements: Optional[list] = None, output: str = "",
+                 failures: Optional[dict] = None) -> None:
+        self.engine = engine
+        self.requirements = list(requirements or [])
+        self.output = output
+        self.failures = dict(failures or {})
+        super().__init__(message)
+
+
+class EnvironmentConflict(SRPyError):
+    """
+    An engine was asked to activate an environment whose packages conflict with modules it has
+    already imported (from its own Python or from the environment it had active): a process
+    cannot hold two versions of one module. The message names the modules and both versions; use
+    another engine for the other requirement set (one engine per set), or restart this one.
+    """

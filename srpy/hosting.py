@@ -181,6 +181,10 @@ def _start_server(options: argparse.Namespace, name: str, port: int) -> _EngineS
                                max_task_time=options.max_task_time, tls=tls_options(options))
     except OSError as exc:
         raise SRPyError("cannot listen on %s:%s: %s" % (options.host, port, exc.strerror or exc)) from None
+    environment = getattr(options, "active_environment", None)
+    if environment:  # this engine replaces one that had an environment active (srpy.supervisor.Keeper)
+        from . import environments
+        environments.restore(environment, server.engine.sandbox)
     if options.ns or options.start_ns:
         try:
             server.register(options.ns_host, options.ns_port)

@@ -111,7 +111,8 @@ class Keeper:
      - any other exit is passed through as the keeper's own exit code (a signal N as 128+N),
        so that a supervising launcher's C{--restart} (with back-off) handles real crashes;
      - each dead incarnation's sandbox is removed; the stacks faulthandler wrote become one
-       log line (the innermost user frame);
+       log line (the innermost user frame); the environment it had active
+       (L{srpy.environments.ACTIVE_FILE}) is activated in the incarnation that replaces it;
      - stdin's end (C{watch_stdin="eof"}), SIGTERM or SIGINT stop the incarnation (end of its
        stop pipe, then SIGTERM, then SIGKILL) and the keeper; an incarnation also dies with its
        keeper (Linux's parent-death signal, else the stop pipe's end).
@@ -308,6 +309,9 @@ class Keeper:
             self._end_incarnation()
             return
         backstop = _read_backstop(self.sandbox)
+        if self.sandbox:  # the fresh engine, forked from this process, activates the same environment
+            from .environments import noted
+            self.options.active_environment = noted(self.sandbox) or getattr(self.options, "active_environment", None)
         self._end_incarnation()
         if self.stopping:
             self.exit_code = 0

@@ -1,7 +1,7 @@
 """
 Shared fixtures and helpers: real engine processes started by the real launcher, on loopback.
 
-The tests live in one folder per component (engine, client, box, codec, peers, launcher,
+The tests live in one folder per component (engine, client, box, envs, codec, peers, launcher,
 security, lite, hosts, docs, bench, structure, stress); every folder imports its helpers from
 here (C{from conftest import ...}: pytest puts this folder on sys.path).
 
