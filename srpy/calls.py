@@ -16,6 +16,7 @@ from Pyro5.server import expose  # not Pyro5.api: it loads the name server (and 
 from Pyro5.callcontext import current_context
 
 from . import codec, errors, wire
+from . import output
 from .output import flush_output
 from . import tracebacks
 from .tracebacks import user_traceback
@@ -82,6 +83,10 @@ def engine_call(locked: bool) -> Callable[[Callable[..., Any]], Callable[..., An
                     call = watch.record(name, annotations) if annotations or watch.max_task_time else None
                     lock = self._lock
                     lock.acquire()
+                    # the caller takes what this call prints as it happens (SOUT: srpy.output)
+                    forwarding = (output.forward_to(current_context.client, current_context.seq,
+                                                    current_context.serializer_id)
+                                  if annotations and wire.OUTPUT in annotations else None)
                     try:
                         try:
                             try:
@@ -97,6 +102,8 @@ def engine_call(locked: bool) -> Callable[[Callable[..., Any]], Callable[..., An
                         finally:
                             self.calls += 1
                             flush_output()
+                            if forwarding is not None:
+                                output.end_forward(forwarding)
                     finally:
                         lock.release()
                 else:

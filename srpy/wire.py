@@ -47,6 +47,11 @@ srpy's extensions, all within Pyro5's framing (a plain Pyro5 peer ignores the an
     SCID  call    the call's id, 8 bytes of the client's choice, for abort (L{CALL_ID})
     SRND  reply   empty: the engine ends its process right after this reply (a runaway call
                   that held the interpreter), and a fresh one starts at the same URI (L{ENDING})
+    SOUT  call    empty: the caller takes what the call prints as it happens (L{OUTPUT})
+    SOUT  reply   lines the call printed: RESULT messages with an empty payload and this one
+                  annotation, sent AHEAD of the reply with the same sequence number, any number
+                  of them, only to a call that carried SOUT; each line is one byte, b"1"
+                  (stdout) or b"2" (stderr), its UTF-8 text and b"\n" (L{output_ahead})
 
 bytes values of at least L{BLOB_MIN} bytes travel this way, outside the serializer, both ways.
 
@@ -78,10 +83,10 @@ import time
 __all__ = ["PROTOCOL_VERSION", "MAGIC", "HEADER", "CHUNK", "MSG_CONNECT", "MSG_CONNECTOK", "MSG_CONNECTFAIL",
            "MSG_INVOKE", "MSG_RESULT", "MSG_PING", "FLAGS_EXCEPTION", "FLAGS_COMPRESSED", "FLAGS_ONEWAY",
            "FLAGS_BATCH", "FLAGS_KEEPSERIALIZED", "FLAGS_CORR_ID", "RESULT_BLOB", "TRAILING", "CALL_TIMEOUT",
-           "CALL_ID", "BLOB_NAMES", "ENDING", "JSON_SERIALIZER_ID", "MAX_MESSAGE_SIZE", "HANDSHAKE_REPLY_MAX",
+           "CALL_ID", "BLOB_NAMES", "ENDING", "OUTPUT", "JSON_SERIALIZER_ID", "MAX_MESSAGE_SIZE", "HANDSHAKE_REPLY_MAX",
            "BLOB_MIN", "ENGINE_OBJECT", "STALE_AFTER",
            "pack_header", "parse_header", "HeaderError", "sniff", "pack_chunk", "pack_annotations", "parse_chunk_head",
-           "parse_annotations", "pack_message", "blob_ahead", "pack_trailing", "parse_trailing", "pack_call_limit",
+           "parse_annotations", "pack_message", "blob_ahead", "output_ahead", "parse_output", "pack_trailing", "parse_trailing", "pack_call_limit",
            "parse_call_limit", "inflate", "clock", "proof", "new_nonce", "same_text", "parse_uri",
            "JsonSerializer", "exception_from_dict", "SocketTransport", "JavaSocketTransport", "default_transport",
            "Connection", "Pool"]  # the exceptions are srpy.errors' (or, in the one-file client, lite's)
@@ -104,6 +109,7 @@ CALL_TIMEOUT = "STMO"  # annotation carrying a call's time limit in seconds (big
 CALL_ID = "SCID"  # annotation naming a call (8 bytes, the client's choice) so that abort() can stop it
 BLOB_NAMES = "SRBN"  # annotation naming the call's variables (UTF-8, NUL-separated) that travel as its raw trailing bytes
 ENDING = "SRND"  # annotation on a reply sent by an engine that ends its process right after it (to stop a call)
+OUTPUT = "SOUT"  # on a call: send me what it prints; ahead of a reply: lines it printed (srpy.output, srpy.forwarding)
 JSON_SERIALIZER_ID = 3
 #: bytes values at least this large travel as raw bytes (SBLB, SRAW), outside the serializer
 BLOB_MIN = 64 * 1024
@@ -271,6 +277,27 @@ def blob_ahead(serializer_id, seq, size):
     """
     return (pack_header(MSG_RESULT, serializer_id, 0, seq, 0, CHUNK.size + size)
             + CHUNK.pack(RESULT_BLOB.encode("ascii"), size))
+
+
+def output_ahead(serializer_id, seq, lines):
+    """
+    A whole SOUT message, sent ahead of the reply to call C{seq}: C{lines} are C{(fd, text)}
+    pairs, fd 1 (stdout) or 2 (stderr), each text one line without its newline.
+
+    >>> message = output_ahead(83, 1, [(1, "a"), (2, "b")])
+    >>> size = parse_header(message[:HEADER.size])[5]
+    >>> parse_output(parse_annotations(message[HEADER.size:], size)[OUTPUT])
+    [(1, 'a'), (2, 'b')]
+    """
+    value = b"".join([(b"2" if fd == 2 else b"1") + text.encode("utf-8", "backslashreplace") + b"\n"
+                      for fd, text in lines])
+    return pack_message(MSG_RESULT, serializer_id, b"", seq, 0, {OUTPUT: value})
+
+
+def parse_output(value):
+    """The C{(fd, text)} lines of a SOUT annotation's value (see L{output_ahead})."""
+    return [(2 if line[:1] == b"2" else 1, line[1:].decode("utf-8", "replace"))
+            for line in bytes(value).split(b"\n")[:-1]]
 
 
 def pack_trailing(blobs):
@@ -676,6 +703,9 @@ class Connection(object):
     max_message_size = MAX_MESSAGE_SIZE
     #: the most one message may hold, inflated or not: small until the handshake is complete
     limit = HANDSHAKE_REPLY_MAX
+    #: who takes what calls print on the engine (L{srpy.forwarding}): when its C{on} is true, every
+    #: call asks for it (SOUT) and C{sink(value)} gets each SOUT annotation that comes ahead of a reply
+    output_sink = None
 
     def __init__(self, uri, secret=None, serializer=None, connect_timeout=5.0, ssl_context=None,
                  transport_factory=None):
@@ -839,6 +869,10 @@ class Connection(object):
             seq = self._seq = (self._seq + 1) & 0xffff
             data = self.serializer.dumps_call(self.object_id, method, args, kwargs)
             transport = self.transport
+            sink = self.output_sink
+            if sink is not None and sink.on:  # the engine sends what the call prints as it happens (SOUT)
+                annotations = dict(annotations or {})
+                annotations[OUTPUT] = b""
             try:
                 transport.settimeout(timeout)
                 if annotations or trailing:
@@ -851,6 +885,9 @@ class Connection(object):
                 else:  # the common call: one write
                     transport.send([pack_header(MSG_INVOKE, self.serializer.serializer_id, len(data), seq) + data])
                 msgtype, serializer_id, flags, seq, data, response_ann = self._receive()
+                if msgtype == MSG_RESULT and not data and OUTPUT in response_ann:
+                    msgtype, serializer_id, flags, seq, data, response_ann = self._take_output(
+                        sink, timeout, response_ann)
                 while msgtype == MSG_RESULT and not data and RESULT_BLOB in response_ann:
                     # an srpy engine sent bulk bytes ahead of the reply; the reply follows
                     blob = response_ann
@@ -871,6 +908,29 @@ class Connection(object):
                 if ENDING in response_ann:  # the engine ends once this is sent: a fresh one follows
                     exc.engine_ending = True
                 raise
+
+    def _take_output(self, sink, timeout, annotations):
+        """
+        Hand the SOUT messages that come ahead of a reply to C{sink} (a failing sink loses lines,
+        never the reply), and return the next other message. C{timeout} still bounds the whole
+        call: output that keeps coming does not keep a call's wait open past it.
+        """
+        deadline = None if timeout is None else clock() + timeout
+        while True:
+            if sink is not None:
+                try:
+                    sink(annotations[OUTPUT])
+                except Exception:  # the sink's own failure (a closed stdout): the call goes on
+                    pass
+            if deadline is not None:
+                left = deadline - clock()
+                if left <= 0:
+                    raise CallTimeout("no reply within the timeout")
+                self.transport.settimeout(left)
+            message = self._receive()
+            if message[0] != MSG_RESULT or message[4] or OUTPUT not in message[5]:
+                return message
+            annotations = message[5]
 
     def _result(self, method, msgtype, serializer_id, flags, seq, data):
         if msgtype != MSG_RESULT or seq != self._seq:
@@ -965,10 +1025,15 @@ class Pool(object):
                 raise
         return self._open_within(self._restart_wait)
 
+    #: the L{Connection.output_sink} of every connection this pool opens
+    output_sink = None
+
     def _open(self):
         try:
-            return Connection(self.uri, self.secret, self.serializer, self.connect_timeout, self.ssl_context,
+            conn = Connection(self.uri, self.secret, self.serializer, self.connect_timeout, self.ssl_context,
                               self.transport_factory)
+            conn.output_sink = self.output_sink
+            return conn
         except CommunicationError as exc:
             # Pyro5 refuses the handshake with this reason when the URI's object is not served there
             if "unknown object" not in str(exc):
