@@ -8,8 +8,9 @@ its traceback on stderr, user code's frames only). What it prints is kept for th
 
 The engine serves on afterwards as it was: its namespace is not the script's, and C{sys.argv},
 C{sys.modules['__main__']}, the working directory and C{sys.stdin}/C{stdout}/C{stderr} are put
-back. The modules the script imported stay imported (as any call's do); its local modules,
-shipped again with a changed text, are loaded afresh (L{srpy.engine.Engine.install}).
+back. The modules the script imported stay imported (as any call's do), except its local
+modules (those shipped with it, L{srpy.scripts}): each run imports them afresh, as a new Python
+would.
 """
 
 import builtins

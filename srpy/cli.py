@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The launcher's command line."""
     parser = argparse.ArgumentParser(
         prog="srpyapp", description="Host srpy engines: Python namespaces that clients run code in. "
-                                    "'srpyapp status -h': show what running engines are doing.")
+                                    "'srpyapp status -h': show what running engines are doing. "
+                                    "'srpyapp run -h': run a script on them.")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("-b", "--basic", action="store_true",
                       help="one engine, in a process this one keeps (and restarts after a limit) (default)")
@@ -471,6 +472,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args[:1] == ["status"]:  # srpyapp status ...: what the engines are doing
         from . import status
         return status.main(args[1:])
+    if args[:1] == ["run"]:  # srpyapp run SCRIPT ...: a script on engines (srpy.runcommand)
+        from . import runcommand
+        return runcommand.main(args[1:])
     parser = build_parser()
     options = parser.parse_args(args)
     if not options.child:

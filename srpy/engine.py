@@ -349,7 +349,14 @@ class Engine:
         of its own, C{files} (its local modules) written into the sandbox first. Returns
         C{{'exit': int, 'stdout': str, 'stderr': str}}.
         """
-        return asmain.run(path, source, argv, files, self._write_files)
+        def install(shipped: Dict[str, str]) -> None:
+            self._write_files(shipped)
+            # imported afresh by each run, as by a new Python (not only the files that changed:
+            # a module that imported a changed one holds its old values)
+            for top in sorted({relpath.split("/")[0] for relpath in shipped}):
+                self._forget_sandbox_modules(top[:-3] if top.endswith(".py") else top)
+
+        return asmain.run(path, source, argv, files, install)
 
     @engine_call(locked=True)
     def check_modules(self, names: Sequence[str]) -> List[str]:

@@ -705,7 +705,7 @@ class Connection(object):
     limit = HANDSHAKE_REPLY_MAX
     #: who takes what calls print on the engine (L{srpy.forwarding}): when its C{on} is true, every
     #: call asks for it (SOUT) and C{sink(value)} gets each SOUT annotation that comes ahead of a reply
-    output_sink = None
+    output_sink = None  # type: object
 
     def __init__(self, uri, secret=None, serializer=None, connect_timeout=5.0, ssl_context=None,
                  transport_factory=None):
@@ -1026,7 +1026,7 @@ class Pool(object):
         return self._open_within(self._restart_wait)
 
     #: the L{Connection.output_sink} of every connection this pool opens
-    output_sink = None
+    output_sink = None  # type: object
 
     def _open(self):
         try:
