@@ -72,6 +72,8 @@ def engine_call(locked: bool) -> Callable[[Callable[..., Any]], Callable[..., An
             # first: nothing may fail with the trailing bytes unread
             self._trailing.blobs = _read_trailing() if annotations and TRAILING in annotations else ()
             self._trailing.names = annotations.get(wire.BLOB_NAMES) if annotations else None
+            if annotations and wire.OUTPUT in annotations:  # any call, a control call too, may ask
+                current_context.client.srpy_output = bytes(annotations[wire.OUTPUT]) != b"0"
             if self.debug:
                 call_log.info("call %s%s", name, _short(args))
             start = time.perf_counter() if self.timing else 0.0
@@ -83,10 +85,7 @@ def engine_call(locked: bool) -> Callable[[Callable[..., Any]], Callable[..., An
                     call = watch.record(name, annotations) if annotations or watch.max_task_time else None
                     lock = self._lock
                     lock.acquire()
-                    # the caller takes what this call prints as it happens (SOUT: srpy.output)
-                    forwarding = (output.forward_to(current_context.client, current_context.seq,
-                                                    current_context.serializer_id)
-                                  if annotations and wire.OUTPUT in annotations else None)
+                    forwarding = _forwarding()
                     try:
                         try:
                             try:
@@ -133,6 +132,17 @@ def engine_call(locked: bool) -> Callable[[Callable[..., Any]], Callable[..., An
         return expose(wrapper)
 
     return decorate
+
+
+def _forwarding() -> Any:
+    """
+    If this call's caller takes what it prints as it happens (SOUT, asked once per connection
+    and kept on it, as the daemon keeps C{srpy_plain}), start sending it (L{srpy.output}).
+    """
+    conn = current_context.client
+    if not getattr(conn, "srpy_output", False):
+        return None
+    return output.forward_to(conn, current_context.seq, current_context.serializer_id)
 
 
 def _result_as_blob(result: Any) -> Any:

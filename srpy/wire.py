@@ -47,10 +47,12 @@ srpy's extensions, all within Pyro5's framing (a plain Pyro5 peer ignores the an
     SCID  call    the call's id, 8 bytes of the client's choice, for abort (L{CALL_ID})
     SRND  reply   empty: the engine ends its process right after this reply (a runaway call
                   that held the interpreter), and a fresh one starts at the same URI (L{ENDING})
-    SOUT  call    empty: the caller takes what the call prints as it happens (L{OUTPUT})
+    SOUT  call    b"1": from this call on, the caller takes what the calls of this connection
+                  print, as it happens; b"0": no more (the engine remembers it per connection,
+                  so a client sends it once per connection and switch) (L{OUTPUT})
     SOUT  reply   lines the call printed: RESULT messages with an empty payload and this one
                   annotation, sent AHEAD of the reply with the same sequence number, any number
-                  of them, only to a call that carried SOUT; each line is one byte, b"1"
+                  of them, only on a connection that asked; each line is one byte, b"1"
                   (stdout) or b"2" (stderr), its UTF-8 text and b"\n" (L{output_ahead})
 
 bytes values of at least L{BLOB_MIN} bytes travel this way, outside the serializer, both ways.
@@ -703,9 +705,11 @@ class Connection(object):
     max_message_size = MAX_MESSAGE_SIZE
     #: the most one message may hold, inflated or not: small until the handshake is complete
     limit = HANDSHAKE_REPLY_MAX
-    #: who takes what calls print on the engine (L{srpy.forwarding}): when its C{on} is true, every
-    #: call asks for it (SOUT) and C{sink(value)} gets each SOUT annotation that comes ahead of a reply
+    #: who takes what calls print on the engine (L{srpy.forwarding}): when its C{on} is true, the
+    #: connection asks for it (SOUT) and C{sink(value)} gets each SOUT annotation ahead of a reply
     output_sink = None  # type: object
+    #: whether this connection has asked its engine for output (SOUT b"1")
+    output_asked = False
 
     def __init__(self, uri, secret=None, serializer=None, connect_timeout=5.0, ssl_context=None,
                  transport_factory=None):
@@ -870,9 +874,11 @@ class Connection(object):
             data = self.serializer.dumps_call(self.object_id, method, args, kwargs)
             transport = self.transport
             sink = self.output_sink
-            if sink is not None and sink.on:  # the engine sends what the call prints as it happens (SOUT)
+            wanted = sink is not None and bool(sink.on)
+            if wanted != self.output_asked:  # the engine sends what calls print as it happens (SOUT)
                 annotations = dict(annotations or {})
-                annotations[OUTPUT] = b""
+                annotations[OUTPUT] = b"1" if wanted else b"0"
+                self.output_asked = wanted  # a call that fails breaks the connection: never asked again
             try:
                 transport.settimeout(timeout)
                 if annotations or trailing:
