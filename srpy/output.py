@@ -122,7 +122,10 @@ class _CallSink:
             if self._scheduled:
                 return
             self._scheduled = True
-        _flusher.schedule(self)
+        try:
+            _flusher.schedule(self)
+        except RuntimeError:  # no thread can start (the process is at its limit): the call's end sends them
+            pass
 
     def flush(self) -> None:
         """Send what is gathered (the flusher's call)."""
