@@ -1,5 +1,6 @@
 """What engine code prints reaches the caller's stdout/stderr, as it happens, each line prefixed with the engine's name."""
 
+import os
 import time
 
 import pytest
@@ -167,3 +168,19 @@ def test_run_output_is_forwarded_and_returned(engine_uri, capsys, tmp_path):
     assert result == {"exit": 0, "stdout": "hello world\n", "stderr": ""}
     assert capsys.readouterr().out == "(%s) hello world\n" % eng.name
 
+
+
+def test_the_environment_sets_the_default(engine_uri):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    code = ("import srpy\neng = srpy.PythonEngine(%r)\neng.exe(\"print('MARK-env')\")\n"
+            "print('forwarding', eng.forward_output)\neng.close()\n" % engine_uri)
+    with srpy.PythonEngine(engine_uri) as eng:
+        name = eng.name
+    for value, expected in (("0", "forwarding False\n"), ("1", "(%s) MARK-env\nforwarding True\n" % name)):
+        env = dict(os.environ, SRPY_FORWARD_OUTPUT=value, PYTHONPATH=ROOT)
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == expected, done.stdout

@@ -184,3 +184,29 @@ def test_srpyapp_run_prints_each_engines_output_and_the_exit_code(pair, tmp_path
     missing = subprocess.run([sys.executable, SRPYAPP, "run", "-u", str(uri_file), str(tmp_path / "nope.py")],
                              capture_output=True, text=True, timeout=60, cwd=ROOT, stdin=subprocess.DEVNULL)
     assert missing.returncode == 1 and "no script at" in missing.stderr and "Traceback" not in missing.stderr
+
+
+@pytest.mark.slow
+def test_srpyapp_run_finds_the_engines_in_the_name_server(start_launcher, tmp_path):
+    import socket
+    import time
+
+    from srpy import discovery
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    launcher = start_launcher(["-n", "2", "--group", "runners", "--start-ns", "--ns-port", str(port)], count=2)
+    deadline = time.monotonic() + 30
+    while sorted(uri for _, uri, _ in discovery.find("runners", "127.0.0.1", port)) != sorted(launcher.uris):
+        assert time.monotonic() < deadline, "the engines did not register"
+        time.sleep(0.1)
+    script = write(tmp_path, "ns_job.py", "import sys\nprint('ran with', sys.argv[1:])\n")
+    done = subprocess.run([sys.executable, SRPYAPP, "run", "--ns", "--group", "runners", "--ns-host", "127.0.0.1",
+                           "--ns-port", str(port), script, "-x", "1"],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("ran with ['-x', '1']") == 2 and done.stdout.count("exit 0 ---") == 2, done.stdout
+    none = subprocess.run([sys.executable, SRPYAPP, "run", "--ns", "--group", "nobody", "--ns-host", "127.0.0.1",
+                           "--ns-port", str(port), script],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT, stdin=subprocess.DEVNULL)
+    assert none.returncode == 1 and "no engines found" in none.stderr
