@@ -875,10 +875,10 @@ class Connection(object):
             transport = self.transport
             sink = self.output_sink
             wanted = sink is not None and bool(sink.on)
-            if wanted != self.output_asked:  # the engine sends what calls print as it happens (SOUT)
+            asking = wanted != self.output_asked
+            if asking:  # the engine sends what calls print as it happens (SOUT)
                 annotations = dict(annotations or {})
                 annotations[OUTPUT] = b"1" if wanted else b"0"
-                self.output_asked = wanted  # a call that fails breaks the connection: never asked again
             try:
                 transport.settimeout(timeout)
                 if annotations or trailing:
@@ -909,11 +909,14 @@ class Connection(object):
                 self._break()
                 raise
             try:
-                return self._result(method, msgtype, serializer_id, flags, seq, data), response_ann
+                value = self._result(method, msgtype, serializer_id, flags, seq, data)
             except SRPyError as exc:
                 if ENDING in response_ann:  # the engine ends once this is sent: a fresh one follows
                     exc.engine_ending = True
                 raise
+            if asking:  # asked, and answered: a call refused before it ran (unknown method, say) asks again
+                self.output_asked = wanted
+            return value, response_ann
 
     def _take_output(self, sink, timeout, annotations):
         """

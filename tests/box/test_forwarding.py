@@ -184,3 +184,15 @@ def test_the_environment_sets_the_default(engine_uri):
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
         assert done.returncode == 0, done.stderr
         assert done.stdout == expected, done.stdout
+
+
+def test_a_connection_whose_first_call_was_refused_still_asks(engine_uri, capsys):
+    with srpy.PythonEngine(engine_uri) as eng:
+        conn = eng.pool.connect()  # a fresh connection: its first call carries the request for output
+        try:
+            with pytest.raises(AttributeError):
+                conn.call("no_such_method")  # refused before any engine method runs
+            conn.call("exe", ("print('MARK-after-refusal')", {}))
+        finally:
+            conn.close()
+        assert capsys.readouterr().out == "(%s) MARK-after-refusal\n" % eng.name
