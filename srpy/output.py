@@ -7,9 +7,10 @@ empty stdin instead of blocking the engine.
 
 How lines reach the caller: on the call's own connection, as SOUT messages ahead of the reply
 (the way a large bytes result travels, SBLB), so nothing polls and nothing else connects. The
-lines are gathered for up to L{FLUSH_DELAY} s (or L{FLUSH_SIZE} bytes) by one flusher thread, so
-that a loop of prints costs the call a list append per line, not a system call; the rest is sent
-as the call ends, before its reply (L{end_forward}). The caller reads them while it waits for the
+first line in L{FLUSH_DELAY} s is sent at once; the lines that follow it closely are gathered for
+up to L{FLUSH_DELAY} s (or L{FLUSH_SIZE} bytes) and sent by one flusher thread, so that a loop of
+prints costs the call a list append per line, not a system call; the rest is sent as the call
+ends, before its reply (L{end_forward}). The caller reads them while it waits for the
 reply (L{srpy.forwarding}).
 
 Which call a line belongs to: the call that runs (the engine runs one at a time, under its lock),
@@ -108,6 +109,7 @@ class _CallSink:
         self._lines: List[Tuple[int, str]] = []
         self._size = 0
         self._scheduled = False
+        self._sent = 0.0  # when lines were last sent (time.monotonic)
         self.closed = False
 
     def add(self, fd: int, lines: List[str]) -> None:
@@ -116,10 +118,14 @@ class _CallSink:
                 return
             self._lines.extend((fd, line) for line in lines)
             self._size += sum(len(line) for line in lines) + len(lines)
-            if self._size >= FLUSH_SIZE:
-                self._send()
-                return
             if self._scheduled:
+                if self._size >= FLUSH_SIZE:
+                    self._send()
+                return
+            if self._size >= FLUSH_SIZE or time.monotonic() - self._sent >= FLUSH_DELAY:
+                # the first line in a while goes at once: it arrives even if the code then holds the
+                # interpreter until its process is ended (the flusher could not run)
+                self._send()
                 return
             self._scheduled = True
         try:
@@ -150,6 +156,7 @@ class _CallSink:
         lines, self._lines, self._size = self._lines, [], 0
         if not lines:
             return
+        self._sent = time.monotonic()
         try:
             self.conn.send(wire.output_ahead(self.serializer_id, self.seq, lines))
         except Exception as exc:  # the caller is gone: its call's reply fails too; the lines stay in the log

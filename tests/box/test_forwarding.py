@@ -196,3 +196,15 @@ def test_a_connection_whose_first_call_was_refused_still_asks(engine_uri, capsys
         finally:
             conn.close()
         assert capsys.readouterr().out == "(%s) MARK-after-refusal\n" % eng.name
+
+
+@pytest.mark.slow
+def test_a_call_that_holds_the_interpreter_still_gets_its_reply(start_launcher, capsys):
+    launcher = start_launcher(["-b"])
+    with srpy.PythonEngine(launcher.uris[0]) as eng:
+        with pytest.raises(srpy.TaskTimeout, match="held the interpreter"):
+            eng.limited(1).exe("print('MARK-before-hold')\nx = 10**10**8\n")
+        assert eng.eval("print('MARK-fresh') or 2 + 2") == 4, "the fresh engine serves, and forwards"
+    out = capsys.readouterr().out
+    assert out.endswith(") MARK-fresh\n"), out
+    assert out.count("MARK-before-hold") == 1, "a line printed just before the code holds the interpreter arrives"
