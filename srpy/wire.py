@@ -85,11 +85,12 @@ import time
 __all__ = ["PROTOCOL_VERSION", "MAGIC", "HEADER", "CHUNK", "MSG_CONNECT", "MSG_CONNECTOK", "MSG_CONNECTFAIL",
            "MSG_INVOKE", "MSG_RESULT", "MSG_PING", "FLAGS_EXCEPTION", "FLAGS_COMPRESSED", "FLAGS_ONEWAY",
            "FLAGS_BATCH", "FLAGS_KEEPSERIALIZED", "FLAGS_CORR_ID", "RESULT_BLOB", "TRAILING", "CALL_TIMEOUT",
-           "CALL_ID", "BLOB_NAMES", "ENDING", "OUTPUT", "JSON_SERIALIZER_ID", "MAX_MESSAGE_SIZE", "HANDSHAKE_REPLY_MAX",
+           "CALL_ID", "BLOB_NAMES", "ENDING", "JSON_SERIALIZER_ID", "MAX_MESSAGE_SIZE", "HANDSHAKE_REPLY_MAX",
            "BLOB_MIN", "ENGINE_OBJECT", "STALE_AFTER",
            "pack_header", "parse_header", "HeaderError", "sniff", "pack_chunk", "pack_annotations", "parse_chunk_head",
-           "parse_annotations", "pack_message", "blob_ahead", "output_ahead", "parse_output", "pack_trailing", "parse_trailing", "pack_call_limit",
+           "parse_annotations", "pack_message", "blob_ahead", "pack_trailing", "parse_trailing", "pack_call_limit",
            "parse_call_limit", "inflate", "clock", "proof", "new_nonce", "same_text", "parse_uri",
+           "OUTPUT", "output_ahead", "parse_output",
            "JsonSerializer", "exception_from_dict", "SocketTransport", "JavaSocketTransport", "default_transport",
            "Connection", "Pool"]  # the exceptions are srpy.errors' (or, in the one-file client, lite's)
 
@@ -109,7 +110,7 @@ RESULT_BLOB = "SBLB"  # annotation carrying a call's result as raw bytes
 TRAILING = "SRAW"  # annotation listing the sizes of raw byte strings sent right after a call
 CALL_TIMEOUT = "STMO"  # annotation carrying a call's time limit in seconds (big-endian double)
 CALL_ID = "SCID"  # annotation naming a call (8 bytes, the client's choice) so that abort() can stop it
-BLOB_NAMES = "SRBN"  # annotation naming the call's variables (UTF-8, NUL-separated) that travel as its raw trailing bytes
+OUTPUT = "SOUT"  # on a call: send me what calls print; ahead of a reply: lines printed (srpy.output)
 ENDING = "SRND"  # annotation on a reply sent by an engine that ends its process right after it (to stop a call)
 OUTPUT = "SOUT"  # on a call: send me what it prints; ahead of a reply: lines it printed (srpy.output, srpy.forwarding)
 JSON_SERIALIZER_ID = 3
