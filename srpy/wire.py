@@ -110,9 +110,9 @@ RESULT_BLOB = "SBLB"  # annotation carrying a call's result as raw bytes
 TRAILING = "SRAW"  # annotation listing the sizes of raw byte strings sent right after a call
 CALL_TIMEOUT = "STMO"  # annotation carrying a call's time limit in seconds (big-endian double)
 CALL_ID = "SCID"  # annotation naming a call (8 bytes, the client's choice) so that abort() can stop it
-OUTPUT = "SOUT"  # on a call: send me what calls print; ahead of a reply: lines printed (srpy.output)
+BLOB_NAMES = "SRBN"  # annotation naming the call's variables (UTF-8, NUL-separated) that travel as its raw trailing bytes
 ENDING = "SRND"  # annotation on a reply sent by an engine that ends its process right after it (to stop a call)
-OUTPUT = "SOUT"  # on a call: send me what it prints; ahead of a reply: lines it printed (srpy.output, srpy.forwarding)
+OUTPUT = "SOUT"  # on a call: send me what calls print; ahead of a reply: lines printed (srpy.output)
 JSON_SERIALIZER_ID = 3
 #: bytes values at least this large travel as raw bytes (SBLB, SRAW), outside the serializer
 BLOB_MIN = 64 * 1024
