@@ -9,6 +9,8 @@ is the public face of the package; everything a user needs is named here.
  - L{newSubEngine<srpy.subengine.newSubEngine>}, L{stopSubEngine<srpy.subengine.stopSubEngine>}: start and
    stop a local engine process from Python.
  - L{detectNCPUs<srpy.subengine.detectNCPUs>}: the number of usable cores.
+ - L{set_forward_output<srpy.forwarding.set_forward_output>}: whether clients print what their
+   engines print (on by default).
  - L{this_engine<srpy.peers.this_engine>}, L{spawn<srpy.peers.spawn>}: for code running on an engine, its
    peers, messages, shared data and work sharing (L{srpy.peers}).
  - L{analyze<srpy.analysis.analyze>}: what a script, module or function imports, and what each import is here
@@ -42,6 +44,7 @@ if _TYPE_CHECKING:  # what type checkers and readers see; at run time, __getattr
     from .functions import FunctionShippingError
     from .subengine import detectNCPUs, newSubEngine, stopSubEngine
     from .peers import spawn, this_engine
+    from .forwarding import set_forward_output
 
 version = __version__
 
@@ -53,6 +56,7 @@ _HOMES: _Dict[str, str] = {
     "FunctionShippingError": "functions",
     "this_engine": "peers", "spawn": "peers",
     "analyze": "analysis",
+    "set_forward_output": "forwarding",
 }
 _HOMES.update(dict.fromkeys([
     "SRPyError", "SRPyServerNotFound", "AuthenticationError", "CommunicationError", "ConnectionLost", "CallTimeout",
@@ -66,6 +70,7 @@ __all__ = [
     "EngBox", "MultiRunResult", "FunctionShippingError", "EngineDead", "NoEnginesError", "MissingPackagesError",
     "InvalidRequirement", "InstallError", "EnvironmentConflict",
     "PythonEngine", "Namespace", "RemoteObject", "newSubEngine", "stopSubEngine", "detectNCPUs",
+    "set_forward_output",
     "errors", "SRPyError", "SRPyServerNotFound", "AuthenticationError", "CommunicationError",
     "ConnectionLost", "CallTimeout", "SerializationError", "MessageTooLargeError", "RemoteError", "RemoteSystemExit",
     "TaskTimeout", "TaskAborted",

@@ -58,13 +58,17 @@ class EngBox(concurrent.futures.Executor):
     def __init__(self, engines: Union[EngineLike, Iterable[EngineLike], None] = None, secret: Optional[str] = None,
                  task_timeout: Optional[float] = None, ssl_context: Any = None,
                  requirements: Optional[Sequence[str]] = None, find_links: Optional[str] = None,
-                 index_url: Optional[str] = None) -> None:
+                 index_url: Optional[str] = None, forward_output: Optional[bool] = None) -> None:
         """
         @param engines: L{PythonEngine}s or URIs to connect to; one URI string or engine alone
             means that one engine.
         @param requirements: requirement strings the box's work needs: once connected, the box
             calls C{require(*requirements, install=True, find_links=find_links,
             index_url=index_url)} (see L{require}).
+        @param forward_output: print what the box's work prints on the engines here, each line
+            prefixed with its engine's name, as it happens (None: the default, on; see
+            L{srpy.forwarding}); for the clients the box connects itself (a L{PythonEngine}
+            given keeps its own setting).
         """
         if requirements:
             provisioning.parse(list(requirements))  # a wrong string fails here, before any engine is reached
@@ -76,6 +80,7 @@ class EngBox(concurrent.futures.Executor):
         self._away: List[PythonEngine] = []  # left the box by dying; may rejoin if they answer again
         self._secret = secret
         self._ssl_context = ssl_context
+        self._forward_output = forward_output
         self._lock = threading.RLock()
         self._scheduler: Optional[Scheduler] = None
         self._shut = False
@@ -126,7 +131,7 @@ class EngBox(concurrent.futures.Executor):
     def _connect(self, uri: str, timeout: Optional[float] = None) -> PythonEngine:
         """A client for C{uri}, made by this box: L{close} closes it (engines given to the box are the giver's)."""
         engine = PythonEngine(uri, secret=self._secret, ssl_context=self._ssl_context,
-                              connect_timeout=5.0 if timeout is None else timeout)
+                              connect_timeout=5.0 if timeout is None else timeout, forward_output=self._forward_output)
         with self._lock:
             self._owned.add(id(engine))
         return engine
@@ -212,7 +217,8 @@ class EngBox(concurrent.futures.Executor):
 
     def _sibling(self, engines: Iterable[PythonEngine]) -> "EngBox":
         """A new box of C{engines} with this box's secret, TLS context and task timeout."""
-        return EngBox(engines, secret=self._secret, task_timeout=self.task_timeout, ssl_context=self._ssl_context)
+        return EngBox(engines, secret=self._secret, task_timeout=self.task_timeout, ssl_context=self._ssl_context,
+                      forward_output=self._forward_output)
 
     def __len__(self) -> int:
         return len(self._engines)
@@ -406,6 +412,26 @@ class EngBox(concurrent.futures.Executor):
         archive = buffer.getvalue()
         results = _parallel(self.getEngines(), lambda e: e.call("unpack", {"archive": archive}))
         return {engine.uri: _raise_if_error(result) for engine, result in results}
+
+    def run(self, path: str, *argv: Any) -> Dict[str, Dict[str, Any]]:
+        """
+        Run the script at C{path} on every engine at once, as L{PythonEngine.run} does on one:
+        C{__main__}, C{sys.argv == [path, *argv]}, its folder's modules that it imports shipped.
+        Returns {uri: {'exit': code, 'stdout': text, 'stderr': text}}, once every engine is done;
+        what the scripts print is also forwarded as it happens (see C{forward_output}).
+
+        @raise SRPyError: an engine could not run it (it went away, say): the first such error,
+            once the others are done.
+        """
+        from . import scripts
+
+        script = scripts.pack(path)  # read and scanned once, for every engine
+        args = scripts.arguments(argv)
+        engines = self.getEngines()
+        # one thread per engine, as mrp: scripts run at once may wait for each other (peer messages)
+        results = fan_out(lambda e: e.call("run_script", script.path, script.source, args, script.files), engines,
+                          max(1, len(engines)), name="srpy-run")
+        return {engine.uri: _raise_if_error(result) for engine, result in zip(engines, results)}
 
     # -- the executor ------------------------------------------------------------------------------
 

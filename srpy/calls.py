@@ -17,6 +17,7 @@ from Pyro5.server import expose  # not Pyro5.api: it loads the name server (and 
 from Pyro5.callcontext import current_context
 
 from . import codec, errors, wire
+from . import output
 from .output import flush_output
 from . import tracebacks
 from .tracebacks import user_traceback
@@ -53,6 +54,8 @@ def engine_call(locked: bool) -> Callable[[Callable[..., Any]], Callable[..., An
         def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
             current_context.response_annotations = {}
             annotations = current_context.annotations
+            if annotations and wire.OUTPUT in annotations:  # any call, a control call too, may ask
+                current_context.client.srpy_output = bytes(annotations[wire.OUTPUT]) != b"0"
             if self.debug:
                 call_log.info("call %s%s", name, _short(args))
             start = time.perf_counter() if self.timing else 0.0
@@ -64,6 +67,7 @@ def engine_call(locked: bool) -> Callable[[Callable[..., Any]], Callable[..., An
                     call = watch.record(name, annotations) if annotations or watch.max_task_time else None
                     lock = self._lock
                     lock.acquire()
+                    forwarding = _forwarding()
                     try:
                         try:
                             try:
@@ -79,6 +83,8 @@ def engine_call(locked: bool) -> Callable[[Callable[..., Any]], Callable[..., An
                         finally:
                             self.calls += 1
                             flush_output()
+                            if forwarding is not None:
+                                output.end_forward(forwarding)
                     finally:
                         lock.release()
                 else:
@@ -113,6 +119,17 @@ def engine_call(locked: bool) -> Callable[[Callable[..., Any]], Callable[..., An
         return expose(wrapper)
 
     return decorate
+
+
+def _forwarding() -> Any:
+    """
+    If this call's caller takes what it prints as it happens (SOUT, asked once per connection
+    and kept on it, as the daemon keeps C{srpy_plain}), start sending it (L{srpy.output}).
+    """
+    conn = current_context.client
+    if not getattr(conn, "srpy_output", False):
+        return None
+    return output.forward_to(conn, current_context.seq, current_context.serializer_id)
 
 
 def _check_json(result: Any) -> None:

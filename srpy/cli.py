@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="srpyapp", description="Host srpy engines: Python namespaces that clients run code in. "
                                     "'srpyapp status -h': show what running engines are doing. "
                                     "'srpyapp analyze -h': what a script imports, as JSON. "
-                                    "'srpyapp envs -h': list or remove the environments engines built.")
+                                    "'srpyapp envs -h': list or remove the environments engines built. "
+                                    "'srpyapp run -h': run a script on engines.")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("-b", "--basic", action="store_true",
                       help="one engine, in a process this one keeps (and restarts after a limit) (default)")
@@ -485,6 +486,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args[:1] == ["envs"]:  # srpyapp envs list|remove ...: this host's environments
         from . import environments
         return environments.main(args[1:])
+    if args[:1] == ["run"]:  # srpyapp run SCRIPT ...: a script on engines (srpy.runcommand)
+        from . import runcommand
+        return runcommand.main(args[1:])
     parser = build_parser()
     options = parser.parse_args(args)
     if not options.child:

@@ -28,7 +28,7 @@ import time
 import weakref
 from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
-from . import codec, errors, shipping, wire
+from . import codec, errors, forwarding, shipping, wire
 from .wire import CALL_ID, CALL_TIMEOUT
 
 
@@ -65,6 +65,8 @@ class _Shared:
         self.aborted: "collections.OrderedDict[bytes, None]" = collections.OrderedDict()
         #: the modules of record classes this engine has imported for this client (a restart forgets them)
         self.record_modules: Set[str] = set()
+        #: what the engine prints, printed here (L{srpy.forwarding}); the pool's connections share it
+        self.forwarder = forwarding.Forwarder(forwarding.DEFAULT)
 
 
 class _RecordShippingFormat(codec.WireFormat):
@@ -137,7 +139,11 @@ class PythonEngine:
     timeout = _SharedAttribute()
 
     def __init__(self, uri: Any, name: str = "", group: str = "", secret: Optional[str] = None,
-                 connect_timeout: float = 5.0, ssl_context: Any = None) -> None:
+                 connect_timeout: float = 5.0, ssl_context: Any = None, forward_output: Optional[bool] = None) -> None:
+        """
+        @param forward_output: print what code on the engine prints here, each line prefixed with
+            the engine's name, as it happens (None: the default, on; see L{srpy.forwarding}).
+        """
         uri = str(uri)
         try:
             _, ip, port = wire.parse_uri(uri)
@@ -145,8 +151,11 @@ class PythonEngine:
             raise errors.SRPyServerNotFound(uri, str(exc)) from None
         serializer = _RecordShippingFormat()
         self.pool = wire.Pool(uri, secret, serializer, ssl_context, connect_timeout, owner=type(self).__name__)
+        forwarder = forwarding.Forwarder(forwarding.DEFAULT if forward_output is None else bool(forward_output))
+        self.pool.output_sink = forwarder  # before the first connection: every one of them takes it
         self.pool.release(self.pool.connect())  # fail now, not at the first call, when nothing answers
         self._shared = _Shared()
+        self._shared.forwarder = forwarder
         ship = weakref.WeakMethod(self._ship_record_classes)  # the pool must not keep its client alive
         serializer.ship = lambda classes: ship()(classes)  # type: ignore[misc]
         self.ip, self.port = ip, port
@@ -155,6 +164,7 @@ class PythonEngine:
         self.name = name or self.info.get("Name", "")
         self.group = group or self.info.get("Group", "")
         self.hostname = self.info.get("Hostname", "")
+        forwarder.name = self.name
 
     @property
     def uri(self) -> str:
@@ -165,6 +175,18 @@ class PythonEngine:
     def connect_timeout(self) -> float:
         """Seconds to connect and complete the handshake."""
         return self.pool.connect_timeout
+
+    @property
+    def forward_output(self) -> bool:
+        """
+        Whether what code on the engine prints is printed here too, as it happens, each line
+        prefixed with the engine's name (settable; the engine's log has it either way).
+        """
+        return bool(self._shared.forwarder.on)
+
+    @forward_output.setter
+    def forward_output(self, on: bool) -> None:
+        self._shared.forwarder.on = bool(on)
 
     # -- limits, call ids, abort -------------------------------------------------------------------
 
@@ -424,6 +446,20 @@ class PythonEngine:
         """Ship one module's source text to the engine's sandbox, so L{imp} finds it."""
         path = module_name.replace(".", "/") + ".py"
         return self.call("install", {path: source})
+
+    def run(self, path: str, *argv: Any) -> Dict[str, Any]:
+        """
+        Run the script at C{path} (a file here; its text is sent) on the engine as C{__main__},
+        with C{sys.argv == [path, *argv]}, in a namespace of its own (the engine's stays as it
+        was), the modules of the script's folder that it imports shipped with it. Returns
+        C{{'exit': code, 'stdout': text, 'stderr': text}}: the exit code as Python's (0; the
+        C{sys.exit} code; 1 with the traceback in stderr when the script raises). What it
+        prints is also forwarded as it happens (L{forward_output}). See L{srpy.scripts}.
+        """
+        from . import scripts
+
+        script = scripts.pack(path)
+        return self.call("run_script", script.path, script.source, scripts.arguments(argv), script.files)
 
     def imp(self, *modules: Any) -> None:
         """Import the named modules in the engine's namespace (as C{import name} binds them)."""

@@ -34,7 +34,7 @@ import traceback
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 
-from . import benchmark, codec, errors, functions
+from . import asmain, benchmark, codec, errors, functions
 from ._version import __version__
 from .calls import engine_call
 from .lock import EngineLock
@@ -333,6 +333,22 @@ class Engine:
             tracebacks.attach(exc)
             return ("part", results, exc)
         return ("ok", results)
+
+    @engine_call(locked=True)
+    def run_script(self, path: str, source: str, argv: List[str], files: Dict[str, str]) -> Dict[str, Any]:
+        """
+        Run a script as C{__main__} (L{srpy.asmain}): C{sys.argv == [path, *argv]}, a namespace
+        of its own, C{files} (its local modules) written into the sandbox first. Returns
+        C{{'exit': int, 'stdout': str, 'stderr': str}}.
+        """
+        def install(shipped: Dict[str, str]) -> None:
+            self._write_files(shipped)
+            # imported afresh by each run, as by a new Python (not only the files that changed:
+            # a module that imported a changed one holds its old values)
+            for top in sorted({relpath.split("/")[0] for relpath in shipped}):
+                self._forget_sandbox_modules(top[:-3] if top.endswith(".py") else top)
+
+        return asmain.run(path, source, argv, files, install)
 
     @engine_call(locked=True)
     def check_modules(self, names: Sequence[str]) -> List[str]:

@@ -21,7 +21,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 
 from Pyro5.callcontext import current_context
 
-from . import errors, functions, wire
+from . import errors, functions, output, wire
 from . import tracebacks
 from .tracebacks import SRPY_DIR, user_traceback
 
@@ -275,6 +275,7 @@ class CallWatch:
         except (AttributeError, OSError) as exc:
             log.debug("could not close the listening socket before ending: %s", exc)
         if call.reply is not None:
+            output.stop_forwarding()  # the stuck call's lines must not cut into this reply
             _reply_now(*call.reply, failure)
         faulthandler.cancel_dump_traceback_later()  # ending cleanly: the log's last lines may take a moment
         logging.shutdown()

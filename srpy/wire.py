@@ -47,6 +47,13 @@ srpy's extensions, all within Pyro5's framing (a plain Pyro5 peer ignores the an
     SCID  call    the call's id, 8 bytes of the client's choice, for abort (L{CALL_ID})
     SRND  reply   empty: the engine ends its process right after this reply (a runaway call
                   that held the interpreter), and a fresh one starts at the same URI (L{ENDING})
+    SOUT  call    b"1": from this call on, the caller takes what the calls of this connection
+                  print, as it happens; b"0": no more (the engine remembers it per connection,
+                  so a client sends it once per connection and switch) (L{OUTPUT})
+    SOUT  reply   lines the call printed: RESULT messages with an empty payload and this one
+                  annotation, sent AHEAD of the reply with the same sequence number, any number
+                  of them, only on a connection that asked; each line is one byte, b"1"
+                  (stdout) or b"2" (stderr), its UTF-8 text and b"\n" (L{output_ahead})
 
 Buffers of at least L{BLOB_MIN} bytes travel this way, outside the serializer, both ways: from
 the value's own memory to the socket, and from the socket into the memory of the value built
@@ -86,6 +93,7 @@ __all__ = ["PROTOCOL_VERSION", "MAGIC", "HEADER", "CHUNK", "MSG_CONNECT", "MSG_C
            "parse_annotations", "pack_message", "pack_trailing", "parse_trailing", "buffer_annotations",
            "parse_buffers", "pack_call_limit",
            "parse_call_limit", "inflate", "clock", "proof", "new_nonce", "same_text", "parse_uri",
+           "OUTPUT", "output_ahead", "parse_output",
            "JsonSerializer", "exception_from_dict", "SocketTransport", "JavaSocketTransport", "default_transport",
            "Connection", "Pool"]  # the exceptions are srpy.errors' (or, in the one-file client, lite's)
 
@@ -106,6 +114,7 @@ BUFFER_KINDS = "SRBK"  # annotation saying how to read each of those buffers: "b
 CALL_TIMEOUT = "STMO"  # annotation carrying a call's time limit in seconds (big-endian double)
 CALL_ID = "SCID"  # annotation naming a call (8 bytes, the client's choice) so that abort() can stop it
 ENDING = "SRND"  # annotation on a reply sent by an engine that ends its process right after it (to stop a call)
+OUTPUT = "SOUT"  # on a call: send me what calls print; ahead of a reply: lines printed (srpy.output)
 JSON_SERIALIZER_ID = 3
 #: buffers at least this large travel raw after their message (SRAW), outside the serializer
 BLOB_MIN = 64 * 1024
@@ -266,6 +275,27 @@ def pack_message(msgtype, serializer_id, data, seq=0, flags=0, annotations=None)
     """A whole message: header, the annotation chunks of C{annotations} and the payload C{data}."""
     chunks = pack_annotations(annotations)
     return pack_header(msgtype, serializer_id, len(data), seq, flags, len(chunks)) + chunks + data
+
+
+def output_ahead(serializer_id, seq, lines):
+    """
+    A whole SOUT message, sent ahead of the reply to call C{seq}: C{lines} are C{(fd, text)}
+    pairs, fd 1 (stdout) or 2 (stderr), each text one line without its newline.
+
+    >>> message = output_ahead(83, 1, [(1, "a"), (2, "b")])
+    >>> size = parse_header(message[:HEADER.size])[5]
+    >>> parse_output(parse_annotations(message[HEADER.size:], size)[OUTPUT])
+    [(1, 'a'), (2, 'b')]
+    """
+    value = b"".join([(b"2" if fd == 2 else b"1") + text.encode("utf-8", "backslashreplace") + b"\n"
+                      for fd, text in lines])
+    return pack_message(MSG_RESULT, serializer_id, b"", seq, 0, {OUTPUT: value})
+
+
+def parse_output(value):
+    """The C{(fd, text)} lines of a SOUT annotation's value (see L{output_ahead})."""
+    return [(2 if line[:1] == b"2" else 1, line[1:].decode("utf-8", "replace"))
+            for line in bytes(value).split(b"\n")[:-1]]
 
 
 def pack_trailing(blobs):
@@ -721,6 +751,11 @@ class Connection(object):
     max_message_size = MAX_MESSAGE_SIZE
     #: the most one message may hold, inflated or not: small until the handshake is complete
     limit = HANDSHAKE_REPLY_MAX
+    #: who takes what calls print on the engine (L{srpy.forwarding}): when its C{on} is true, the
+    #: connection asks for it (SOUT) and C{sink(value)} gets each SOUT annotation ahead of a reply
+    output_sink = None  # type: object
+    #: whether this connection has asked its engine for output (SOUT b"1")
+    output_asked = False
 
     def __init__(self, uri, secret=None, serializer=None, connect_timeout=5.0, ssl_context=None,
                  transport_factory=None):
@@ -890,6 +925,8 @@ class Connection(object):
         A remote exception is raised here as a local one. A serializer that leaves large buffers
         beside the message (C{dumps_call_with_buffers}, srpy's) has them sent raw right after it,
         after the C{trailing} byte strings (raw bytes too, which the call's message does not name).
+        What the call prints on the engine (SOUT messages ahead of the reply) goes to
+        L{output_sink}, if it is on.
 
         @param timeout: seconds to wait for the answer; None waits forever.
         @raise CallTimeout: no answer within C{timeout} (the connection is then closed).
@@ -908,6 +945,12 @@ class Connection(object):
             if trailing:
                 buffers = [(blob, False) for blob in trailing] + buffers
             transport = self.transport
+            sink = self.output_sink
+            wanted = sink is not None and bool(sink.on)
+            asking = wanted != self.output_asked
+            if asking:  # the engine sends what calls print as it happens (SOUT)
+                annotations = dict(annotations or {})
+                annotations[OUTPUT] = b"1" if wanted else b"0"
             try:
                 transport.settimeout(timeout)
                 if annotations or buffers:
@@ -919,6 +962,9 @@ class Connection(object):
                 else:  # the common call: one write
                     transport.send([pack_header(MSG_INVOKE, serializer.serializer_id, len(data), seq) + data])
                 msgtype, serializer_id, flags, seq, data, response_ann, received = self._receive()
+                if msgtype == MSG_RESULT and not data and OUTPUT in response_ann:
+                    msgtype, serializer_id, flags, seq, data, response_ann, received = self._take_output(
+                        sink, timeout, response_ann)
             except self._timeouts:
                 self._break()
                 raise CallTimeout("no answer from %s to %s() within %s s" % (self.uri, method, timeout))
@@ -929,11 +975,37 @@ class Connection(object):
                 self._break()
                 raise
             try:
-                return self._result(method, msgtype, serializer_id, flags, seq, data, received), response_ann
+                value = self._result(method, msgtype, serializer_id, flags, seq, data, received)
             except SRPyError as exc:
                 if ENDING in response_ann:  # the engine ends once this is sent: a fresh one follows
                     exc.engine_ending = True
                 raise
+            if asking:  # asked, and answered: a call refused before it ran (unknown method, say) asks again
+                self.output_asked = wanted
+            return value, response_ann
+
+    def _take_output(self, sink, timeout, annotations):
+        """
+        Hand the SOUT messages that come ahead of a reply to C{sink} (a failing sink loses lines,
+        never the reply), and return the next other message. C{timeout} still bounds the whole
+        call: output that keeps coming does not keep a call's wait open past it.
+        """
+        deadline = None if timeout is None else clock() + timeout
+        while True:
+            if sink is not None:
+                try:
+                    sink(annotations[OUTPUT])
+                except Exception:  # the sink's own failure (a closed stdout): the call goes on
+                    pass
+            if deadline is not None:
+                left = deadline - clock()
+                if left <= 0:
+                    raise CallTimeout("no reply within the timeout")
+                self.transport.settimeout(left)
+            message = self._receive()
+            if message[0] != MSG_RESULT or message[4] or OUTPUT not in message[5]:
+                return message
+            annotations = message[5]
 
     def _result(self, method, msgtype, serializer_id, flags, seq, data, buffers=()):
         if msgtype != MSG_RESULT or seq != self._seq:
@@ -1032,10 +1104,15 @@ class Pool(object):
                 raise
         return self._open_within(self._restart_wait)
 
+    #: the L{Connection.output_sink} of every connection this pool opens
+    output_sink = None  # type: object
+
     def _open(self):
         try:
-            return Connection(self.uri, self.secret, self.serializer, self.connect_timeout, self.ssl_context,
+            conn = Connection(self.uri, self.secret, self.serializer, self.connect_timeout, self.ssl_context,
                               self.transport_factory)
+            conn.output_sink = self.output_sink
+            return conn
         except CommunicationError as exc:
             # Pyro5 refuses the handshake with this reason when the URI's object is not served there
             if "unknown object" not in str(exc):

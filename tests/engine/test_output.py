@@ -1,4 +1,7 @@
-"""What user code prints goes to the engine's log, never to the client; reading stdin does not hang an engine."""
+"""
+What user code prints goes to the engine's log (and, unless a client says no, to that client as well:
+tests/box/test_output.py); reading stdin does not hang an engine.
+"""
 
 import pytest
 
@@ -7,9 +10,9 @@ import srpy
 pytestmark = pytest.mark.timeout(60)
 
 
-def test_prints_go_to_the_engine_log_not_the_client(start_launcher, capfd):
+def test_prints_go_to_the_engine_log_not_to_a_client_that_does_not_forward(start_launcher, capfd):
     launcher = start_launcher(["-b"])
-    with srpy.PythonEngine(launcher.uris[0]) as eng:
+    with srpy.PythonEngine(launcher.uris[0], forward_output=False) as eng:
         eng.exe("print('MARK-stdout-line')")
         eng.exe("import sys; print('MARK-stderr-line', file=sys.stderr)")
         assert eng.eval("print('MARK-in-eval') or 5") == 5
@@ -17,7 +20,7 @@ def test_prints_go_to_the_engine_log_not_the_client(start_launcher, capfd):
         eng.exe("import sys; sys.stdout.write('MARK-partial')")  # no newline, and the last output
         assert eng.ping() == "pong"
     out, err = capfd.readouterr()
-    assert "MARK" not in out and "MARK" not in err, "nothing printed on an engine reaches the client"
+    assert "MARK" not in out and "MARK" not in err, "nothing printed on an engine reaches this client"
     code, log = launcher.stop()
     assert code == 0, log
     for mark in ("MARK-stdout-line", "MARK-stderr-line", "MARK-partial", "MARK-in-eval", "MARK-in-vexe"):
@@ -27,7 +30,7 @@ def test_prints_go_to_the_engine_log_not_the_client(start_launcher, capfd):
 
 def test_prints_of_a_child_engine_go_to_its_log(start_launcher):
     launcher = start_launcher(["-n", "1"], count=1)
-    with srpy.PythonEngine(launcher.uris[0]) as eng:
+    with srpy.PythonEngine(launcher.uris[0]) as eng:  # forwarded here, and in the log all the same
         eng.exe("print('CHILD-MARK')")
         assert eng.ping() == "pong"
     code, log = launcher.stop()

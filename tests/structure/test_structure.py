@@ -21,7 +21,7 @@ PACKAGE = os.path.join(ROOT, "srpy")
 #: the modules that make up an engine process (the server side)
 SERVER_MODULES = {"engine", "daemon", "security", "listener", "cli", "supervisor", "subengine", "hosting",
                   "peers", "group", "mailbox", "tuplespace", "stealing", "peerservice", "calls", "lock", "watch",
-                  "output", "discovery", "_pyro5", "environments"}
+                  "output", "discovery", "_pyro5", "environments", "asmain"}
 #: what only srpy/wire.py may hold: packing or parsing a Pyro5 header or an annotation chunk
 FRAMING = re.compile(r"""HEADER\.pack|HEADER\.unpack|CHUNK\.pack|CHUNK\.unpack|struct\.(?:pack|unpack)(?:_from)?\(\s*["']!4sI"""
                      r"""|b["']PYRO["']|["']!4sHBBHHII16sHH["']""")
