@@ -12,6 +12,13 @@ How a function travels, in order of preference:
    local ones shipped), the helper functions and classes of the same module (as source), and plain
    global values that srpy can carry (as values, captured when the function is first sent).
 
+Classes of C{__main__} that travel as records (dataclasses, enums, named tuples, exception
+classes: L{srpy.records}) are not part of a function's own source: each travels as a I{main class}
+bundle (L{pack_main_class}): its source and what it needs, executed into one module of the
+engine's named for the client (L{srpy.records.main_alias}), so that the records and exceptions an
+engine sends back name a class the client resolves to its own C{__main__}. A function of
+C{__main__} that uses one imports it from that module, its bundle carrying the class's.
+
 Refused, with a L{FunctionShippingError} naming the object and what to do instead: closures over
 local variables, bound methods of objects, and globals that cannot travel (sockets, open files...).
 
@@ -27,9 +34,12 @@ local variables, bound methods of objects, and globals that cannot travel (socke
 
 import ast
 import builtins
+import dis
 import functools
+import hashlib
 import importlib
 import inspect
+import itertools
 import linecache
 import sys
 import textwrap
@@ -37,7 +47,7 @@ import types
 import weakref
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
-from . import codec, shipping
+from . import codec, records, shipping, sources
 from .shipping import module_origin
 from .errors import SRPyError
 
@@ -69,8 +79,6 @@ def pack(fn: Callable[..., Any]) -> Dict[str, Any]:
     if cached is not None:
         return cached
     bundle = _pack(fn)
-    import hashlib  # on the first bundle: an engine needs no hashlib to start serving
-
     bundle["hash"] = hashlib.sha1(codec.dumps(sorted(bundle.items()))).hexdigest()
     try:
         _cache[fn] = bundle
@@ -130,7 +138,7 @@ def _by_source(fn: types.FunctionType) -> Dict[str, Any]:
         "kind": kind, "name": fn.__name__, "source": main_source,
         "defaults": list(fn.__defaults__ or ()), "kwdefaults": dict(fn.__kwdefaults__ or {}),
         "imports": state.imports, "values": state.values, "helpers": state.helpers,
-        "files": state.files, "requires": sorted(state.requires),
+        "files": state.files, "requires": sorted(state.requires), "main_classes": state.main_classes,
     }
 
 
@@ -144,6 +152,7 @@ class _PackState:
         self.helpers: List[str] = []
         self.files: Dict[str, str] = {}
         self.requires: Set[str] = set()
+        self.main_classes: List[Dict[str, Any]] = []
         self._seen: Set[str] = set()
 
     def visit_code(self, code: types.CodeType, namespace: Dict[str, Any], owner: str) -> None:
@@ -157,6 +166,15 @@ class _PackState:
         if inspect.ismodule(value):
             self.imports[name] = ("module", value.__name__)
             self._need_module(value)
+            return
+        if self.module_name == "__main__" and records.is_record_class(value) and value.__module__ == "__main__" \
+                and self._main_classes_apart:
+            # a record class of __main__ lives in the engine's module for this client, where replies name it
+            bundle = pack_main_class(value)
+            self.main_classes.append(bundle)
+            self.imports[name] = ("from", bundle["module"] + ":" + value.__qualname__)
+            self.files.update(bundle["files"])
+            self.requires.update(bundle["requires"])
             return
         if isinstance(value, (types.FunctionType, type)) and getattr(value, "__module__", None) == self.module_name:
             self._helper(name, value, namespace)
@@ -174,6 +192,9 @@ class _PackState:
                 "%s uses the global %r (a %s), which cannot travel: create it inside the function, or "
                 "pass what the function needs as arguments" % (owner, name, type(value).__name__)) from None
         self.values[name] = value
+
+    #: whether record classes of __main__ travel as bundles of their own (not within a main class's module)
+    _main_classes_apart = True
 
     def _helper(self, name: str, value: Any, namespace: Dict[str, Any]) -> None:
         if isinstance(value, types.FunctionType):
@@ -209,6 +230,102 @@ def _importable(module: types.ModuleType, qualname: str, value: Any) -> bool:
     for part in qualname.split("."):
         target = getattr(target, part, None)
     return target is value
+
+
+_main_cache: "weakref.WeakKeyDictionary[type, Dict[str, Any]]" = weakref.WeakKeyDictionary()
+_main_serials = itertools.count(1)
+
+
+def pack_main_class(kind: type) -> Dict[str, Any]:
+    """
+    The bundle of C{kind}, a class of C{__main__} (or a class nested in one), to be built into
+    the engine's module L{srpy.records.main_alias}: C{'definitions'}, the sources of the
+    top-level class and of the functions and classes of C{__main__} it uses (dependencies first,
+    each executed there once per text), with the C{imports} and C{values} they need, as a
+    function's. Cached per class object; its C{'serial'} makes a class redefined under the same
+    name (a notebook cell run again) a bundle of its own.
+
+    @raise FunctionShippingError: its source cannot be found, or something it uses cannot travel.
+    """
+    top_name = kind.__qualname__.partition(".")[0]
+    top = vars(sys.modules["__main__"]).get(top_name)
+    if not isinstance(top, type):
+        raise FunctionShippingError("__main__ holds no class %s" % top_name)
+    cached = _main_cache.get(top)
+    if cached is None:
+        source = sources.class_source(top)
+        if source is None:
+            raise FunctionShippingError(
+                "the source of class __main__.%s cannot be found (defined with exec, or typed where no text is "
+                "kept?), so it cannot travel: define it in a file or a notebook cell" % top_name)
+        state = _MainPackState()
+        state.visit_source(top_name, source, vars(sys.modules["__main__"]))
+        cached = {"kind": "main_class", "module": records.main_alias(), "qualname": top_name,
+                  "definitions": state.definitions, "imports": state.imports, "values": state.values,
+                  "files": state.files, "requires": sorted(state.requires), "serial": next(_main_serials)}
+        cached["hash"] = hashlib.sha1(codec.dumps(sorted(cached.items()))).hexdigest()
+        _main_cache[top] = cached
+    if top is kind:
+        return cached
+    return dict(cached, qualname=kind.__qualname__)
+
+
+class _MainPackState(_PackState):
+    """What a class of C{__main__} needs in its module on the engine: everything of C{__main__} it uses, as source."""
+
+    _main_classes_apart = False
+
+    def __init__(self) -> None:
+        super().__init__("__main__")
+        self.definitions: List[Tuple[str, str]] = []
+
+    def visit_source(self, name: str, source: str, namespace: Dict[str, Any]) -> None:
+        """Visit the globals C{source} (defining C{name}) loads, then place it after what it needs."""
+        self._seen.add(name)
+        code = compile(source, SOURCE_FILE, "exec", _FUTURE_ANNOTATIONS, dont_inherit=True)
+        for used in _loaded_names(code):
+            if used in self._seen or used not in namespace:
+                continue
+            self._seen.add(used)
+            self.visit_global(used, namespace[used], namespace, name)
+        self.definitions.append((name, source))
+
+    def _helper(self, name: str, value: Any, namespace: Dict[str, Any]) -> None:
+        if isinstance(value, types.FunctionType):
+            if value.__closure__:
+                raise FunctionShippingError("helper %s is a closure and cannot travel" % value.__qualname__)
+            source, _ = _function_source(value, keep_defaults=True)
+        else:
+            found = sources.class_source(value)
+            if found is None:
+                raise FunctionShippingError("the source of class __main__.%s is not available, so it cannot "
+                                            "travel: define it in a file or a notebook cell" % value.__qualname__)
+            source = found
+        if getattr(value, "__name__", name) != name:
+            raise FunctionShippingError("__main__.%s is %s under another name, which cannot travel as source"
+                                        % (name, value.__qualname__))
+        self.visit_source(name, source, namespace)
+
+
+#: the instructions that read a global (or, in a class body, a name of the class or a global)
+_LOADS = frozenset(("LOAD_GLOBAL", "LOAD_NAME", "LOAD_FROM_DICT_OR_GLOBALS"))
+
+
+def _loaded_names(code: types.CodeType) -> List[str]:
+    """The names C{code} and the code it holds read as globals, without those it stores itself (its own definitions)."""
+    loaded: List[str] = []
+    stored: Set[str] = set()
+    for instruction in dis.get_instructions(code):
+        if instruction.opname in _LOADS and isinstance(instruction.argval, str):
+            loaded.append(instruction.argval)
+        elif instruction.opname in ("STORE_NAME", "STORE_GLOBAL"):
+            stored.add(instruction.argval)
+    # a class body reads __name__ (its __module__) and __qualname__: the module's own, on the engine
+    names = [name for name in loaded if name not in stored and not (name.startswith("__") and name.endswith("__"))]
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names.extend(_loaded_names(const))
+    return names
 
 
 def _global_names(code: types.CodeType) -> List[str]:
@@ -293,15 +410,12 @@ def build(bundle: Dict[str, Any], install: Optional[Callable[[Dict[str, str]], A
         install(bundle["files"])
     if bundle["kind"] == "ref":
         return _import_attribute(bundle["module"], bundle["qualname"])
+    if bundle["kind"] == "main_class":
+        return _build_main_class(bundle, install)
+    for main_class in bundle.get("main_classes", ()):
+        _build_main_class(main_class, install)
     namespace: Dict[str, Any] = {"__builtins__": builtins, "__name__": "__srpy_function__"}
-    for alias, (how, what) in bundle.get("imports", {}).items():
-        if how == "module":
-            importlib.import_module(what)
-            namespace[alias] = sys.modules[what]
-        else:
-            module, _, qualname = what.partition(":")
-            namespace[alias] = _import_attribute(module, qualname)
-    namespace.update(bundle.get("values", {}))
+    _bind_imports(namespace, bundle)
     for source in bundle.get("helpers", ()):
         exec(_compile(source, "exec", "helper"), namespace)
     if bundle["kind"] == "lambda":
@@ -313,6 +427,46 @@ def build(bundle: Dict[str, Any], install: Optional[Callable[[Dict[str, str]], A
     return fn
 
 
+def _bind_imports(namespace: Dict[str, Any], bundle: Dict[str, Any]) -> None:
+    for alias, (how, what) in bundle.get("imports", {}).items():
+        if how == "module":
+            importlib.import_module(what)
+            namespace[alias] = sys.modules[what]
+        else:
+            module, _, qualname = what.partition(":")
+            namespace[alias] = _import_attribute(module, qualname)
+    namespace.update(bundle.get("values", {}))
+
+
+def _build_main_class(bundle: Dict[str, Any], install: Optional[Callable[[Dict[str, str]], Any]]) -> type:
+    """
+    Execute a main class bundle's definitions into its module (made on the first, kept in
+    C{sys.modules}: records name it), each text once; return its class.
+    """
+    module_name = bundle["module"]
+    if type(module_name) is not str or not module_name.startswith(records.MAIN_PREFIX) \
+            or not module_name.isidentifier():
+        raise ValueError("a main class bundle names the module %r, which is not srpy's for a client's __main__"
+                         % (module_name,))
+    if bundle.get("files") and install is not None:
+        install(bundle["files"])
+    module = sys.modules.get(module_name)
+    if module is None:
+        module = types.ModuleType(module_name, "the classes of __main__ of one srpy client, shipped as source")
+        module.__dict__["__builtins__"] = builtins
+        module.__dict__["__srpy_sources__"] = {}
+        sys.modules[module_name] = module
+    namespace = module.__dict__
+    _bind_imports(namespace, bundle)
+    done = namespace["__srpy_sources__"]
+    for name, source in bundle["definitions"]:
+        digest = hashlib.sha1(source.encode("utf-8", "surrogatepass")).hexdigest()
+        if done.get(name) != digest:  # the same text again keeps the class (and its records' identity)
+            exec(_compile(source, "exec", name), namespace)
+            done[name] = digest
+    return _import_attribute(module_name, bundle["qualname"])
+
+
 def source_filename(source: str, label: str = "") -> str:
     """
     A file name for C{source} that tracebacks can show lines of: it is registered in C{linecache}.
@@ -322,8 +476,6 @@ def source_filename(source: str, label: str = "") -> str:
     >>> name.startswith("<srpy demo "), linecache.getline(name, 1)
     (True, 'x = 1\\n')
     """
-    import hashlib
-
     digest = hashlib.sha1(source.encode("utf-8", "surrogatepass")).hexdigest()[:10]
     name = "%s %s %s>" % (SOURCE_PREFIX, label or "code", digest)
     if name not in linecache.cache:
