@@ -167,10 +167,9 @@ class _PackState:
             self.imports[name] = ("module", value.__name__)
             self._need_module(value)
             return
-        if self.module_name == "__main__" and records.is_record_class(value) and value.__module__ == "__main__" \
-                and self._main_classes_apart:
-            # a record class of __main__ lives in the engine's module for this client, where replies name it
-            bundle = pack_main_class(value)
+        bundle = self._main_class_bundle(value) if self._main_classes_apart else None
+        if bundle is not None:
+            # a record class of __main__ lives in the engine's module for its client, where replies name it
             self.main_classes.append(bundle)
             self.imports[name] = ("from", bundle["module"] + ":" + value.__qualname__)
             self.files.update(bundle["files"])
@@ -195,6 +194,22 @@ class _PackState:
 
     #: whether record classes of __main__ travel as bundles of their own (not within a main class's module)
     _main_classes_apart = True
+
+    @staticmethod
+    def _main_class_bundle(value: Any) -> Optional[Dict[str, Any]]:
+        """
+        The main class bundle of C{value} if it is a record class of C{__main__} (a client's), or
+        of a client's C{__main__} module on an engine (the bundle it was built from: an engine
+        spawning a function of its client's passes the class on); None otherwise.
+        """
+        if not records.is_record_class(value):
+            return None
+        module_name = value.__module__
+        if module_name == "__main__":
+            return pack_main_class(value)
+        if isinstance(module_name, str) and module_name.startswith(records.MAIN_PREFIX):
+            return received_bundle(module_name + ":" + value.__qualname__)
+        return None
 
     def _helper(self, name: str, value: Any, namespace: Dict[str, Any]) -> None:
         if isinstance(value, types.FunctionType):
@@ -230,6 +245,52 @@ def _importable(module: types.ModuleType, qualname: str, value: Any) -> bool:
     for part in qualname.split("."):
         target = getattr(target, part, None)
     return target is value
+
+
+def pack_module(module_name: str) -> Dict[str, Any]:
+    """
+    A bundle that makes an engine import the module C{module_name}, imported here: its local
+    files travel with it (the whole top-level package and the local modules it imports), an
+    installed one is required there, a standard one is imported. For an engine passing a record's
+    module on to a peer that has not imported it.
+
+    @raise FunctionShippingError: it is not imported here, or it is a client's C{__main__} module.
+    """
+    module = sys.modules.get(module_name)
+    if not isinstance(module, types.ModuleType) or module_name.startswith(records.MAIN_PREFIX) \
+            or module_name in ("__main__", "__mp_main__"):
+        raise FunctionShippingError("module %s is not imported here as a module that can travel" % module_name)
+    origin = module_origin(module)
+    files = shipping.local_closure(module_name) if origin == "local" else {}
+    requires = [module_name.partition(".")[0]] if origin == "installed" else []
+    bundle = {"kind": "module", "module": module_name, "files": files, "requires": requires}
+    bundle["hash"] = hashlib.sha1(codec.dumps(sorted(bundle.items()))).hexdigest()
+    return bundle
+
+
+#: the bundles of record classes' modules this process was given and built (see L{received_bundle})
+_received: Dict[str, Dict[str, Any]] = {}
+
+
+def received_bundle(reference: str) -> Optional[Dict[str, Any]]:
+    """
+    The bundle this process built that holds the record class C{reference} (C{'module:qualname'}):
+    for a client's C{__main__} module, the main class bundle of its top-level class; for another
+    module, the bundle that made this process import it (a function's by reference, or a
+    module's); None if none. An engine passes it on to a peer unchanged.
+    """
+    module_name, _, qualname = reference.partition(":")
+    if module_name.startswith(records.MAIN_PREFIX):
+        found = _received.get(module_name + ":" + qualname.partition(".")[0])
+        return None if found is None else dict(found, qualname=qualname)
+    return _received.get(module_name)
+
+
+def _keep(bundle: Dict[str, Any]) -> None:
+    if bundle["kind"] == "main_class":
+        _received[bundle["module"] + ":" + bundle["qualname"].partition(".")[0]] = bundle
+    elif bundle["kind"] in ("ref", "module") and type(bundle.get("module")) is str:
+        _received.setdefault(bundle["module"], bundle)
 
 
 _main_cache: "weakref.WeakKeyDictionary[type, Dict[str, Any]]" = weakref.WeakKeyDictionary()
@@ -409,7 +470,13 @@ def build(bundle: Dict[str, Any], install: Optional[Callable[[Dict[str, str]], A
     if bundle.get("files") and install is not None:
         install(bundle["files"])
     if bundle["kind"] == "ref":
-        return _import_attribute(bundle["module"], bundle["qualname"])
+        found = _import_attribute(bundle["module"], bundle["qualname"])
+        _keep(bundle)
+        return found
+    if bundle["kind"] == "module":
+        module: Any = importlib.import_module(bundle["module"])
+        _keep(bundle)
+        return module  # a module, not a function: a peer builds it for its records (srpy.peerrecords)
     if bundle["kind"] == "main_class":
         return _build_main_class(bundle, install)
     for main_class in bundle.get("main_classes", ()):
@@ -464,7 +531,9 @@ def _build_main_class(bundle: Dict[str, Any], install: Optional[Callable[[Dict[s
         if done.get(name) != digest:  # the same text again keeps the class (and its records' identity)
             exec(_compile(source, "exec", name), namespace)
             done[name] = digest
-    return _import_attribute(module_name, bundle["qualname"])
+    found = _import_attribute(module_name, bundle["qualname"])
+    _keep(bundle)
+    return found
 
 
 def source_filename(source: str, label: str = "") -> str:

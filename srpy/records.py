@@ -227,11 +227,20 @@ def resolve(ref: Any, what: str) -> type:
             raise _bad("a tagged %s of class %s: __main__ holds no such class" % (what, _clip(ref)))
         return kind
     if not isinstance(sys.modules.get(module_name), types.ModuleType):
-        raise errors.RecordModuleNotImported(
+        missing = errors.RecordModuleNotImported(
             "bad srpy data (a tagged %s of class %s: module %s is not imported here (srpy never imports a module "
             "because of a message: import it, or on an engine ship it with the value's sender))"
             % (what, _clip(ref), _clip(module_name)))
+        missing.reference = ref  # what a sender ships, or what an engine asks its peer for
+        raise missing
     kind = _lookup(module_name, qualname)
+    if kind is None and module_name.startswith(MAIN_PREFIX):
+        # a client's __main__ module is given class by class: this one has not been given here yet
+        missing = errors.RecordModuleNotImported(
+            "bad srpy data (a tagged %s of class %s: that class of a client's __main__ was not given here)"
+            % (what, _clip(ref)))
+        missing.reference = ref
+        raise missing
     if not isinstance(kind, type):
         raise _bad("a tagged %s of class %s: module %s holds no such class" % (what, _clip(ref), _clip(module_name)))
     return kind
@@ -367,13 +376,13 @@ def exception(module_name: str, qualname: str, args: tuple, attributes: Dict[str
 def ship_order(classes: List[type]) -> List[Tuple[str, type]]:
     """
     (module name, class) for each module among C{classes}, once each, by name: what the client
-    ships; a class of C{__main__} travels as its own source, so each is one item, named
-    C{'__main__:qualname'}.
+    ships; a class of C{__main__} (or of a client's C{__main__} module on an engine) travels as
+    its own source, so each is one item, named C{'module:qualname'} of its top-level class.
     """
     seen: Dict[str, type] = {}
     for kind in classes:
-        if kind.__module__ == "__main__":
-            seen.setdefault("__main__:" + kind.__qualname__.partition(".")[0], kind)
+        if kind.__module__ == "__main__" or kind.__module__.startswith(MAIN_PREFIX):
+            seen.setdefault(kind.__module__ + ":" + kind.__qualname__.partition(".")[0], kind)
         else:
             seen.setdefault(kind.__module__, kind)
     return sorted(seen.items())
