@@ -208,3 +208,46 @@ def test_records_of_a_script_main_travel_everywhere(engine_uri, tmp_path):
 @pytest.mark.slow
 def test_records_of_a_notebook_main_travel(engine_uri, tmp_path):
     run_main(["-c", textwrap.dedent(NOTEBOOK), engine_uri], tmp_path)
+
+
+# -- crafted references and bundles: in this process and against a real engine ---------------------
+
+def test_a_reference_to_this_process_main_resolves_only_a_class_defined_there(monkeypatch):
+    import dataclasses
+    import __main__
+    from srpy import errors, records
+
+    @dataclasses.dataclass
+    class Defined:
+        a: int
+
+    Defined.__module__, Defined.__qualname__ = "__main__", "SrpyTestDefined"
+    monkeypatch.setattr(__main__, "SrpyTestDefined", Defined, raising=False)
+    monkeypatch.setattr(__main__, "SrpyTestImported", errors.RemoteError, raising=False)  # defined elsewhere
+    alias = records.main_alias()
+    assert alias.startswith("srpy_main_") and len(alias) == len("srpy_main_") + 12
+    assert records.resolve(alias + ":SrpyTestDefined", "dataclass") is Defined
+    for name in ("SrpyTestImported", "NoSuchName"):
+        with pytest.raises(ValueError, match="__main__ holds no such class"):
+            records.resolve(alias + ":" + name, "dataclass")
+    # another program's __main__ module is not imported here: the clear, retryable error
+    with pytest.raises(errors.RecordModuleNotImported, match="srpy_main_000000000000") as info:
+        records.resolve("srpy_main_000000000000:Point", "dataclass")
+    assert info.value.reference == "srpy_main_000000000000:Point"
+
+
+def test_a_main_class_bundle_builds_only_into_a_main_module():
+    from srpy import functions
+
+    bundle = {"kind": "main_class", "module": "os", "qualname": "path", "definitions": [("path", "path = 1\n")]}
+    with pytest.raises(ValueError, match="not srpy's for a client's __main__"):
+        functions.build(bundle, None)
+    import os as os_module
+    assert not isinstance(os_module.path, int)
+
+
+def test_an_engine_refuses_a_main_class_bundle_for_another_module(engine):
+    bundle = {"kind": "main_class", "module": "sys", "qualname": "x", "definitions": [("x", "x = 1\n")]}
+    failure = engine.call("define", "crafted-main-class", bundle)
+    assert failure["kind"] == "broken" and "not srpy's" in str(failure["error"])
+    assert engine.eval("hasattr(__import__('sys'), 'x')") is False and engine.eval("6 * 7") == 42

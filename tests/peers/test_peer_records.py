@@ -16,6 +16,7 @@ import threading
 import pytest
 
 import srpy
+from srpy.group import peer_uri
 from srpy.tuplespace import owner_of
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -161,6 +162,7 @@ def test_a_record_whose_module_cannot_be_given_is_a_clear_error(pair):
 MAIN = '''
 import dataclasses, enum, sys
 import srpy
+from srpy.group import peer_uri
 from srpy.tuplespace import owner_of
 
 
@@ -233,3 +235,21 @@ def test_records_of_a_client_main_travel_between_engines(pair, tmp_path):
     done = subprocess.run([sys.executable, str(script), pair[0].uri, pair[1].uri], cwd=str(tmp_path), env=env,
                           capture_output=True, text=True, timeout=110)
     assert done.returncode == 0 and done.stdout.strip().endswith("OK"), done.stdout + done.stderr
+
+
+def test_the_peer_object_builds_only_module_bundles_and_only_for_peers(pair):
+    a, b = pair[0], pair[1]
+    marker = "srpy_peer_marker_%d" % os.getpid()
+    function = {"kind": "def", "name": "f", "source": "def f():\n    pass\n", "imports": {},
+                "values": {}, "helpers": ["import os\nos.environ[%r] = '1'\n" % marker], "files": {}}
+    with srpy.PythonEngine(peer_uri(a.uri)) as a_peer:
+        with pytest.raises(ValueError, match="a peer may give a record class's module"):
+            a_peer.call("peer_define", b.uri, function)
+        with pytest.raises(PermissionError, match="not a peer"):
+            a_peer.call("peer_define", "PYRO:srpy.engine@127.0.0.1:1", {"kind": "module", "module": "json"})
+        with pytest.raises(PermissionError, match="not a peer"):
+            a_peer.call("peer_record_bundle", "PYRO:srpy.engine@127.0.0.1:1", "json:JSONDecoder")
+        with pytest.raises(srpy.SerializationError, match="no_such_module_here"):
+            a_peer.call("peer_record_bundle", b.uri, "no_such_module_here:Thing")
+    assert a.eval("__import__('os').environ.get(name)", name=marker) is None, "no code of the bundle ran"
+    assert a.eval("6 * 7") == 42
