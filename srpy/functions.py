@@ -34,22 +34,24 @@ local variables, bound methods of objects, and globals that cannot travel (socke
 
 import ast
 import builtins
-import dis
 import functools
-import hashlib
 import importlib
 import inspect
 import itertools
 import linecache
 import sys
 import textwrap
+import threading
 import types
 import weakref
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
-from . import codec, records, shipping, sources
+from . import codec, shipping
 from .shipping import module_origin
 from .errors import SRPyError
+
+#: the prefix of the module an engine keeps a client's __main__ classes in (L{srpy.records.MAIN_PREFIX})
+MAIN_PREFIX = "srpy_main_"
 
 #: file name prefix of code compiled on an engine (tracebacks show it, with the source lines)
 SOURCE_PREFIX = "<srpy"
@@ -79,6 +81,8 @@ def pack(fn: Callable[..., Any]) -> Dict[str, Any]:
     if cached is not None:
         return cached
     bundle = _pack(fn)
+    import hashlib  # on the first bundle: an engine needs no hashlib to start serving
+
     bundle["hash"] = hashlib.sha1(codec.dumps(sorted(bundle.items()))).hexdigest()
     try:
         _cache[fn] = bundle
@@ -202,14 +206,16 @@ class _PackState:
         of a client's C{__main__} module on an engine (the bundle it was built from: an engine
         spawning a function of its client's passes the class on); None otherwise.
         """
+        module_name = getattr(value, "__module__", None) if isinstance(value, type) else None
+        if not (module_name == "__main__" or (isinstance(module_name, str) and module_name.startswith(MAIN_PREFIX))):
+            return None  # the common case: srpy.records is not loaded for it
+        from . import records
+
         if not records.is_record_class(value):
             return None
-        module_name = value.__module__
         if module_name == "__main__":
             return pack_main_class(value)
-        if isinstance(module_name, str) and module_name.startswith(records.MAIN_PREFIX):
-            return received_bundle(module_name + ":" + value.__qualname__)
-        return None
+        return received_bundle(module_name + ":" + value.__qualname__)
 
     def _helper(self, name: str, value: Any, namespace: Dict[str, Any]) -> None:
         if isinstance(value, types.FunctionType):
@@ -256,8 +262,10 @@ def pack_module(module_name: str) -> Dict[str, Any]:
 
     @raise FunctionShippingError: it is not imported here, or it is a client's C{__main__} module.
     """
+    import hashlib
+
     module = sys.modules.get(module_name)
-    if not isinstance(module, types.ModuleType) or module_name.startswith(records.MAIN_PREFIX) \
+    if not isinstance(module, types.ModuleType) or module_name.startswith(MAIN_PREFIX) \
             or module_name in ("__main__", "__mp_main__"):
         raise FunctionShippingError("module %s is not imported here as a module that can travel" % module_name)
     origin = module_origin(module)
@@ -280,7 +288,7 @@ def received_bundle(reference: str) -> Optional[Dict[str, Any]]:
     module's); None if none. An engine passes it on to a peer unchanged.
     """
     module_name, _, qualname = reference.partition(":")
-    if module_name.startswith(records.MAIN_PREFIX):
+    if module_name.startswith(MAIN_PREFIX):
         found = _received.get(module_name + ":" + qualname.partition(".")[0])
         return None if found is None else dict(found, qualname=qualname)
     return _received.get(module_name)
@@ -308,6 +316,10 @@ def pack_main_class(kind: type) -> Dict[str, Any]:
 
     @raise FunctionShippingError: its source cannot be found, or something it uses cannot travel.
     """
+    import hashlib
+
+    from . import records, sources
+
     top_name = kind.__qualname__.partition(".")[0]
     top = vars(sys.modules["__main__"]).get(top_name)
     if not isinstance(top, type):
@@ -357,14 +369,19 @@ class _MainPackState(_PackState):
                 raise FunctionShippingError("helper %s is a closure and cannot travel" % value.__qualname__)
             source, _ = _function_source(value, keep_defaults=True)
         else:
+            from . import sources
+
             found = sources.class_source(value)
             if found is None:
                 raise FunctionShippingError("the source of class __main__.%s is not available, so it cannot "
                                             "travel: define it in a file or a notebook cell" % value.__qualname__)
             source = found
-        if getattr(value, "__name__", name) != name:
-            raise FunctionShippingError("__main__.%s is %s under another name, which cannot travel as source"
-                                        % (name, value.__qualname__))
+        real_name = getattr(value, "__name__", name)
+        if real_name != name:  # used under another name (P = Point): define it, then bind that name too
+            if real_name not in self._seen:
+                self.visit_source(real_name, source, namespace)
+            self.definitions.append((name, "%s = %s\n" % (name, real_name)))
+            return
         self.visit_source(name, source, namespace)
 
 
@@ -374,6 +391,8 @@ _LOADS = frozenset(("LOAD_GLOBAL", "LOAD_NAME", "LOAD_FROM_DICT_OR_GLOBALS"))
 
 def _loaded_names(code: types.CodeType) -> List[str]:
     """The names C{code} and the code it holds read as globals, without those it stores itself (its own definitions)."""
+    import dis  # only for a class of __main__
+
     loaded: List[str] = []
     stored: Set[str] = set()
     for instruction in dis.get_instructions(code):
@@ -511,12 +530,22 @@ def _build_main_class(bundle: Dict[str, Any], install: Optional[Callable[[Dict[s
     C{sys.modules}: records name it), each text once; return its class.
     """
     module_name = bundle["module"]
-    if type(module_name) is not str or not module_name.startswith(records.MAIN_PREFIX) \
+    if type(module_name) is not str or not module_name.startswith(MAIN_PREFIX) \
             or not module_name.isidentifier():
         raise ValueError("a main class bundle names the module %r, which is not srpy's for a client's __main__"
                          % (module_name,))
     if bundle.get("files") and install is not None:
         install(bundle["files"])
+    with _main_lock:  # the engine's define and its peers' (which take no engine lock) may give it at once
+        return _build_main_class_locked(bundle, module_name)
+
+
+_main_lock = threading.Lock()
+
+
+def _build_main_class_locked(bundle: Dict[str, Any], module_name: str) -> type:
+    import hashlib
+
     module = sys.modules.get(module_name)
     if module is None:
         module = types.ModuleType(module_name, "the classes of __main__ of one srpy client, shipped as source")
@@ -545,6 +574,8 @@ def source_filename(source: str, label: str = "") -> str:
     >>> name.startswith("<srpy demo "), linecache.getline(name, 1)
     (True, 'x = 1\\n')
     """
+    import hashlib
+
     digest = hashlib.sha1(source.encode("utf-8", "surrogatepass")).hexdigest()[:10]
     name = "%s %s %s>" % (SOURCE_PREFIX, label or "code", digest)
     if name not in linecache.cache:

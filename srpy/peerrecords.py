@@ -26,7 +26,6 @@ L{RecordModuleNotImported<srpy.errors.RecordModuleNotImported>} naming it, with 
 
 import logging
 import sys
-import threading
 import weakref
 from typing import Any, Callable, Dict, List, Optional, Set
 
@@ -38,9 +37,6 @@ log = logging.getLogger("srpy.peers")
 BUNDLE_KINDS = frozenset(("ref", "module", "main_class"))
 #: classes one reply may make its reader ask for before it gives up (a reply that names ever more is hostile)
 FETCHES_PER_REPLY = 64
-
-_build_lock = threading.Lock()
-
 
 def bundle_for(reference: str) -> Dict[str, Any]:
     """
@@ -72,8 +68,7 @@ def build(bundle: Any, install: Optional[Callable[[Dict[str, str]], Any]]) -> Op
         raise ValueError("a peer may give a record class's module or a client's __main__ class, not %r"
                          % (kind if kind is not None else type(bundle).__name__,))
     try:
-        with _build_lock:  # peers' calls take no engine lock: two giving the same class build it once
-            functions.build(bundle, install)
+        functions.build(bundle, install)
     except errors.CallInterrupted:
         raise
     except Exception as exc:  # what building raised is the answer: the peer reports it, this engine serves on

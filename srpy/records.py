@@ -160,6 +160,10 @@ def encode(value: Any, where: Any, encode_value: Callable[[Any, Any], Any], tagg
                 "cannot send a value of type __main__.%s: srpy cannot find the source of its class (defined with "
                 "exec, or typed where no text is kept?), and a class of __main__ travels as its source: define it "
                 "in a file or a notebook cell, or in a module of its own" % kind.__qualname__)
+        if kind.__module__.startswith(MAIN_PREFIX):
+            raise errors.SerializationError(
+                "cannot send a value of type %s: its class, of a client's __main__, was defined again there since "
+                "(a notebook cell run again): this value is of the old class" % kind.__qualname__)
         raise errors.SerializationError(
             "cannot send a value of type %s.%s: its class is not importable by its module and name (a class of "
             "a function or of code run with exec): define it at the top of a module or of your script, which "

@@ -225,6 +225,8 @@ def test_a_reference_to_this_process_main_resolves_only_a_class_defined_there(mo
     monkeypatch.setattr(__main__, "SrpyTestDefined", Defined, raising=False)
     monkeypatch.setattr(__main__, "SrpyTestImported", errors.RemoteError, raising=False)  # defined elsewhere
     alias = records.main_alias()
+    from srpy import functions
+    assert functions.MAIN_PREFIX == records.MAIN_PREFIX  # functions keeps its copy: it loads records only when needed
     assert alias.startswith("srpy_main_") and len(alias) == len("srpy_main_") + 12
     assert records.resolve(alias + ":SrpyTestDefined", "dataclass") is Defined
     for name in ("SrpyTestImported", "NoSuchName"):
