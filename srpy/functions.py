@@ -334,7 +334,7 @@ def pack_main_class(kind: type) -> Dict[str, Any]:
         state = _MainPackState()
         state.visit_source(top_name, source, vars(sys.modules["__main__"]))
         cached = {"kind": "main_class", "module": records.main_alias(), "qualname": top_name,
-                  "definitions": state.definitions, "imports": state.imports, "values": state.values,
+                  "definitions": state.definitions + state.aliases, "imports": state.imports, "values": state.values,
                   "files": state.files, "requires": sorted(state.requires), "serial": next(_main_serials)}
         cached["hash"] = hashlib.sha1(codec.dumps(sorted(cached.items()))).hexdigest()
         _main_cache[top] = cached
@@ -351,6 +351,7 @@ class _MainPackState(_PackState):
     def __init__(self) -> None:
         super().__init__("__main__")
         self.definitions: List[Tuple[str, str]] = []
+        self.aliases: List[Tuple[str, str]] = []
 
     def visit_source(self, name: str, source: str, namespace: Dict[str, Any]) -> None:
         """Visit the globals C{source} (defining C{name}) loads, then place it after what it needs."""
@@ -380,7 +381,7 @@ class _MainPackState(_PackState):
         if real_name != name:  # used under another name (P = Point): define it, then bind that name too
             if real_name not in self._seen:
                 self.visit_source(real_name, source, namespace)
-            self.definitions.append((name, "%s = %s\n" % (name, real_name)))
+            self.aliases.append((name, "%s = %s\n" % (name, real_name)))  # after every definition
             return
         self.visit_source(name, source, namespace)
 

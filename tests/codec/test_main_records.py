@@ -48,6 +48,12 @@ class Point:
             raise MyError("x below 0: %s" % self.x, 7)
         return self
 
+    def twin(self):
+        return P(self.x, self.y)  # the class under another name
+
+
+P = Point
+
 
 @dataclasses.dataclass
 class Path:
@@ -80,6 +86,10 @@ def paint(path):
 
 def fail(n):
     raise MyError("no %s" % n, n)
+
+
+def make(x):
+    return P(x)
 
 
 uri = sys.argv[1]
@@ -130,6 +140,8 @@ with srpy.EngBox([uri]) as box:
         assert exc.args == ("no 4", 4)
     else:
         raise AssertionError("no MyError from map")
+    assert box.submit(make, 2).result(timeout=60) == Point(2)
+    assert box.submit(lambda p: p.twin(), Point(3, 1)).result(timeout=60) == Point(3, 1)
     # the engine keeps one class per definition: the function's Point is the values' Point
     assert box.submit(lambda p: type(p) is Point, Point(1)).result(timeout=60) is True
 
