@@ -138,9 +138,9 @@ def test_a_stolen_call_gives_the_thief_its_arguments_classes(pair, planets):
     a, b = pair[0], pair[1]
     a.set(p=planets.Planet("venus", planets.Kind.ROCK))
     a.exe("import srpy_peer_planets as m")
-    # the first call runs inline (2 s); the second is queued, and b, idle, takes it
-    ran = a.eval("[f.result(timeout=60) for f in [srpy.spawn(m.slowly, 2.0), srpy.spawn(m.heavier, p)]]")
-    assert ran == [2.0, planets.Planet("VENUS", planets.Kind.GAS, ("new",))]
+    # the first call runs inline (3 s); the second is queued, and b, idle, takes it
+    ran = a.eval("[f.result(timeout=60) for f in [srpy.spawn(m.slowly, 3.0), srpy.spawn(m.heavier, p)]]")
+    assert ran == [3.0, planets.Planet("VENUS", planets.Kind.GAS, ("new",))]
     assert imported(b), "the second call ran on b"
 
 
@@ -211,7 +211,7 @@ assert type(back) is Label and back == Label("hello"), back
 with srpy.EngBox([a_uri]) as box:
     def driver(n):
         import time
-        calls = [srpy.spawn(time.sleep, 2.0), srpy.spawn(shift, Point(n))]
+        calls = [srpy.spawn(time.sleep, 3.0), srpy.spawn(shift, Point(n))]
         return [f.result(timeout=60) for f in calls][1]
     assert box.submit(driver, 5).result(timeout=90) == Point(6, 0)
     try:
