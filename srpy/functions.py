@@ -71,14 +71,16 @@ _strong_cache: Dict[Any, Dict[str, Any]] = {}
 
 def pack(fn: Callable[..., Any]) -> Dict[str, Any]:
     """
-    The bundle for C{fn} (cached per function object: globals are captured at the first call).
+    The bundle for C{fn} (cached per function object: globals are captured at the first call;
+    a function that uses a class of C{__main__} defined again since, a notebook cell run again,
+    is packed again, with the class its name now holds, as the function would use locally).
     Its C{'hash'} names it on engines.
     """
     try:
         cached = _cache.get(fn)
     except TypeError:  # not weak-referenceable (builtins)
         cached = _strong_cache.get(fn)
-    if cached is not None:
+    if cached is not None and not (cached.get("main_classes") and _main_classes_redefined(cached)):
         return cached
     bundle = _pack(fn)
     import hashlib  # on the first bundle: an engine needs no hashlib to start serving
@@ -89,6 +91,20 @@ def pack(fn: Callable[..., Any]) -> Dict[str, Any]:
     except TypeError:
         _strong_cache[fn] = bundle
     return bundle
+
+
+def _main_classes_redefined(bundle: Dict[str, Any]) -> bool:
+    """Whether a class of C{__main__} that C{bundle} carries is no longer the one its name holds there."""
+    records = sys.modules.get("srpy.records")
+    own = records.main_alias() if records is not None else ""
+    main = vars(sys.modules["__main__"])
+    for carried in bundle["main_classes"]:
+        if carried["module"] != own:  # an engine passing its client's classes on: they are what it was given
+            continue
+        now = main.get(carried["qualname"].partition(".")[0])
+        if not isinstance(now, type) or _main_cache.get(now, {}).get("serial") != carried["serial"]:
+            return True
+    return False
 
 
 def _pack(fn: Any) -> Dict[str, Any]:

@@ -86,9 +86,13 @@ def reference(kind: type) -> Optional[str]:
     L{main_alias}); None otherwise.
     """
     try:
-        return _references[kind]
+        found = _references[kind]
     except KeyError:
         pass
+    else:
+        if found is None or not found.startswith(MAIN_PREFIX) or _still_named(kind, found):
+            return found
+        # a class of a client's __main__ defined again since under its name: its values cannot be named
     module_name = getattr(kind, "__module__", None)
     qualname = getattr(kind, "__qualname__", None)
     found = None
@@ -100,6 +104,12 @@ def reference(kind: type) -> Optional[str]:
             found = module_name + ":" + qualname
     _references[kind] = found
     return found
+
+
+def _still_named(kind: type, found: str) -> bool:
+    """Whether C{found} (a reference to a class of C{__main__}, here or a client's) still names C{kind}."""
+    module_name = "__main__" if kind.__module__ == "__main__" else found.partition(":")[0]
+    return _lookup(module_name, kind.__qualname__) is kind
 
 
 def main_source(kind: type) -> Optional[str]:
@@ -155,6 +165,11 @@ def encode(value: Any, where: Any, encode_value: Callable[[Any, Any], Any], tagg
     if ref is None:
         if isinstance(value, (int, float, complex, str, bytes, tuple)):
             return None
+        now = _lookup("__main__", kind.__qualname__) if kind.__module__ == "__main__" else None
+        if isinstance(now, type) and now is not kind and "<" not in kind.__qualname__:
+            raise errors.SerializationError(
+                "cannot send a value of type __main__.%s: the class was defined again since (a notebook cell run "
+                "again), and this value is of the old one" % kind.__qualname__)
         if kind.__module__ == "__main__" and "<" not in kind.__qualname__:
             raise errors.SerializationError(
                 "cannot send a value of type __main__.%s: srpy cannot find the source of its class (defined with "

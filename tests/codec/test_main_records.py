@@ -92,6 +92,10 @@ def make(x):
     return P(x)
 
 
+def build(x, y):
+    return Point(x, y)
+
+
 uri = sys.argv[1]
 alias = records.main_alias()
 eng = srpy.PythonEngine(uri)
@@ -141,6 +145,7 @@ with srpy.EngBox([uri]) as box:
     else:
         raise AssertionError("no MyError from map")
     assert box.submit(make, 2).result(timeout=60) == Point(2)
+    assert type(box.submit(build, 1, 2).result(timeout=60)) is Point
     assert box.submit(lambda p: p.twin(), Point(3, 1)).result(timeout=60) == Point(3, 1)
     # the engine keeps one class per definition: the function's Point is the values' Point
     assert box.submit(lambda p: type(p) is Point, Point(1)).result(timeout=60) is True
@@ -154,6 +159,10 @@ class Point:
 
 p3 = eng.eval("p", p=Point(1, 2, 3))
 assert type(p3) is Point and p3 == Point(1, 2, 3)
+# a function sent before uses the class its name holds now, as it would here
+with srpy.EngBox([uri]) as box:
+    made = box.submit(build, 4, 5).result(timeout=60)
+    assert type(made) is Point and made == Point(4, 5, 0.0), made
 assert eng.eval("sorted(type(p).__dataclass_fields__)", p=Point(1, 2, 3)) == ["x", "y", "z"]
 
 # a class whose source cannot be found (made by exec): a clear SerializationError
@@ -265,3 +274,48 @@ def test_an_engine_refuses_a_main_class_bundle_for_another_module(engine):
     failure = engine.call("define", "crafted-main-class", bundle)
     assert failure["kind"] == "broken" and "not srpy's" in str(failure["error"])
     assert engine.eval("hasattr(__import__('sys'), 'x')") is False and engine.eval("6 * 7") == 42
+
+
+REDEFINED = '''
+import dataclasses, sys
+import srpy
+
+@dataclasses.dataclass
+class Reading:
+    value: float
+
+eng = srpy.PythonEngine(sys.argv[1])
+eng.set(old=Reading(1.0))
+
+first = Reading(0.5)
+
+
+@dataclasses.dataclass
+class Reading:  # the cell run again, with a field more
+    value: float
+    unit: str = "m"
+
+try:
+    eng.set(v=first)  # here too: a value of the old class
+except srpy.SerializationError as exc:
+    assert "defined again" in str(exc), exc
+else:
+    raise AssertionError("a value of the old class was sent")
+
+assert eng.eval("r", r=Reading(2.0)) == Reading(2.0)
+try:
+    eng.get("old")  # of the class the engine no longer holds under that name
+except srpy.SerializationError as exc:
+    assert "defined again" in str(exc), exc
+else:
+    raise AssertionError("the old record came back as the new class")
+assert eng.eval("old.value") == 1.0 and eng.get("r") == Reading(2.0)  # the engine and the connection serve on
+eng.close()
+print("OK")
+'''
+
+
+def test_a_record_of_a_class_defined_again_since_is_refused_by_the_engine(engine_uri, tmp_path):
+    script = tmp_path / "cells.py"
+    script.write_text(REDEFINED)
+    run_main([str(script), engine_uri], tmp_path)
