@@ -332,31 +332,41 @@ def pack_main_class(kind: type) -> Dict[str, Any]:
 
     @raise FunctionShippingError: its source cannot be found, or something it uses cannot travel.
     """
-    import hashlib
-
-    from . import records, sources
-
     top_name = kind.__qualname__.partition(".")[0]
     top = vars(sys.modules["__main__"]).get(top_name)
     if not isinstance(top, type):
         raise FunctionShippingError("__main__ holds no class %s" % top_name)
     cached = _main_cache.get(top)
     if cached is None:
-        source = sources.class_source(top)
-        if source is None:
-            raise FunctionShippingError(
-                "the source of class __main__.%s cannot be found (defined with exec, or typed where no text is "
-                "kept?), so it cannot travel: define it in a file or a notebook cell" % top_name)
-        state = _MainPackState()
-        state.visit_source(top_name, source, vars(sys.modules["__main__"]))
-        cached = {"kind": "main_class", "module": records.main_alias(), "qualname": top_name,
-                  "definitions": state.definitions + state.aliases, "imports": state.imports, "values": state.values,
-                  "files": state.files, "requires": sorted(state.requires), "serial": next(_main_serials)}
-        cached["hash"] = hashlib.sha1(codec.dumps(sorted(cached.items()))).hexdigest()
-        _main_cache[top] = cached
+        with _main_pack_lock:  # one bundle per class object, whichever thread packs it first
+            cached = _main_cache.get(top) or _pack_main_class(top, top_name)
     if top is kind:
         return cached
     return dict(cached, qualname=kind.__qualname__)
+
+
+_main_pack_lock = threading.RLock()
+
+
+def _pack_main_class(top: type, top_name: str) -> Dict[str, Any]:
+    """The bundle of C{top}, a top-level class of C{__main__} (see L{pack_main_class}), kept for it."""
+    import hashlib
+
+    from . import records, sources
+
+    source = sources.class_source(top)
+    if source is None:
+        raise FunctionShippingError(
+            "the source of class __main__.%s cannot be found (defined with exec, or typed where no text is "
+            "kept?), so it cannot travel: define it in a file or a notebook cell" % top_name)
+    state = _MainPackState()
+    state.visit_source(top_name, source, vars(sys.modules["__main__"]))
+    bundle = {"kind": "main_class", "module": records.main_alias(), "qualname": top_name,
+              "definitions": state.definitions + state.aliases, "imports": state.imports, "values": state.values,
+              "files": state.files, "requires": sorted(state.requires), "serial": next(_main_serials)}
+    bundle["hash"] = hashlib.sha1(codec.dumps(sorted(bundle.items()))).hexdigest()
+    _main_cache[top] = bundle
+    return bundle
 
 
 class _MainPackState(_PackState):
