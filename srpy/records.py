@@ -14,6 +14,11 @@ set with C{object.__setattr__} (no C{__init__}, no C{__post_init__}); an enum me
 by name among the class's members; a named tuple is C{tuple.__new__(cls, items)}; an exception is
 made by its builtin base's C{__new__}, its C{args} and attributes written directly.
 
+A class of C{__main__} (a script's, a notebook's) cannot be imported by a receiver: the client
+ships its source to an engine instead, into a module named for the client (L{main_alias}), and a
+record of it travels by reference to that module; a reference to this process's own name
+resolves to the class defined in this process's C{__main__}.
+
 This module does not import L{srpy.codec} (codec imports it, lazily).
 
 >>> import enum
@@ -59,11 +64,10 @@ def main_alias() -> str:
     """
     The name this process's C{__main__} is known by on the engines it sends records to:
     C{srpy_main_} and 12 hex digits drawn once per process (a forked child keeps them, with the
-    C{__main__} it was forked with). The
-    client ships each C{__main__} record class's source into a module of that name on an engine
-    (L{srpy.functions.pack_main_class}); a record of such a class travels as
-    C{'srpy_main_...:qualname'}, and one coming back under this process's own name resolves to
-    the class in this process's C{__main__}.
+    C{__main__} it was forked with). The client ships each C{__main__} record class's source
+    into a module of that name on an engine (L{srpy.functions.pack_main_class}); a record of such
+    a class travels as C{'srpy_main_...:qualname'}, and one coming back under this process's own
+    name resolves to the class in this process's C{__main__}.
     """
     global _main_alias
     if not _main_alias:
