@@ -317,17 +317,27 @@ class PythonEngine:
             if module_name in shared.record_modules or module_name == "builtins":
                 continue
             try:
-                bundle = functions.pack(kind)
+                # a class of __main__ travels as its source, into the engine's module for this client
+                bundle = functions.pack_main_class(kind) if kind.__module__ == "__main__" else functions.pack(kind)
             except functions.FunctionShippingError as exc:
                 raise errors.SerializationError("cannot send a %s: its class cannot travel to the engine: %s"
                                                 % (kind.__qualname__, exc)) from None
-            with self.pool.connection() as conn:
-                failure = conn.call("define", (bundle["hash"], bundle), None, None, self._shared.timeout)[0]
+            if bundle["kind"] == "main_class":
+                module_name += "@" + bundle["hash"]  # a class redefined under its name (a cell run again) ships anew
+                if module_name in shared.record_modules:
+                    continue
+            shared.record_modules.add(module_name)  # before the call: a bundle holding a record of its own class
+            try:
+                with self.pool.connection() as conn:
+                    failure = conn.call("define", (bundle["hash"], bundle), None, None, self._shared.timeout)[0]
+            except BaseException:
+                shared.record_modules.discard(module_name)
+                raise
             if failure:
+                shared.record_modules.discard(module_name)
                 raise errors.SerializationError(
                     "cannot send a %s: the engine at %s cannot import its module %s: %s"
                     % (kind.__qualname__, self.uri, module_name, failure.get("error") or failure))
-            shared.record_modules.add(module_name)
 
     def _call_records_known(self, conn: Any, method: str, args: Tuple[Any, ...], annotations: Any,
                             timeout: Optional[float]) -> Tuple[Any, Any]:

@@ -70,6 +70,8 @@ class RecordModuleNotImported(SRPyError, ValueError):
 
     #: the message was read whole and well-formed: only this value cannot be rebuilt here
     message_intact = True
+    #: C{'module:qualname'} of the class that could not be resolved (None if not known)
+    reference: Optional[str] = None
 
 
 class RemoteError(SRPyError):

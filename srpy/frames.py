@@ -17,7 +17,10 @@ The payloads, plain data only (never pickle, never dtype text that is evaluated)
    levels and codes exactly, unused levels included);
  - a column payload is C{(kind, ...)}: C{("numpy", array)} (bool, int, uint, float, complex and
    naive datetime64/timedelta64, any unit); C{("tz", utc datetime64 array, zone)} with C{zone}
-   C{("utc",)}, C{("zone", key)} (a zoneinfo key) or C{("offset", seconds, name)};
+   C{("utc",)}, C{("zone", key)} (a zoneinfo key), C{("offset", seconds, name)} (a
+   C{datetime.timezone}), C{("pytz", key)}, C{("pytz-offset", minutes)}, C{("dateutil", key)}
+   (a zone file, by its key below the zoneinfo folder), C{("dateutil-utc",)} or
+   C{("dateutil-offset", seconds, name or None)};
    C{("category", codes array, categories index payload, ordered)};
    C{("masked", values array, mask array)} (Int8..UInt64, Float32/64, boolean: the values under
    the mask are 0); C{("string", storage, na, items)} (StringDtype, C{na} "NA" or "nan");
@@ -25,7 +28,8 @@ The payloads, plain data only (never pickle, never dtype text that is evaluated)
    dtype object, C{("labels", items)}: labels are any values srpy carries (codec encodes each).
 
 Reading checks every part's type and that every column is as long as the index before pandas
-builds anything; a zone name must look like a zoneinfo key and is read only by C{zoneinfo}.
+builds anything; a zone name must look like a zoneinfo key (no path) and is read only by the
+library it came from (C{zoneinfo}, C{pytz.timezone}, C{dateutil.tz.gettz}).
 Anything else is one C{ValueError} ("bad srpy data ...").
 """
 
@@ -157,11 +161,51 @@ def _zone(tz: Any, what: str) -> tuple:
         offset = tz.utcoffset(None)
         name = tz.tzname(None)
         return ("offset", offset.days * 86400 + offset.seconds, name)
+    origin = type(tz).__module__.partition(".")[0]
+    if origin == "pytz":
+        return _pytz_zone(tz, what)
+    if origin == "dateutil":
+        return _dateutil_zone(tz, what)
     key = getattr(tz, "key", None)  # zoneinfo.ZoneInfo
     if type(key) is str and _ZONE_KEY.match(key):
         return ("zone", key)
-    raise _Refused("%s has time zone %r: srpy carries zoneinfo zones and fixed offsets "
+    raise _Refused("%s has time zone %r: srpy carries zoneinfo, pytz and dateutil zones and fixed offsets "
                    "(datetime.timezone) only" % (what, tz))
+
+
+def _pytz_zone(tz: Any, what: str) -> tuple:
+    """A pytz zone by its name (C{pytz.utc} too), or a C{pytz.FixedOffset} by its minutes."""
+    name = getattr(tz, "zone", None)
+    if type(name) is str and _ZONE_KEY.match(name):
+        return ("pytz", name)
+    minutes = getattr(tz, "_minutes", None)  # pytz._FixedOffset, whose zone is None
+    if type(minutes) is int and -1440 < minutes < 1440:
+        return ("pytz-offset", minutes)
+    raise _Refused("%s has the pytz time zone %r, which srpy cannot name" % (what, tz))
+
+
+def _dateutil_zone(tz: Any, what: str) -> tuple:
+    """A dateutil zone: a zone file by its key (relative to a zoneinfo folder), tzutc, or a tzoffset."""
+    from dateutil import tz as dateutil_tz  # there: the zone is one of its own
+
+    if isinstance(tz, dateutil_tz.tzutc):
+        return ("dateutil-utc",)
+    if isinstance(tz, dateutil_tz.tzoffset):
+        offset = tz.utcoffset(None)
+        name = tz.tzname(None)
+        return ("dateutil-offset", offset.days * 86400 + offset.seconds, name if type(name) is str else None)
+    filename = getattr(tz, "_filename", None)
+    if isinstance(tz, dateutil_tz.tzfile) and type(filename) is str:
+        key = filename
+        for folder in dateutil_tz.TZPATHS:  # gettz gives the file's path: the receiver looks the key up in its own
+            prefix = folder.rstrip("/") + "/"
+            if filename.startswith(prefix):
+                key = filename[len(prefix):]
+                break
+        if _ZONE_KEY.match(key):
+            return ("dateutil", key)
+    raise _Refused("%s has the dateutil time zone %r, which srpy cannot name (only zone files, tzutc and "
+                   "tzoffset travel; tzlocal is this machine's)" % (what, tz))
 
 
 # -- reading ------------------------------------------------------------------------------------
@@ -328,4 +372,43 @@ def _read_zone(zone: Any) -> Any:
             return zoneinfo.ZoneInfo(zone[1])
         except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
             raise _bad("a time zone %r not known here" % (zone[1],)) from None
+    if type(zone) is tuple and len(zone) == 2 and zone[0] in ("pytz", "pytz-offset"):
+        return _read_pytz_zone(zone)
+    if type(zone) is tuple and zone and zone[0] in ("dateutil", "dateutil-utc", "dateutil-offset"):
+        return _read_dateutil_zone(zone)
     raise _bad("a time zone described as %r" % (str(zone)[:40],))
+
+
+def _read_pytz_zone(zone: tuple) -> Any:
+    kind, value = zone
+    if not (kind == "pytz" and type(value) is str and _ZONE_KEY.match(value)) \
+            and not (kind == "pytz-offset" and type(value) is int and -1440 < value < 1440):
+        raise _bad("a pytz time zone described as %r" % (str(zone)[:40],))
+    try:
+        import pytz
+    except ImportError:
+        raise _bad("a pytz time zone (%s), and pytz is not installed here" % (value,)) from None
+    if kind == "pytz-offset":
+        return pytz.FixedOffset(value)
+    try:
+        return pytz.timezone(value)
+    except pytz.UnknownTimeZoneError:
+        raise _bad("a pytz time zone %r not known here" % (value,)) from None
+
+
+def _read_dateutil_zone(zone: tuple) -> Any:
+    try:
+        from dateutil import tz as dateutil_tz
+    except ImportError:
+        raise _bad("a dateutil time zone, and dateutil is not installed here") from None
+    if zone == ("dateutil-utc",):
+        return dateutil_tz.tzutc()
+    if len(zone) == 3 and zone[0] == "dateutil-offset" and type(zone[1]) is int and -86400 < zone[1] < 86400 \
+            and (zone[2] is None or (type(zone[2]) is str and len(zone[2]) <= 64)):
+        return dateutil_tz.tzoffset(zone[2], zone[1])
+    if len(zone) == 2 and zone[0] == "dateutil" and type(zone[1]) is str and _ZONE_KEY.match(zone[1]):
+        found = dateutil_tz.gettz(zone[1])
+        if not isinstance(found, dateutil_tz.tzfile):  # gettz also reads TZ strings and falls back to UTC
+            raise _bad("a dateutil time zone %r not known here" % (zone[1],))
+        return found
+    raise _bad("a dateutil time zone described as %r" % (str(zone)[:40],))

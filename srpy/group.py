@@ -12,8 +12,8 @@ import logging
 import threading
 from typing import Any, Callable, Dict, List, Optional
 
-from . import codec, wire
-from .errors import CommunicationError, PeerUnavailable, SRPyError, SRPyServerNotFound
+from . import wire
+from .errors import CommunicationError, PeerUnavailable, RecordModuleNotImported, SRPyError, SRPyServerNotFound
 from .fanout import fan_out
 
 log = logging.getLogger("srpy.peers")
@@ -41,13 +41,18 @@ class PeerLink:
     """
     This engine's connections to one peer object: srpy's serializer over a L{wire.Pool}, as the
     client's, without the client (an engine calls its peers' peer objects, never their engines).
+    Records' classes travel with the calls and replies (L{srpy.peerrecords}).
 
     @ivar info: the peer engine's description (its C{whoami}).
     """
 
-    def __init__(self, uri: str, secret: Optional[str], ssl_context: Any) -> None:
+    def __init__(self, uri: str, secret: Optional[str], ssl_context: Any, sender: str = "",
+                 install: Optional[Callable[[Dict[str, str]], Any]] = None) -> None:
+        from .peerrecords import RecordTraffic
+
         self.uri = uri
-        self.pool = wire.Pool(uri, secret, codec.WIRE_FORMAT, ssl_context, CONNECT_TIMEOUT, owner="peer link")
+        self.records = RecordTraffic(self, sender, install)
+        self.pool = wire.Pool(uri, secret, self.records.format, ssl_context, CONNECT_TIMEOUT, owner="peer link")
         try:
             self.info: Dict[str, Any] = self.call("whoami")
         except BaseException:
@@ -57,7 +62,14 @@ class PeerLink:
     def call(self, method: str, *args: Any) -> Any:
         """C{method(*args)} on the peer object (large buffers travel raw beside the messages, both ways)."""
         with self.pool.connection() as conn:
-            return conn.call(method, args)[0]
+            try:
+                return conn.call(method, args)[0]
+            except RecordModuleNotImported as exc:
+                # the peer refused the call unread for want of a class this link had given it
+                # (it restarted since): give the classes again, and make the call once more
+                if not getattr(exc, "refused_call", False) or not self.records.forget():
+                    raise
+                return conn.call(method, args)[0]
 
     def close(self) -> None:
         self.pool.close()
@@ -122,7 +134,8 @@ class PeerGroup:
     def _connect(self, uri: str) -> Any:
         """A link to the peer object beside C{uri}, if that engine is of this group (else an error)."""
         try:
-            client = PeerLink(peer_uri(uri), self.engine.secret, self.engine.peer_ssl_context)
+            client = PeerLink(peer_uri(uri), self.engine.secret, self.engine.peer_ssl_context, self.engine.uri,
+                              self.engine._write_files)
         except ValueError as exc:  # not a URI at all
             raise SRPyServerNotFound(uri, str(exc)) from None
         if client.info.get("Group", "") != self.engine.group:

@@ -157,6 +157,29 @@ class PeerService:
         return self._parts.share.fetch(key, bool(remove))
 
     @engine_call(locked=False)
+    def peer_define(self, sender: str, bundle: Any) -> Optional[str]:
+        """
+        Build the bundle of a record class's module (or of a client's C{__main__} class) that peer
+        C{sender} gives with a value (L{srpy.peerrecords}); None once built, else what failed.
+        """
+        if not self._group.is_peer(sender):
+            raise PermissionError("%s is not a peer of this engine: bundle refused" % sender)
+        from . import peerrecords
+
+        return peerrecords.build(bundle, self._engine._write_files)
+
+    @engine_call(locked=False)
+    def peer_record_bundle(self, asker: str, reference: str) -> Dict[str, Any]:
+        """The bundle of the record class C{reference} (C{'module:qualname'}) that peer C{asker} received from here."""
+        if not self._group.is_peer(asker):
+            raise PermissionError("%s is not a peer of this engine: request refused" % asker)
+        if type(reference) is not str or reference.count(":") != 1:
+            raise ValueError("a record class is named as 'module:qualname', not %r" % (reference,))
+        from . import peerrecords
+
+        return peerrecords.bundle_for(reference)
+
+    @engine_call(locked=False)
     def peer_stats(self) -> Dict[str, Any]:
         """Spawned calls run here and queued here, messages waiting, entries held, peers."""
         parts = self._parts

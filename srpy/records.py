@@ -14,6 +14,11 @@ set with C{object.__setattr__} (no C{__init__}, no C{__post_init__}); an enum me
 by name among the class's members; a named tuple is C{tuple.__new__(cls, items)}; an exception is
 made by its builtin base's C{__new__}, its C{args} and attributes written directly.
 
+A class of C{__main__} (a script's, a notebook's) cannot be imported by a receiver: the client
+ships its source to an engine instead, into a module named for the client (L{main_alias}), and a
+record of it travels by reference to that module; a reference to this process's own name
+resolves to the class defined in this process's C{__main__}.
+
 This module does not import L{srpy.codec} (codec imports it, lazily).
 
 >>> import enum
@@ -25,6 +30,7 @@ True
 
 import dataclasses
 import enum
+import os
 import sys
 import threading
 import types
@@ -37,6 +43,9 @@ from . import errors
 KINDS = frozenset(("dataclass", "enum", "flag", "namedtuple"))
 #: modules whose classes never resolve by name: the receiver's C{__main__} is another program
 _UNRESOLVED_MODULES = frozenset(("__main__", "__mp_main__"))
+#: the prefix of the module an engine keeps a client's C{__main__} classes in (see L{main_alias})
+MAIN_PREFIX = "srpy_main_"
+_main_alias = ""
 
 _references: "weakref.WeakKeyDictionary[type, Optional[str]]" = weakref.WeakKeyDictionary()
 
@@ -51,24 +60,68 @@ class _Met(threading.local):
 _met = _Met()
 
 
+def main_alias() -> str:
+    """
+    The name this process's C{__main__} is known by on the engines it sends records to:
+    C{srpy_main_} and 12 hex digits drawn once per process (a forked child keeps them, with the
+    C{__main__} it was forked with). The client ships each C{__main__} record class's source
+    into a module of that name on an engine (L{srpy.functions.pack_main_class}); a record of such
+    a class travels as C{'srpy_main_...:qualname'}, and one coming back under this process's own
+    name resolves to the class in this process's C{__main__}.
+    """
+    global _main_alias
+    if not _main_alias:
+        _main_alias = MAIN_PREFIX + os.urandom(6).hex()
+    return _main_alias
+
+
+def is_record_class(kind: Any) -> bool:
+    """Whether C{kind} is a class of the kinds that travel as records: dataclass, Enum, named tuple, exception."""
+    return isinstance(kind, type) and (
+        dataclasses.is_dataclass(kind) or issubclass(kind, (enum.Enum, BaseException))
+        or (issubclass(kind, tuple) and type(getattr(kind, "_fields", None)) is tuple))
+
+
 def reference(kind: type) -> Optional[str]:
     """
     C{'module:qualname'} of C{kind} when a receiver can find it by that name (its module is
-    imported here and holds it under that name, and is not C{__main__}); None otherwise.
+    imported here and holds it under that name, and is not C{__main__}); for a class of
+    C{__main__} whose source srpy can find (L{srpy.sources}), C{'srpy_main_...:qualname'} (see
+    L{main_alias}); None otherwise.
     """
     try:
-        return _references[kind]
+        found = _references[kind]
     except KeyError:
         pass
+    else:
+        if found is None or not found.startswith(MAIN_PREFIX) or _still_named(kind, found):
+            return found
+        # a class of a client's __main__ defined again since under its name: its values cannot be named
     module_name = getattr(kind, "__module__", None)
     qualname = getattr(kind, "__qualname__", None)
     found = None
-    if isinstance(module_name, str) and isinstance(qualname, str) and "<" not in qualname \
-            and module_name not in _UNRESOLVED_MODULES:
-        if _lookup(module_name, qualname) is kind:
+    if isinstance(module_name, str) and isinstance(qualname, str) and "<" not in qualname:
+        if module_name == "__main__":
+            if _lookup(module_name, qualname) is kind and main_source(kind) is not None:
+                found = main_alias() + ":" + qualname
+        elif module_name not in _UNRESOLVED_MODULES and _lookup(module_name, qualname) is kind:
             found = module_name + ":" + qualname
     _references[kind] = found
     return found
+
+
+def _still_named(kind: type, found: str) -> bool:
+    """Whether C{found} (a reference to a class of C{__main__}, here or a client's) still names C{kind}."""
+    module_name = "__main__" if kind.__module__ == "__main__" else found.partition(":")[0]
+    return _lookup(module_name, kind.__qualname__) is kind
+
+
+def main_source(kind: type) -> Optional[str]:
+    """The source of the top-level class of C{__main__} that holds C{kind} (C{kind} itself, or its outer class)."""
+    from . import sources  # only for a class of __main__: inspect and ast are not loaded otherwise
+
+    outer = _lookup("__main__", kind.__qualname__.partition(".")[0])
+    return sources.class_source(outer) if isinstance(outer, type) else None
 
 
 def _lookup(module_name: str, qualname: str) -> Any:
@@ -116,10 +169,24 @@ def encode(value: Any, where: Any, encode_value: Callable[[Any, Any], Any], tagg
     if ref is None:
         if isinstance(value, (int, float, complex, str, bytes, tuple)):
             return None
+        now = _lookup("__main__", kind.__qualname__) if kind.__module__ == "__main__" else None
+        if isinstance(now, type) and now is not kind and "<" not in kind.__qualname__:
+            raise errors.SerializationError(
+                "cannot send a value of type __main__.%s: the class was defined again since (a notebook cell run "
+                "again), and this value is of the old one" % kind.__qualname__)
+        if kind.__module__ == "__main__" and "<" not in kind.__qualname__:
+            raise errors.SerializationError(
+                "cannot send a value of type __main__.%s: srpy cannot find the source of its class (defined with "
+                "exec, or typed where no text is kept?), and a class of __main__ travels as its source: define it "
+                "in a file or a notebook cell, or in a module of its own" % kind.__qualname__)
+        if kind.__module__.startswith(MAIN_PREFIX):
+            raise errors.SerializationError(
+                "cannot send a value of type %s: its class, of a client's __main__, was defined again there since "
+                "(a notebook cell run again): this value is of the old class" % kind.__qualname__)
         raise errors.SerializationError(
             "cannot send a value of type %s.%s: its class is not importable by its module and name (a class of "
-            "__main__, of a function or of code run with exec): define it in a module of its own, which srpy "
-            "ships to engines" % (kind.__module__, kind.__qualname__))
+            "a function or of code run with exec): define it at the top of a module or of your script, which "
+            "srpy ships to engines" % (kind.__module__, kind.__qualname__))
     _note(kind)
     if isinstance(value, enum.Flag):
         name = value._name_
@@ -177,15 +244,37 @@ def resolve(ref: Any, what: str) -> type:
     module_name, qualname = ref.split(":")
     if module_name in _UNRESOLVED_MODULES or not qualname or "<" in qualname:
         raise _bad("a tagged %s of class %s, which cannot be resolved by name" % (what, _clip(ref)))
+    if module_name == main_alias():  # a class of this process's __main__, back from an engine
+        kind = _main_class(qualname)
+        if kind is None:
+            raise _bad("a tagged %s of class %s: __main__ holds no such class" % (what, _clip(ref)))
+        return kind
     if not isinstance(sys.modules.get(module_name), types.ModuleType):
-        raise errors.RecordModuleNotImported(
+        missing = errors.RecordModuleNotImported(
             "bad srpy data (a tagged %s of class %s: module %s is not imported here (srpy never imports a module "
             "because of a message: import it, or on an engine ship it with the value's sender))"
             % (what, _clip(ref), _clip(module_name)))
+        missing.reference = ref  # what a sender ships, or what an engine asks its peer for
+        raise missing
     kind = _lookup(module_name, qualname)
+    if kind is None and module_name.startswith(MAIN_PREFIX):
+        # a client's __main__ module is given class by class: this one has not been given here yet
+        missing = errors.RecordModuleNotImported(
+            "bad srpy data (a tagged %s of class %s: that class of a client's __main__ was not given here)"
+            % (what, _clip(ref)))
+        missing.reference = ref
+        raise missing
     if not isinstance(kind, type):
         raise _bad("a tagged %s of class %s: module %s holds no such class" % (what, _clip(ref), _clip(module_name)))
     return kind
+
+
+def _main_class(qualname: str) -> Optional[type]:
+    """The class of this process's C{__main__} named C{qualname} (defined there, not imported into it); None if none."""
+    kind = _lookup("__main__", qualname)
+    if isinstance(kind, type) and type.__dict__["__module__"].__get__(kind) == "__main__":
+        return kind
+    return None
 
 
 def _class_attribute(cls: type, name: str) -> Any:
@@ -290,7 +379,7 @@ def exception(module_name: str, qualname: str, args: tuple, attributes: Dict[str
     if module_name in _UNRESOLVED_MODULES or module_name.partition(".")[0] in ("srpy", "Pyro5") \
             or not qualname or "<" in qualname:
         return None
-    cls = _lookup(module_name, qualname)
+    cls = _main_class(qualname) if module_name == main_alias() else _lookup(module_name, qualname)
     if not (isinstance(cls, type) and issubclass(cls, BaseException)):
         return None
     base = next(b for b in cls.__mro__ if b.__module__ == "builtins")
@@ -308,8 +397,15 @@ def exception(module_name: str, qualname: str, args: tuple, attributes: Dict[str
 
 
 def ship_order(classes: List[type]) -> List[Tuple[str, type]]:
-    """(module name, class) for each module among C{classes}, once each, by name: what the client ships."""
+    """
+    (module name, class) for each module among C{classes}, once each, by name: what the client
+    ships; a class of C{__main__} (or of a client's C{__main__} module on an engine) travels as
+    its own source, so each is one item, named C{'module:qualname'} of its top-level class.
+    """
     seen: Dict[str, type] = {}
     for kind in classes:
-        seen.setdefault(kind.__module__, kind)
+        if kind.__module__ == "__main__" or kind.__module__.startswith(MAIN_PREFIX):
+            seen.setdefault(kind.__module__ + ":" + kind.__qualname__.partition(".")[0], kind)
+        else:
+            seen.setdefault(kind.__module__, kind)
     return sorted(seen.items())

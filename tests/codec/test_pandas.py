@@ -70,6 +70,31 @@ COLUMNS = {
     "str (default)": pandas.array(["", None, "\U0001f600"], dtype="str"),
     "object of str": numpy.array(["a", None, "c"], dtype=object),
 }
+# the zones pandas also takes: dateutil's (it comes with pandas) and pytz's (if installed)
+try:
+    from dateutil import tz as dateutil_tz
+except ImportError:  # pragma: no cover - pandas depends on it
+    dateutil_tz = None
+else:
+    COLUMNS.update({
+        "datetime dateutil zone": pandas.date_range("2026-10-25", periods=3, freq="h", tz=dateutil_tz.gettz("Europe/Paris")),
+        "datetime dateutil utc": pandas.date_range("2020", periods=3, tz=dateutil_tz.tzutc()),
+        "datetime dateutil offset": pandas.date_range("2020", periods=3, tz=dateutil_tz.tzoffset("X", -5400)),
+        "datetime dateutil unnamed offset": pandas.date_range("2020", periods=3, tz=dateutil_tz.tzoffset(None, 3600)),
+    })
+try:
+    import pytz
+except ImportError:
+    pytz = None
+else:
+    COLUMNS.update({
+        "datetime pytz zone": pandas.date_range("2026-03-29", periods=3, freq="h", tz=pytz.timezone("Europe/Paris")),
+        "datetime pytz utc": pandas.date_range("2020", periods=3, tz=pytz.utc),
+        "datetime pytz fixed offset": pandas.date_range("2020", periods=3, tz=pytz.FixedOffset(-150)),
+    })
+#: the zones the property test draws from
+ZONES = [None, PARIS, PLUS3] + ([dateutil_tz.gettz("America/New_York"), dateutil_tz.tzoffset(None, 7200)]
+                               if dateutil_tz is not None else []) + ([pytz.timezone("Asia/Tokyo")] if pytz else [])
 INDEXES = {
     "range": pandas.RangeIndex(2, 8, 2, name="r"),
     "int named": pandas.Index([10, 20, 30], name="k"),
@@ -154,7 +179,7 @@ def small_frames(draw):
              draw(st.lists(st.integers(0, 3), min_size=rows, max_size=rows))], names=["l", draw(st.none() | st.text())])
     elif index == "dates":
         frame.index = pandas.date_range("2026-03-29", periods=rows, freq=draw(st.sampled_from(["h", "D", "15min"])),
-                                        tz=draw(st.sampled_from([None, PARIS, PLUS3])))
+                                        tz=draw(st.sampled_from(ZONES)))
     if draw(st.booleans()):  # columns as a MultiIndex
         frame.columns = pandas.MultiIndex.from_arrays([list(frame.columns), list(range(frame.shape[1]))])
     return frame
@@ -173,7 +198,10 @@ def test_random_small_frames_round_trip_exactly(frame):
     (pandas.Series(pandas.period_range("2020", periods=2, freq="M")), ["period"]),
     (pandas.Series(pandas.arrays.IntervalArray.from_breaks([0, 1, 2])), ["interval"]),
     (pandas.Index([object()]), ["object"]),
-], ids=["object column", "mixed series", "nan in object", "period", "interval", "object index"])
+] + ([(pandas.Series(pandas.date_range("2020", periods=2, tz=dateutil_tz.tzlocal())), ["tzlocal", "time zone"])]
+     if dateutil_tz is not None else []),
+    ids=["object column", "mixed series", "nan in object", "period", "interval", "object index"]
+    + (["dateutil tzlocal"] if dateutil_tz is not None else []))
 def test_what_does_not_travel_is_refused_naming_column_and_type(value, words):
     with pytest.raises(srpy.SerializationError) as caught:
         codec.dumps({"x": value})
@@ -212,6 +240,17 @@ HOSTILE = {
     "tz as text": ("pdseries", (None, RANGE3, ("tz", item(numpy.zeros(3, "M8[ns]")), "Europe/Paris"))),
     "offset of two days": ("pdseries", (None, RANGE3, ("tz", item(numpy.zeros(3, "M8[ns]")),
                                                        ("offset", 2 * 86400, "x")))),
+    "dateutil zone by path": ("pdseries", (None, RANGE3, ("tz", item(numpy.zeros(3, "M8[ns]")),
+                                                          ("dateutil", "/etc/passwd")))),
+    "dateutil TZ string": ("pdseries", (None, RANGE3, ("tz", item(numpy.zeros(3, "M8[ns]")),
+                                                       ("dateutil", "EST5EDT4")))),
+    "dateutil unknown zone": ("pdseries", (None, RANGE3, ("tz", item(numpy.zeros(3, "M8[ns]")),
+                                                          ("dateutil", "Mars/Olympus")))),
+    "dateutil offset of two days": ("pdseries", (None, RANGE3, ("tz", item(numpy.zeros(3, "M8[ns]")),
+                                                                ("dateutil-offset", 2 * 86400, None)))),
+    "pytz path": ("pdseries", (None, RANGE3, ("tz", item(numpy.zeros(3, "M8[ns]")), ("pytz", "../etc/passwd")))),
+    "pytz offset of a day": ("pdseries", (None, RANGE3, ("tz", item(numpy.zeros(3, "M8[ns]")),
+                                                         ("pytz-offset", 1440)))),
     "category code out of range": ("pdseries", (None, RANGE3, ("category", item(numpy.array([0, 5, 0], "i1")),
                                                                 ("index", None, ("object", ["a"]), None), False))),
     "category of floats codes": ("pdseries", (None, RANGE3, ("category", item(numpy.zeros(3)),
