@@ -24,7 +24,8 @@ judged on ratios of medians of this run: set+get >= 0.8x the echo; submit >= 0.6
 faster than every Pool/Dask/Ray row; map >= 100,000 arrays/s; DataFrame within 2x its arrays.
 
 Dask and Ray are installed for the benchmark only, in a virtual environment of its own
-(C{bench/requirements-peers.txt} says how); without them their rows are left out with a note.
+(C{python -m venv /tmp/benchenv && /tmp/benchenv/bin/pip install -e .[bench]}, then
+C{/tmp/benchenv/bin/python bench/bench_data.py}); without them their rows are left out with a note.
 
 Usage::
 
