@@ -34,11 +34,11 @@ import warnings
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 from .errors import AnalysisError
-from .shipping import _library_dirs
+from .shipping import origin_of_path
 
 log = logging.getLogger("srpy.analysis")
 
-#: the standard library's top-level names (3.10+; on 3.9 a module's place on disk decides, L{_kind_of_path})
+#: the standard library's top-level names (3.10+; on 3.9 a module's place on disk decides, L{srpy.shipping.origin_of_path})
 _STDLIB = frozenset(getattr(sys, "stdlib_module_names", ())) | frozenset(sys.builtin_module_names) | {"__future__"}
 #: what an C{except} clause names that also catches an ImportError
 _CATCHES_IMPORT_ERROR = {"ImportError", "ModuleNotFoundError", "Exception", "BaseException"}
@@ -294,17 +294,6 @@ def _spec_path(spec: Any) -> Optional[str]:
     return locations[0] if locations else None
 
 
-def _kind_of_path(path: str) -> str:
-    """'stdlib', 'installed' (site-packages) or 'local', by where C{path} is (shipping's folders)."""
-    real = os.path.normcase(os.path.realpath(path))
-    stdlib, site_packages = _library_dirs()
-    if any(real.startswith(site + os.sep) for site in site_packages):
-        return "installed"
-    if any(real.startswith(lib + os.sep) for lib in stdlib):
-        return "stdlib"
-    return "local"
-
-
 def _providers() -> Dict[str, Tuple[str, ...]]:
     """
     {top-level import name: the distributions that provide it}. Read afresh by each L{analyze} that
@@ -475,7 +464,7 @@ class _Walk:
         path = _spec_path(spec)
         if path is None:  # built in, or frozen
             return {"kind": "stdlib"}
-        kind = _kind_of_path(path)
+        kind = origin_of_path(path)
         beside = os.path.dirname(path) == self.root or os.path.dirname(os.path.dirname(path)) == self.root
         if kind == "local" and not beside and top in self.providers:
             kind = "installed"  # an editable install, or a .pth's folder: a distribution provides it

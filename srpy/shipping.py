@@ -106,7 +106,7 @@ def module_origin(module: Any) -> str:
         return "stdlib"
     if name == "srpy":  # every engine has it
         return "installed"
-    origin = _origin_of_path(_module_path(name))
+    origin = origin_of_path(_module_path(name))
     if origin == "local" and name in _distributed():  # read only when needed: it costs 0.2-0.4 s
         return "installed"  # an installed distribution provides it (editable installs too)
     return origin
@@ -142,7 +142,8 @@ def _distributed() -> frozenset:
         return frozenset()
 
 
-def _origin_of_path(path: Any) -> str:
+def origin_of_path(path: Any) -> str:
+    """'missing', 'builtin', 'stdlib', 'installed' (site-packages) or 'local': where a module found at C{path} comes from."""
     if path is _MISSING:
         return "missing"
     if not path:
