@@ -5,7 +5,8 @@ checks, and the two ways it hosts engines.
 Basic mode (C{-b}, the default) serves one engine, in a process the launcher forks and keeps
 (a L{srpy.supervisor.Keeper}). Multi mode (C{-m}, or C{-n N}) starts one engine process per core
 (or N) and supervises them (L{srpy.supervisor.Supervisor}). C{srpyapp status} is
-L{srpy.status}, C{srpyapp analyze SCRIPT} is L{srpy.analysis}. Every option is checked before any
+L{srpy.status}, C{srpyapp analyze SCRIPT} is L{srpy.analysis}, C{srpyapp ssh HOST...} is
+L{srpy.cluster}. Every option is checked before any
 engine starts or any URI is printed: a wrong value gets the usage and one error line (exit code
 2), what an option names that cannot be used gets one error line (exit code 1).
 """
@@ -35,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="srpyapp", description="Host srpy engines: Python namespaces that clients run code in. "
                                     "'srpyapp status -h': show what running engines are doing. "
-                                    "'srpyapp analyze -h': what a script imports, as JSON.")
+                                    "'srpyapp analyze -h': what a script imports, as JSON. "
+                                    "'srpyapp ssh -h': engines on other hosts, over SSH.")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("-b", "--basic", action="store_true",
                       help="one engine, in a process this one keeps (and restarts after a limit) (default)")
@@ -475,6 +477,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args[:1] == ["analyze"]:  # srpyapp analyze SCRIPT: what a script imports, as JSON
         from . import analysis
         return analysis.main(args[1:])
+    if args[:1] == ["ssh"]:  # srpyapp ssh HOST...: engines on other hosts, over SSH
+        from . import cluster
+        return cluster.main(args[1:])
     parser = build_parser()
     options = parser.parse_args(args)
     if not options.child:

@@ -171,3 +171,10 @@ class AnalysisError(SRPyError, ValueError):
     (the message names the file and the line), or the module it names cannot be found or has no
     Python source to read.
     """
+
+
+class ClusterHostError(SRPyError):
+    """
+    A host of an L{SSHCluster<srpy.cluster.SSHCluster>} could not start engines: it cannot be
+    reached, has no python3, or its launcher failed. One line, naming the host and why.
+    """
