@@ -1,0 +1,94 @@
+"""
+The client side of tests/hosts/test_ssh.py, run inside the client's own network namespace::
+
+    ip netns exec NS python tests/hosts/ssh_client.py MODE SSH_CONFIG BARE_HOST
+
+It starts L{srpy.SSHCluster}s on the hosts named by the ssh configuration file (C{h1}, C{h2}, C{h3};
+C{nohost} has an address nobody answers on) and prints one JSON object per line, one per step; a
+failure prints C{{"step": "error", ...}} and exits 1. BARE_HOST runs its Python with C{-I -S}: no
+site-packages, so neither srpy nor Pyro5 is importable there.
+
+MODE C{steps}: C{bare} (srpy cannot be imported on BARE_HOST), C{cold} (the first start: h1, h2, h3
+and nohost), C{map}, C{closed}, C{warm} (the second start), C{closed}, C{no-python} (a host whose
+python3 command does not exist).
+MODE C{hold}: C{up}, then it sleeps until killed (the test SIGKILLs it).
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+import traceback
+
+HOSTS = ["h1", "h2", "h3"]
+
+
+def where(x):
+    """C{x * x} with where it ran: the host's TMPDIR (each sshd sets its own) and srpy's file there."""
+    import os as _os
+    import sys as _sys
+    time.sleep(0.01)
+    return x * x, _os.environ.get("TMPDIR", ""), _sys.modules["srpy"].__file__, _os.getpid()
+
+
+def emit(step, **fields):
+    fields["step"] = step
+    sys.stdout.write(json.dumps(fields) + "\n")
+    sys.stdout.flush()
+
+
+def started(step, cluster, seconds):
+    emit(step, uris=cluster.uris, failed=cluster.failed, secret=cluster.secret, hash=cluster.dist_hash,
+         cache={r.host: r.cache for r in cluster.hosts}, dist={r.host: r.dist_path for r in cluster.hosts},
+         seconds=seconds)
+
+
+def main():
+    mode, config, bare = sys.argv[1:4]
+    import srpy
+    options = ["-F", config]
+    python = {bare: "%s -I -S" % sys.executable}
+    for host in HOSTS:
+        python.setdefault(host, sys.executable)
+    if mode == "hold":
+        cluster = srpy.SSHCluster(HOSTS, 1, python=python, ssh_options=options)
+        started("up", cluster, 0)
+        while True:
+            time.sleep(60)
+
+    probe = subprocess.run(["ssh", "-F", config, "-o", "BatchMode=yes", bare, sys.executable, "-I", "-S", "-c",
+                            "'import srpy'"], capture_output=True, text=True, timeout=60)
+    emit("bare", code=probe.returncode, stderr=probe.stderr.strip().splitlines()[-1:])
+
+    began = time.monotonic()
+    cluster = srpy.SSHCluster(HOSTS + ["nohost"], 2, python=python, ssh_options=options, connect_timeout=5)
+    started("cold", cluster, time.monotonic() - began)
+    with cluster:
+        with cluster.box() as box:
+            values = list(box.map(where, range(60)))
+        emit("map", values=[v[0] for v in values], tmpdirs=sorted({v[1] for v in values}),
+             srpy_files=sorted({v[2] for v in values}), pids=sorted({v[3] for v in values}))
+    emit("closed")
+
+    began = time.monotonic()
+    with srpy.SSHCluster(HOSTS, 1, python=python, ssh_options=options) as cluster:
+        started("warm", cluster, time.monotonic() - began)
+        with cluster.box() as box:
+            assert list(box.map(pow, [2, 3], [10, 2])) == [1024, 9]
+    emit("closed")
+
+    try:
+        srpy.SSHCluster(["h1"], 1, python="no-such-python3", ssh_options=options)
+    except srpy.ClusterHostError as exc:
+        emit("no-python", error=str(exc))
+    else:
+        emit("no-python", error=None)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except BaseException as exc:  # noqa: B902 - report whatever it was to the test
+        emit("error", error="%s: %s" % (type(exc).__name__, exc), traceback=traceback.format_exc())
+        sys.exit(1)
