@@ -203,6 +203,9 @@ def main():
         return 1
     count = header.get("engines") or cores()
     env = dict(os.environ, SRPY_SECRET=header["secret"])
+    # engine processes the launcher starts as new interpreters (newSubEngine, say) find srpy in the zip too
+    # (a Python run with -I or -E ignores it: there only forked engines have srpy)
+    env["PYTHONPATH"] = os.pathsep.join([path] + [p for p in [os.environ.get("PYTHONPATH", "")] if p])
     command = [sys.executable] + interpreter_flags() + [path, "-n", str(count), "--host", bind_address(header)]
     command += [str(option) for option in header.get("args", [])]
     try:

@@ -67,8 +67,22 @@ def main():
     with cluster:
         with cluster.box() as box:
             values = list(box.map(where, range(60)))
-        emit("map", values=[v[0] for v in values], tmpdirs=sorted({v[1] for v in values}),
-             srpy_files=sorted({v[2] for v in values}), pids=sorted({v[3] for v in values}))
+            emit("map", values=[v[0] for v in values], tmpdirs=sorted({v[1] for v in values}),
+                 srpy_files=sorted({v[2] for v in values}), pids=sorted({v[3] for v in values}))
+            # peers across hosts: the first engine (on h1) messages the last (on h3), directly
+            kept = box.connectPeers()
+            first, last = box[0], box[len(box) - 1]
+            last.exe("import srpy\nme = srpy.this_engine()")
+            pending = box[[len(box) - 1]].mrp.exe("_, got = me.receive('ping', timeout=30)")
+            first.exe("import srpy\nsrpy.this_engine().send(to, 'ping', 'across hosts')", to=last.uri)
+            box.mrpwait(pending)
+            # the bare host has no psutil: its engines serve status (srpyapp status) all the same
+            status = last.call("status")
+            psutil_there = last.eval("__import__('importlib.util').util.find_spec('psutil') is not None")
+            emit("status", cores=status["cores"], rss=status["rss"], memory_total=status["memory_total"],
+                 psutil=psutil_there)
+            emit("peers", kept={uri: len(peers) for uri, peers in kept.items()}, got=last.get("got"),
+                 sender=first.uri, receiver=last.uri)
     emit("closed")
 
     began = time.monotonic()

@@ -17,7 +17,8 @@ each host's engine sandboxes are in its own folder, where the test can see they 
 
 What it shows: srpy cannot be imported on the bare host, and the cluster still starts there; an
 unreachable host fails with one line naming it while the others start; a map spreads over the three
-hosts, all running srpy from the zip the client sent; the secret is on no command line; a second
+hosts, all running srpy from the zip the client sent; connectPeers() introduces the engines across
+hosts and one on h1 messages one on h3; an engine on the bare host (no psutil) answers status; the secret is on no command line; a second
 start finds the zip cached on every host (same hash, nothing sent); a host whose python3 does not
 exist fails with one line naming it; closing the cluster, and SIGKILLing a client that holds one,
 leaves no srpy process on any host and no sandbox.
@@ -225,6 +226,12 @@ def test_cluster_on_three_ssh_hosts_cold_then_warm_and_a_host_that_fails(ssh_hos
     assert len(mapped["pids"]) == 6, "an engine got no work: %s" % mapped["pids"]
     # every engine, the bare host's too, runs the srpy the client sent (not the one installed on the host)
     assert all(".zip/srpy/" in path for path in mapped["srpy_files"]), mapped["srpy_files"]
+    status = step(client, "status", 60)
+    assert status["psutil"] is False and status["cores"] >= 1 and status["rss"] > 0 and status["memory_total"] > 0
+    peers = step(client, "peers", 60)  # engines started this way find each other across hosts
+    assert peers["kept"] == dict.fromkeys(cold["uris"], 5), peers["kept"]
+    assert peers["got"] == "across hosts" and peers["sender"].split("@")[1].split(":")[0] != \
+        peers["receiver"].split("@")[1].split(":")[0], peers
     step(client, "closed", 120)
     ssh_hosts.wait_clean()
 
