@@ -33,6 +33,7 @@ doc/cluster.md walks through it.
 """
 
 import argparse
+import atexit
 import hashlib
 import io
 import json
@@ -45,6 +46,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 import zipfile
 from collections import deque
 from typing import TYPE_CHECKING, Any, Deque, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -157,6 +159,9 @@ class RemoteHost:
     @ivar cache: C{"have"} (the zip was cached on the host) or C{"stored"} (it was sent now).
     @ivar dist_path: the zip's path on the host.
     @ivar seconds: how long its start took.
+    @ivar phases: when, in seconds from the start, each step ended: C{"boot"} (ssh connected and the
+        host's Python runs the bootstrap), C{"dist"} (the zip found in the cache, or sent), C{"up"}
+        (every engine's URI reported).
     """
 
     def __init__(self, host: str, argv: List[str]) -> None:
@@ -166,6 +171,7 @@ class RemoteHost:
         self.cache = ""
         self.dist_path = ""
         self.seconds = 0.0
+        self.phases: Dict[str, float] = {}
         self.process: Optional["subprocess.Popen[bytes]"] = None
         self._lines: "queue.Queue[Optional[str]]" = queue.Queue()
         self._stderr: Deque[str] = deque(maxlen=20)
@@ -192,10 +198,12 @@ class RemoteHost:
         try:
             self._send(b"%d\n" % len(script) + script + json.dumps(header).encode("utf-8") + b"\n")
             self._expect("SRPY-BOOT", deadline)
+            self.phases["boot"] = time.monotonic() - began
             answer = self._expect("SRPY-CACHE", deadline).split()
             if answer[1] == "need":
                 self._send(dist)
                 answer = self._expect("SRPY-CACHE", deadline).split()
+            self.phases["dist"] = time.monotonic() - began
             self.cache, self.dist_path = answer[1], answer[2] if len(answer) > 2 else ""
             while True:
                 line = self._expect(("SRPY-URI", "SRPY-UP"), deadline)
@@ -206,7 +214,7 @@ class RemoteHost:
             self.stop(grace=2.0)
             raise
         self._up = True
-        self.seconds = time.monotonic() - began
+        self.seconds = self.phases["up"] = time.monotonic() - began
         log.info("%s: %d engine%s up in %.1f s (srpy zip %s)", self.host, len(self.uris),
                  "" if len(self.uris) == 1 else "s", self.seconds,
                  "cached there" if self.cache == "have" else "sent now")
@@ -283,16 +291,22 @@ class RemoteHost:
     def _error(self, why: str) -> ClusterHostError:
         return ClusterHostError(" ".join(("%s: %s" % (self.host, why)).split()))
 
-    def stop(self, grace: float = STOP_WAIT) -> Optional[int]:
-        """End the session (the end of its stdin stops the host's engines); wait, then terminate ssh."""
+    def end_session(self) -> None:
+        """Close ssh's stdin: its end, on the host, stops the engines (returns at once)."""
         process = self.process
-        if process is None:
-            return None
-        if process.stdin is not None and not process.stdin.closed:
+        if process is not None and process.stdin is not None and not process.stdin.closed:
             try:
                 process.stdin.close()
             except OSError:
                 pass
+
+    def stop(self, grace: float = STOP_WAIT) -> Optional[int]:
+        """End the session (L{end_session}); wait for ssh to end, then terminate it, then kill it."""
+        process = self.process
+        if process is None:
+            return None
+        self.end_session()
+        code: Optional[int] = None
         for signal_it in (None, process.terminate, process.kill):
             if signal_it is not None:
                 log.warning("%s: ssh did not end within %.0f s: stopping it", self.host, grace)
@@ -308,6 +322,17 @@ class RemoteHost:
             if stream is not None:
                 stream.close()
         return code
+
+
+#: the clusters not closed yet: closed when the interpreter exits normally (a killed client's hosts stop
+#: all the same, at the end of their ssh sessions, only without waiting for it)
+_open_clusters: "weakref.WeakSet[SSHCluster]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_clusters() -> None:
+    for cluster in list(_open_clusters):
+        cluster.close()
 
 
 class SSHCluster:
@@ -360,6 +385,7 @@ class SSHCluster:
         self.hosts: List[RemoteHost] = []
         self.failed: Dict[str, str] = {}
         self._closed = False
+        _open_clusters.add(self)
         dist, self.dist_hash = build_dist()
         script = _bootstrap_script()
         header = {"hash": self.dist_hash, "size": len(dist), "secret": self.secret, "engines": engines_per_host,
@@ -423,12 +449,12 @@ class SSHCluster:
 
     @staticmethod
     def _stop_all(remotes: Sequence[RemoteHost]) -> None:
-        threads = [threading.Thread(target=remote.stop, name="srpy-stop-%s" % remote.host, daemon=True)
-                   for remote in remotes]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        # every session ends first, so the hosts stop at the same time; then each is waited for (no
+        # threads: this also runs at interpreter exit, where new threads may be refused)
+        for remote in remotes:
+            remote.end_session()
+        for remote in remotes:
+            remote.stop()
 
     def __enter__(self) -> "SSHCluster":
         return self

@@ -12,6 +12,7 @@ MODE C{steps}: C{bare} (srpy cannot be imported on BARE_HOST), C{cold} (the firs
 and nohost), C{map}, C{closed}, C{warm} (the second start), C{closed}, C{no-python} (a host whose
 python3 command does not exist).
 MODE C{hold}: C{up}, then it sleeps until killed (the test SIGKILLs it).
+MODE C{exit}: C{up}, then it exits without closing the cluster.
 """
 
 import json
@@ -41,7 +42,7 @@ def emit(step, **fields):
 def started(step, cluster, seconds):
     emit(step, uris=cluster.uris, failed=cluster.failed, secret=cluster.secret, hash=cluster.dist_hash,
          cache={r.host: r.cache for r in cluster.hosts}, dist={r.host: r.dist_path for r in cluster.hosts},
-         seconds=seconds)
+         seconds=seconds, phases={r.host: r.phases for r in cluster.hosts})
 
 
 def main():
@@ -51,11 +52,12 @@ def main():
     python = {bare: "%s -I -S" % sys.executable}
     for host in HOSTS:
         python.setdefault(host, sys.executable)
-    if mode == "hold":
+    if mode in ("hold", "exit"):
         cluster = srpy.SSHCluster(HOSTS, 1, python=python, ssh_options=options)
         started("up", cluster, 0)
-        while True:
+        while mode == "hold":
             time.sleep(60)
+        return  # without closing the cluster: the interpreter's exit does
 
     probe = subprocess.run(["ssh", "-F", config, "-o", "BatchMode=yes", bare, sys.executable, "-I", "-S", "-c",
                             "'import srpy'"], capture_output=True, text=True, timeout=60)

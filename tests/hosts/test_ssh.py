@@ -20,8 +20,9 @@ unreachable host fails with one line naming it while the others start; a map spr
 hosts, all running srpy from the zip the client sent; connectPeers() introduces the engines across
 hosts and one on h1 messages one on h3; an engine on the bare host (no psutil) answers status; the secret is on no command line; a second
 start finds the zip cached on every host (same hash, nothing sent); a host whose python3 does not
-exist fails with one line naming it; closing the cluster, and SIGKILLing a client that holds one,
-leaves no srpy process on any host and no sandbox.
+exist fails with one line naming it; closing the cluster, Ctrl-C on C{srpyapp ssh}, a client that
+exits without closing its cluster, and a client SIGKILLed while it holds one, each leave no srpy
+process on any host and no sandbox.
 
 Skipped only where the machine forbids network namespaces or has no OpenSSH server.
 """
@@ -252,7 +253,12 @@ def test_cluster_on_three_ssh_hosts_cold_then_warm_and_a_host_that_fails(ssh_hos
     print("cold start %.1f s, warm start %.1f s; %s; %s" % (cold["seconds"], warm["seconds"], why, failed["error"]))
 
 
-def test_a_sigkilled_client_leaves_no_engine_on_any_host(ssh_hosts):
+def test_a_client_that_exits_or_is_sigkilled_leaves_no_engine_on_any_host(ssh_hosts):
+    client = ssh_hosts.run_client("exit")  # exits without closing its cluster
+    assert len(step(client, "up", 150)["uris"]) == 3
+    assert client.process.wait(60) == 0, client.stderr()
+    ssh_hosts.wait_clean()
+
     client = ssh_hosts.run_client("hold")
     up = step(client, "up", 150)
     assert len(up["uris"]) == 3 and up["failed"] == {}, up
