@@ -356,7 +356,7 @@ class SSHCluster:
                  python: Union[PythonSpec, Mapping[str, PythonSpec]] = "python3", ssh_options: Sequence[str] = (),
                  secret: Optional[str] = None, connect_timeout: float = 15.0, start_timeout: float = 120.0,
                  launcher_args: Sequence[str] = (), require_all: bool = False, ssh: str = "ssh",
-                 cache_dir: Optional[str] = None) -> None:
+                 cache_dir: Optional[str] = None, bind: Optional[Mapping[str, str]] = None) -> None:
         """
         Start the engines on every host, in parallel; return once each host is up or has failed.
 
@@ -373,12 +373,18 @@ class SSHCluster:
         @param require_all: raise if any host fails (after stopping the others), instead of starting without it.
         @param ssh: the ssh client to run.
         @param cache_dir: the hosts' cache folder (default C{$XDG_CACHE_HOME/srpy/dist}, C{~/.cache/srpy/dist}).
+        @param bind: {host: the address its engines listen on}, for hosts where the address ssh
+            arrived on is not the one this client reaches (through a jump host, say).
         @raise ClusterHostError: no host started (or, with C{require_all}, one did not): one line per host.
         """
         if isinstance(hosts, str):
             hosts = [hosts]
         if not hosts:
             raise ValueError("SSHCluster needs at least one host")
+        twice = sorted({host for host in hosts if list(hosts).count(host) > 1})
+        if twice:
+            raise ValueError("hosts listed twice: %s (engines_per_host sets how many engines each gets)"
+                             % ", ".join(twice))
         if engines_per_host is not None and (not isinstance(engines_per_host, int) or engines_per_host < 1):
             raise ValueError("engines_per_host must be a whole number of at least 1, or None (one per core)")
         self.secret = secret or secrets.token_urlsafe(32)
@@ -390,15 +396,16 @@ class SSHCluster:
         script = _bootstrap_script()
         header = {"hash": self.dist_hash, "size": len(dist), "secret": self.secret, "engines": engines_per_host,
                   "args": [str(arg) for arg in launcher_args], "cache": cache_dir}
-        remotes = []
+        remotes, headers = [], {}
         for host in hosts:
             spec = python.get(host, "python3") if isinstance(python, Mapping) else python
             remotes.append(RemoteHost(host, ssh_command(host, spec, ssh, ssh_options, connect_timeout)))
+            headers[host] = dict(header, bind=(bind or {}).get(host))
         outcomes: Dict[str, Optional[BaseException]] = {}
 
         def start(remote: RemoteHost) -> None:
             try:
-                remote.start(header, dist, script, start_timeout)
+                remote.start(headers[remote.host], dist, script, start_timeout)
                 outcomes[remote.host] = None
             except BaseException as exc:  # noqa: B902 - handed to the caller's thread below
                 outcomes[remote.host] = exc
@@ -453,8 +460,9 @@ class SSHCluster:
         # threads: this also runs at interpreter exit, where new threads may be refused)
         for remote in remotes:
             remote.end_session()
+        deadline = time.monotonic() + STOP_WAIT  # one wait for all, not one after the other
         for remote in remotes:
-            remote.stop()
+            remote.stop(grace=max(0.1, deadline - time.monotonic()))
 
     def __enter__(self) -> "SSHCluster":
         return self
@@ -507,7 +515,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         cluster = SSHCluster(options.hosts, options.engines, python=options.python, ssh_options=ssh_options,
                              secret=os.environ.get("SRPY_SECRET") or None, start_timeout=options.start_timeout)
-    except ClusterHostError as exc:
+    except (ClusterHostError, ValueError) as exc:
         print("srpyapp ssh: error: %s" % exc, file=sys.stderr)
         return 1
     written = []

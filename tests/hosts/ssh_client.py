@@ -9,7 +9,7 @@ failure prints C{{"step": "error", ...}} and exits 1. BARE_HOST runs its Python 
 site-packages, so neither srpy nor Pyro5 is importable there.
 
 MODE C{steps}: C{bare} (srpy cannot be imported on BARE_HOST), C{cold} (the first start: h1, h2, h3
-and nohost), C{map}, C{closed}, C{warm} (the second start), C{closed}, C{no-python} (a host whose
+and nohost), C{map}, C{closed}, C{warm} (the second start, h2's engines bound to its second address), C{closed}, C{no-python} (a host whose
 python3 command does not exist).
 MODE C{hold}: C{up}, then it sleeps until killed (the test SIGKILLs it).
 MODE C{exit}: C{up}, then it exits without closing the cluster.
@@ -88,10 +88,11 @@ def main():
     emit("closed")
 
     began = time.monotonic()
-    with srpy.SSHCluster(HOSTS, 1, python=python, ssh_options=options) as cluster:
+    with srpy.SSHCluster(HOSTS, 1, python=python, ssh_options=options, bind={"h2": "10.214.0.12"}) as cluster:
         started("warm", cluster, time.monotonic() - began)
         with cluster.box() as box:
-            assert list(box.map(pow, [2, 3], [10, 2])) == [1024, 9]
+            assert list(box.map(pow, [2, 3, 4], [10, 2, 3])) == [1024, 9, 64]
+            assert len(box) == 3
     emit("closed")
 
     try:

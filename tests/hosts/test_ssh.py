@@ -19,7 +19,8 @@ What it shows: srpy cannot be imported on the bare host, and the cluster still s
 unreachable host fails with one line naming it while the others start; a map spreads over the three
 hosts, all running srpy from the zip the client sent; connectPeers() introduces the engines across
 hosts and one on h1 messages one on h3; an engine on the bare host (no psutil) answers status; the secret is on no command line; a second
-start finds the zip cached on every host (same hash, nothing sent); a host whose python3 does not
+start finds the zip cached on every host (same hash, nothing sent), with h2's engines bound to its
+second address as asked (and the map reaches them there); a host whose python3 does not
 exist fails with one line naming it; closing the cluster, Ctrl-C on C{srpyapp ssh}, a client that
 exits without closing its cluster, and a client SIGKILLed while it holds one, each leave no srpy
 process on any host and no sandbox.
@@ -47,6 +48,7 @@ CLIENT_SCRIPT = os.path.join(ROOT, "tests", "hosts", "ssh_client.py")
 SUBNET = "10.214.0."
 SSHD = "/usr/sbin/sshd"
 BARE = "h3"
+SECOND_ADDRESS = SUBNET + "12"  # h2's other address
 
 
 def sshd_unavailable():
@@ -94,6 +96,8 @@ class SSHHosts:
             ip("-n", self.bridge, "link", "set", port, "master", "br0", "up")
             ip("-n", namespace, "addr", "add", address + "/24", "dev", "eth0")
             ip("-n", namespace, "link", "set", "eth0", "up")
+        # h2 has a second address: the warm start binds its engines there (SSHCluster's bind)
+        ip("-n", self.namespace["h2"], "addr", "add", SECOND_ADDRESS + "/24", "dev", "eth0")
         os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege separation directory (Debian's)
         client_key = self.root / "client_key"
         keygen(client_key)
@@ -240,6 +244,7 @@ def test_cluster_on_three_ssh_hosts_cold_then_warm_and_a_host_that_fails(ssh_hos
     assert warm["hash"] == cold["hash"]
     assert warm["cache"] == dict.fromkeys(ssh_hosts.names, "have"), warm["cache"]  # nothing sent: cached
     assert warm["failed"] == {} and len(warm["uris"]) == 3
+    assert ["@%s:" % SECOND_ADDRESS in uri for uri in warm["uris"]] == [False, True, False], warm["uris"]
     assert warm["secret"] != secret  # a fresh one per cluster
     step(client, "closed", 120)
     ssh_hosts.wait_clean()
