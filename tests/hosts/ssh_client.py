@@ -9,8 +9,9 @@ failure prints C{{"step": "error", ...}} and exits 1. BARE_HOST runs its Python 
 site-packages, so neither srpy nor Pyro5 is importable there.
 
 MODE C{steps}: C{bare} (srpy cannot be imported on BARE_HOST), C{cold} (the first start: h1, h2, h3
-and nohost), C{map}, C{closed}, C{warm} (the second start, h2's engines bound to its second address), C{closed}, C{no-python} (a host whose
-python3 command does not exist).
+and nohost), C{map}, C{status}, C{peers}, C{closed}, C{warm} (the second start, h2's engines bound
+to its second address), C{closed}, C{damaged} (h1's cached zip damaged: sent again), C{no-python}
+(a host whose python3 command does not exist).
 MODE C{hold}: C{up}, then it sleeps until killed (the test SIGKILLs it).
 MODE C{exit}: C{up}, then it exits without closing the cluster.
 """
@@ -93,7 +94,17 @@ def main():
         with cluster.box() as box:
             assert list(box.map(pow, [2, 3, 4], [10, 2, 3])) == [1024, 9, 64]
             assert len(box) == 3
+        h1_zip = cluster.hosts[0].dist_path
     emit("closed")
+
+    with open(h1_zip, "r+b") as handle:  # h1's cached zip is damaged (or another srpy's, under that name)
+        handle.seek(100)
+        handle.write(b"not srpy")
+    with srpy.SSHCluster(["h1"], 1, python=python, ssh_options=options) as cluster:
+        with cluster.box() as box:
+            sent = list(box.map(abs, [-5]))
+        started("damaged", cluster, 0)
+    assert sent == [5]
 
     try:
         srpy.SSHCluster(["h1"], 1, python="no-such-python3", ssh_options=options)

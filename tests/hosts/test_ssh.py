@@ -20,7 +20,8 @@ unreachable host fails with one line naming it while the others start; a map spr
 hosts, all running srpy from the zip the client sent; connectPeers() introduces the engines across
 hosts and one on h1 messages one on h3; an engine on the bare host (no psutil) answers status; the secret is on no command line; a second
 start finds the zip cached on every host (same hash, nothing sent), with h2's engines bound to its
-second address as asked (and the map reaches them there); a host whose python3 does not
+second address as asked (and the map reaches them there); a cached zip that was damaged is sent
+again; a host whose python3 does not
 exist fails with one line naming it; closing the cluster, Ctrl-C on C{srpyapp ssh}, a client that
 exits without closing its cluster, and a client SIGKILLed while it holds one, each leave no srpy
 process on any host and no sandbox.
@@ -28,6 +29,7 @@ process on any host and no sandbox.
 Skipped only where the machine forbids network namespaces or has no OpenSSH server.
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -247,6 +249,11 @@ def test_cluster_on_three_ssh_hosts_cold_then_warm_and_a_host_that_fails(ssh_hos
     assert ["@%s:" % SECOND_ADDRESS in uri for uri in warm["uris"]] == [False, True, False], warm["uris"]
     assert warm["secret"] != secret  # a fresh one per cluster
     step(client, "closed", 120)
+    ssh_hosts.wait_clean()
+
+    damaged = step(client, "damaged", 150)  # a cached zip that is not what its name says is replaced
+    assert damaged["cache"] == {"h1": "stored"} and damaged["hash"] == cold["hash"], damaged
+    assert hashlib.sha256(zips["h1"].read_bytes()).hexdigest() == cold["hash"]
     ssh_hosts.wait_clean()
 
     failed = step(client, "no-python", 60)
