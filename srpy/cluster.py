@@ -199,10 +199,10 @@ class RemoteHost:
             self._send(b"%d\n" % len(script) + script + json.dumps(header).encode("utf-8") + b"\n")
             self._expect("SRPY-BOOT", deadline)
             self.phases["boot"] = time.monotonic() - began
-            answer = self._expect("SRPY-CACHE", deadline).split()
+            answer = self._expect("SRPY-CACHE", deadline).split(" ", 2)  # a path may hold spaces
             if answer[1] == "need":
                 self._send(dist)
-                answer = self._expect("SRPY-CACHE", deadline).split()
+                answer = self._expect("SRPY-CACHE", deadline).split(" ", 2)
             self.phases["dist"] = time.monotonic() - began
             self.cache, self.dist_path = answer[1], answer[2] if len(answer) > 2 else ""
             while True:
