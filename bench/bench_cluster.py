@@ -59,7 +59,8 @@ def worker(config: str, rounds: int, caches: list) -> None:
         subprocess.run(["ssh", "-F", config, "-o", "BatchMode=yes", "h1", "true"], check=True, timeout=60)
         ssh_true = time.perf_counter() - ssh_began
         phases = {phase: max(r.phases[phase] for r in cluster.hosts) for phase in ("boot", "dist", "up")}
-        print(json.dumps({"kind": kind, "start": started - began, "map": mapped - started, "close": closed - mapped, "ssh": ssh_true,
+        print(json.dumps({"kind": kind, "start": started - began, "map": mapped - started,
+                          "close": closed - mapped, "ssh": ssh_true,
                           "cache": sorted({r.cache for r in cluster.hosts}), **phases}), flush=True)
 
 

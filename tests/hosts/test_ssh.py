@@ -18,13 +18,13 @@ each host's engine sandboxes are in its own folder, where the test can see they 
 What it shows: srpy cannot be imported on the bare host, and the cluster still starts there; an
 unreachable host fails with one line naming it while the others start; a map spreads over the three
 hosts, all running srpy from the zip the client sent; connectPeers() introduces the engines across
-hosts and one on h1 messages one on h3; an engine on the bare host (no psutil) answers status; the secret is on no command line; a second
-start finds the zip cached on every host (same hash, nothing sent), with h2's engines bound to its
-second address as asked (and the map reaches them there); a cached zip that was damaged is sent
-again; a host whose python3 does not
-exist fails with one line naming it; closing the cluster, Ctrl-C on C{srpyapp ssh}, a client that
-exits without closing its cluster, and a client SIGKILLed while it holds one, each leave no srpy
-process on any host and no sandbox.
+hosts and one on h1 messages one on h3; an engine on the bare host (no psutil) answers status; the
+secret is on no command line; a second start finds the zip cached on every host (same hash, nothing
+sent), with h2's engines bound to its second address as asked (and the map reaches them there); a
+cached zip that was damaged is sent again; a host whose python3 does not exist fails with one line
+naming it; closing the cluster, Ctrl-C on C{srpyapp ssh}, a client that exits without closing its
+cluster, and a client SIGKILLed while it holds one, each leave no srpy process on any host and no
+sandbox.
 
 Skipped only where the machine forbids network namespaces or has no OpenSSH server.
 """
