@@ -23,8 +23,8 @@ secret is on no command line; a second start finds the zip cached on every host 
 sent), with h2's engines bound to its second address as asked (and the map reaches them there); a
 cached zip that was damaged is sent again; a host whose python3 does not exist fails with one line
 naming it; closing the cluster, Ctrl-C on C{srpyapp ssh}, a client that exits without closing its
-cluster, and a client SIGKILLed while it holds one, each leave no srpy process on any host and no
-sandbox.
+cluster, and a client SIGKILLed while it holds one (with its ssh processes, or without), each leave
+no srpy process on any host and no sandbox.
 
 Skipped only where the machine forbids network namespaces or has no OpenSSH server.
 """
@@ -278,6 +278,18 @@ def test_a_client_that_exits_or_is_sigkilled_leaves_no_engine_on_any_host(ssh_ho
     assert ssh_hosts.sandboxes()
     os.kill(client.process.pid, signal.SIGKILL)  # ip netns exec execs: this is the client itself
     client.process.wait(30)
+    ssh_hosts.wait_clean(timeout=90)
+
+    # the ssh clients killed too (the whole machine going away, say): each sshd sees its connection
+    # close, ends the session, and the host side sees the end of its stdin
+    client = ssh_hosts.run_client("hold")
+    assert len(step(client, "up", 150)["uris"]) == 3
+    ssh_clients = [kid for kid in psutil.Process(client.process.pid).children() if kid.name() == "ssh"]
+    assert len(ssh_clients) == 3, ssh_clients
+    for process in ssh_clients + [psutil.Process(client.process.pid)]:
+        process.kill()
+    client.process.wait(30)
+    psutil.wait_procs(ssh_clients, timeout=30)
     ssh_hosts.wait_clean(timeout=90)
 
 
