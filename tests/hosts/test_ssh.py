@@ -51,6 +51,8 @@ SUBNET = "10.214.0."
 SSHD = "/usr/sbin/sshd"
 BARE = "h3"
 SECOND_ADDRESS = SUBNET + "12"  # h2's other address
+#: runs a program (sshd) on one core: python -c PINNED % cpu PROGRAM ARGS...
+PINNED = "import os, sys; os.sched_setaffinity(0, {%d}); os.execv(sys.argv[1], sys.argv[1:])"
 
 
 def sshd_unavailable():
@@ -101,6 +103,7 @@ class SSHHosts:
         # h2 has a second address: the warm start binds its engines there (SSHCluster's bind)
         ip("-n", self.namespace["h2"], "addr", "add", SECOND_ADDRESS + "/24", "dev", "eth0")
         os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege separation directory (Debian's)
+        cpus = sorted(os.sched_getaffinity(0))
         client_key = self.root / "client_key"
         keygen(client_key)
         config = ["Host *", "  User root", "  IdentityFile %s" % client_key, "  IdentitiesOnly yes",
@@ -120,8 +123,10 @@ class SSHHosts:
                 "StrictModes no", "UsePAM no", "PidFile %s" % self.folder(name, "sshd.pid"),
                 "SetEnv XDG_CACHE_HOME=%s TMPDIR=%s" % (self.folder(name, "cache"), self.folder(name, "tmp")),
                 "LogLevel ERROR", ""]))
-            self.processes.append(Proc(["ip", "netns", "exec", self.namespace[name], SSHD, "-D", "-e",
-                                        "-f", str(sshd_config)], dict(os.environ)))
+            # each host has one core (sshd's sessions inherit it): "one engine per core" is one engine there
+            cpu = cpus[self.names.index(name) % len(cpus)]
+            self.processes.append(Proc(["ip", "netns", "exec", self.namespace[name], sys.executable, "-c",
+                                        PINNED % cpu, SSHD, "-D", "-e", "-f", str(sshd_config)], dict(os.environ)))
         self.ssh_config = self.root / "ssh_config"
         self.ssh_config.write_text("\n".join(config) + "\n")
         for name in self.names:  # each sshd listens before the client starts
@@ -297,15 +302,20 @@ def test_srpyapp_ssh_serves_until_stopped_then_stops_every_host(ssh_hosts):
     uri_file, secret_file = ssh_hosts.root / "uris", ssh_hosts.root / "secret"
     env = dict(os.environ, PYTHONPATH=ROOT)
     env.pop("SRPY_SECRET", None)
+    # no -n: one engine per core of each host, and each test host has one core
     launcher = Proc(["ip", "netns", "exec", ssh_hosts.client, sys.executable, "-m", "srpy", "ssh", "h1", "h2",
-                     "-n", "1", "-F", str(ssh_hosts.ssh_config), "--python", sys.executable,
+                     "-F", str(ssh_hosts.ssh_config), "--python", sys.executable,
                      "-u", str(uri_file), "-s", str(secret_file)], env)
     ssh_hosts.processes.append(launcher)
     printed = []
-    while len(printed) < 2:
+    while True:
         line = launcher.readline(150)
         if line.startswith("PYRO:"):
             printed.append(line)
+        elif line.startswith("Hosting "):
+            assert line.startswith("Hosting 2 engines on 2 hosts"), line
+        if len(printed) == 2:
+            break
     assert sorted(uri.split("@")[1].split(":")[0] for uri in printed) == [ssh_hosts.address["h1"],
                                                                          ssh_hosts.address["h2"]]
     deadline = time.monotonic() + 30
