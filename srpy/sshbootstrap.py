@@ -131,17 +131,14 @@ def die_with_me():
 
 
 def stop(launcher):
-    """SIGTERM the launcher; after L{STOP_GRACE}, SIGKILL its whole process group."""
-    if launcher.poll() is None:
-        try:
-            launcher.send_signal(signal.SIGTERM)
-            launcher.wait(STOP_GRACE)
-        except subprocess.TimeoutExpired:
-            pass
-        except OSError:
-            pass
+    """SIGTERM the launcher; if it has not ended after L{STOP_GRACE}, SIGKILL its whole process group."""
     try:
-        os.killpg(launcher.pid, signal.SIGKILL)  # whatever its engines left behind
+        launcher.send_signal(signal.SIGTERM)
+        return launcher.wait(STOP_GRACE)  # it stops its engines and removes their sandboxes
+    except subprocess.TimeoutExpired:
+        pass
+    try:  # before it is reaped: its pid still names its group, not a stranger's
+        os.killpg(launcher.pid, signal.SIGKILL)
     except OSError:
         pass
     return launcher.wait()
