@@ -12,9 +12,10 @@ known_hosts apply. A host needs only C{python3} and an SSH server:
  - B{bootstrap}: the client packs srpy and its pure-Python dependencies (Pyro5, serpent) into one
    zip, named by the SHA-256 of its contents (L{build_dist}). The script on the host
    (L{srpy.sshbootstrap}, sent on ssh's stdin) looks for that zip in its cache
-   (C{~/.cache/srpy/dist/<hash>.zip}), asks for it if it is missing, and runs the launcher from it
-   (C{python3 <hash>.zip -n N --host ADDR}: zipimport). A host with another srpy, or none, runs the
-   client's; a second start finds the zip cached and sends nothing. psutil (compiled) is not
+   (C{~/.cache/srpy/dist/<hash>.zip}), asks for it if it is missing, unpacks it beside it, and runs
+   the launcher from there (C{python3 ~/.cache/srpy/dist/<hash> -n N --host ADDR}). A host with
+   another srpy, or none, runs the client's; a second start finds the zip cached, sends nothing,
+   and finds the bytecode the first start compiled. psutil (compiled) is not
    shipped: on Linux an engine serves without it; only C{srpyapp status}, C{--max-memory} and a
    non-Linux core count need it, and use the host's own psutil if it has one.
  - B{secret}: a fresh random one per cluster, sent in the JSON line on ssh's stdin and handed to the
@@ -157,7 +158,7 @@ class RemoteHost:
     @ivar host: the host as given (C{user@name}, a name, an alias of ~/.ssh/config).
     @ivar uris: its engines' URIs, once started.
     @ivar cache: C{"have"} (the zip was cached on the host) or C{"stored"} (it was sent now).
-    @ivar dist_path: the zip's path on the host.
+    @ivar dist_path: the folder on the host that srpy runs from (the zip, unpacked: C{dist_path + ".zip"}).
     @ivar seconds: how long its start took.
     @ivar phases: when, in seconds from the start, each step ended: C{"boot"} (ssh connected and the
         host's Python runs the bootstrap), C{"dist"} (the zip found in the cache, or sent), C{"up"}

@@ -8,10 +8,10 @@ client runs C{ssh HOST python3 -c LOADER}, where L{LOADER} reads this file's tex
 
     client -> host   a JSON line: the dist's hash and size, the secret, the engine count, launcher options
     host -> client   SRPY-BOOT <python version> <pid>
-    host -> client   SRPY-CACHE have <path>          (the zip of that hash is cached on the host)
+    host -> client   SRPY-CACHE have <folder>        (the zip of that hash is cached on the host)
                   or SRPY-CACHE need                 (then:)
     client -> host   the zip's bytes (its size was in the header)
-    host -> client   SRPY-CACHE stored <path>
+    host -> client   SRPY-CACHE stored <folder>
     host -> client   SRPY-URI <uri>, once per engine, then SRPY-UP
     host -> client   SRPY-EXIT <code> when the launcher ends by itself; SRPY-FAILED <why> if it cannot start
 
@@ -22,7 +22,9 @@ process group. The launcher is also armed to get SIGTERM should this script itse
 (C{PR_SET_PDEATHSIG}, Linux).
 
 The cache is C{$XDG_CACHE_HOME/srpy/dist/<sha256>.zip} (by default C{~/.cache/srpy/dist}): one zip
-per srpy content, checked against its hash at every start. The engines bind the address the client
+per srpy content, checked against its hash at every start, and unpacked beside it into the folder
+C{<sha256>/} the launcher runs from (C{python3 <folder> ...}), where Python keeps the bytecode it
+compiles: only the first start on a host compiles srpy and Pyro5. The engines bind the address the client
 reached the host on: the server side of C{$SSH_CONNECTION}. The secret comes in the JSON line and
 goes to the launcher in its environment (C{SRPY_SECRET}), never on a command line.
 """
@@ -77,27 +79,68 @@ def read_exactly(stream, size):
 
 
 def fetch_dist(header, stdin):
-    """The path of the cached zip: there already, or received now. None if the client went away."""
+    """
+    The folder srpy runs from: the zip's contents, unpacked beside it (so that Python caches the
+    modules' bytecode there and later starts do not compile them again). The zip is there already
+    (its hash checked), or asked for and received now. None if the client went away.
+    """
     folder = cache_folder(header)
     wanted = header["hash"]
     path = os.path.join(folder, wanted + ".zip")
     if os.path.isfile(path) and digest(path) == wanted:
-        say("SRPY-CACHE have " + path)
-        return path
-    say("SRPY-CACHE need")
-    data = read_exactly(stdin, header["size"])
-    if data is None:
-        return None
-    if hashlib.sha256(data).hexdigest() != wanted:
-        say("SRPY-FAILED the srpy zip arrived damaged (its SHA-256 differs)")
-        return None
-    os.makedirs(folder, mode=0o700, exist_ok=True)
-    temporary = "%s.tmp-%d" % (path, os.getpid())
-    with open(temporary, "wb") as handle:  # written aside, renamed into place: no half zip is ever cached
-        handle.write(data)
-    os.replace(temporary, path)
-    say("SRPY-CACHE stored " + path)
-    return path
+        state = "have"
+    else:
+        say("SRPY-CACHE need")
+        data = read_exactly(stdin, header["size"])
+        if data is None:
+            return None
+        if hashlib.sha256(data).hexdigest() != wanted:
+            say("SRPY-FAILED the srpy zip arrived damaged (its SHA-256 differs)")
+            return None
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        temporary = "%s.tmp-%d" % (path, os.getpid())
+        with open(temporary, "wb") as handle:  # written aside, renamed into place: no half zip is ever cached
+            handle.write(data)
+        os.replace(temporary, path)
+        state = "stored"
+    unpacked = unpack(path, os.path.join(folder, wanted))
+    say("SRPY-CACHE %s %s" % (state, unpacked))
+    return unpacked
+
+
+MANIFEST = ".srpy-manifest.json"
+
+
+def unpack(path, target):
+    """
+    C{target}, holding the zip's files: as it is if every file of its manifest is there with its
+    size; else unpacked anew (aside, then renamed into place: a reader never sees half of it).
+    """
+    import shutil
+    import zipfile
+    try:
+        with open(os.path.join(target, MANIFEST), encoding="utf-8") as handle:
+            manifest = json.load(handle)
+        if all(os.path.getsize(os.path.join(target, name)) == size for name, size in manifest.items()):
+            return target
+    except (OSError, ValueError):
+        pass
+    temporary = "%s.tmp-%d" % (target, os.getpid())
+    shutil.rmtree(temporary, ignore_errors=True)
+    with zipfile.ZipFile(path) as archive:
+        archive.extractall(temporary)
+        manifest = {info.filename: info.file_size for info in archive.infolist() if not info.is_dir()}
+    with open(os.path.join(temporary, MANIFEST), "w", encoding="utf-8") as handle:
+        json.dump(manifest, handle)
+    if os.path.exists(target):  # incomplete or damaged: replaced
+        old = "%s.old-%d" % (target, os.getpid())
+        os.rename(target, old)
+        shutil.rmtree(old, ignore_errors=True)
+    try:
+        os.rename(temporary, target)
+    except OSError:  # another start on this host unpacked it meanwhile
+        shutil.rmtree(temporary, ignore_errors=True)
+    return target
 
 
 def bind_address(header):

@@ -94,7 +94,7 @@ def main():
         with cluster.box() as box:
             assert list(box.map(pow, [2, 3, 4], [10, 2, 3])) == [1024, 9, 64]
             assert len(box) == 3
-        h1_zip = cluster.hosts[0].dist_path
+        h1_zip = cluster.hosts[0].dist_path + ".zip"
     emit("closed")
 
     with open(h1_zip, "r+b") as handle:  # h1's cached zip is damaged (or another srpy's, under that name)

@@ -220,10 +220,11 @@ def test_cluster_on_three_ssh_hosts_cold_then_warm_and_a_host_that_fails(ssh_hos
     why = cold["failed"]["nohost"]
     assert why.startswith("nohost: ") and "\n" not in why and SUBNET + "9" in why, why
     assert cold["cache"] == dict.fromkeys(ssh_hosts.names, "stored"), cold["cache"]  # sent to every host
-    zips = {name: ssh_hosts.folder(name, "cache") / "srpy" / "dist" / (cold["hash"] + ".zip")
-            for name in ssh_hosts.names}
-    assert cold["dist"] == {name: str(path) for name, path in zips.items()}
+    runs_from = {name: ssh_hosts.folder(name, "cache") / "srpy" / "dist" / cold["hash"] for name in ssh_hosts.names}
+    zips = {name: path.with_name(path.name + ".zip") for name, path in runs_from.items()}
+    assert cold["dist"] == {name: str(path) for name, path in runs_from.items()}
     assert all(path.is_file() for path in zips.values())
+    assert all((path / "srpy" / "cli.py").is_file() for path in runs_from.values())
     running = ssh_hosts.srpy_processes()
     assert len(running) >= 3 * 3, running  # per host: a launcher and two engines, at least
     secret = cold["secret"]
@@ -237,7 +238,9 @@ def test_cluster_on_three_ssh_hosts_cold_then_warm_and_a_host_that_fails(ssh_hos
     assert mapped["tmpdirs"] == sorted(str(ssh_hosts.folder(name, "tmp")) for name in ssh_hosts.names), mapped
     assert len(mapped["pids"]) == 6, "an engine got no work: %s" % mapped["pids"]
     # every engine, the bare host's too, runs the srpy the client sent (not the one installed on the host)
-    assert all(".zip/srpy/" in path for path in mapped["srpy_files"]), mapped["srpy_files"]
+    assert sorted(mapped["srpy_files"]) == sorted(str(path / "srpy" / "__init__.py") for path in runs_from.values())
+    # and the bytecode the first start compiled stays in the cache for the next one
+    assert all(list((path / "srpy" / "__pycache__").glob("hosting.*.pyc")) for path in runs_from.values())
     status = step(client, "status", 60)
     assert status["psutil"] is False and status["cores"] >= 1 and status["rss"] > 0 and status["memory_total"] > 0
     peers = step(client, "peers", 60)  # engines started this way find each other across hosts
