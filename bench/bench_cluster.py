@@ -8,8 +8,8 @@ A round starts a cluster of one engine per host (h3 runs its Python with C{-I -S
 Pyro5, no psutil there), runs one small map across the three, and closes the cluster:
 
  - B{cold}: each host's srpy cache is emptied first, so the client sends the zip (about 300 kB) to
-   every host;
- - B{warm}: the zips are cached from the round before: nothing is sent.
+   every host, which unpacks it and compiles srpy and Pyro5 as it starts the launcher;
+ - B{warm}: the zips, unpacked, and their bytecode are cached from the round before: nothing is sent.
 
 Cold and warm rounds alternate, after one untimed warm-up round. Reported, median and best:
 the start (constructor to every URI reported), the first map's answer (connecting the EngBox
