@@ -15,6 +15,7 @@ is the public face of the package; everything a user needs is named here.
    peers, messages, shared data and work sharing (L{srpy.peers}).
  - L{analyze<srpy.analysis.analyze>}: what a script, module or function imports, and what each import is here
    (standard library, an installed distribution and its version, your own module, missing).
+ - L{SSHCluster<srpy.cluster.SSHCluster>}: engines on other hosts, started over SSH with nothing installed there.
  - L{srpy.lite}: a dependency-free client that also runs on Jython 2.7.
  - L{srpy.errors}: every exception srpy raises.
 
@@ -22,7 +23,7 @@ The names load lazily (PEP 562): C{import srpy.lite} or C{import srpy.errors} lo
 they need, not Pyro5's server and the engine; C{srpy.EngBox} imports L{srpy.box} when first used.
 
 The public modules are this one, L{srpy.errors}, L{srpy.client}, L{srpy.box}, L{srpy.peers},
-L{srpy.lite} and L{srpy.wire} (the protocol). Every other module is srpy's own machinery, free to
+L{srpy.cluster}, L{srpy.lite} and L{srpy.wire} (the protocol). Every other module is srpy's own machinery, free to
 change (doc/architecture.md maps them); the API reference lists them as private.
 """
 
@@ -36,11 +37,12 @@ if _TYPE_CHECKING:  # what type checkers and readers see; at run time, __getattr
     from . import errors
     from .analysis import analyze
     from .box import EngBox, MultiRunResult
+    from .cluster import SSHCluster
     from .client import Namespace, PythonEngine, RemoteObject
-    from .errors import (AnalysisError, AuthenticationError, CallTimeout, CommunicationError, ConnectionLost,
-                         EngineDead, EnvironmentConflict, InstallError, InvalidRequirement, MessageTooLargeError,
-                         MissingPackagesError, NoEnginesError, PeerUnavailable, RemoteError, RemoteSystemExit,
-                         SerializationError, SRPyError, SRPyServerNotFound, TaskAborted, TaskTimeout)
+    from .errors import (AnalysisError, AuthenticationError, CallTimeout, ClusterHostError, CommunicationError,
+                         ConnectionLost, EngineDead, EnvironmentConflict, InstallError, InvalidRequirement,
+                         MessageTooLargeError, MissingPackagesError, NoEnginesError, PeerUnavailable, RemoteError,
+                         RemoteSystemExit, SerializationError, SRPyError, SRPyServerNotFound, TaskAborted, TaskTimeout)
     from .functions import FunctionShippingError
     from .subengine import detectNCPUs, newSubEngine, stopSubEngine
     from .peers import spawn, this_engine
@@ -57,16 +59,18 @@ _HOMES: _Dict[str, str] = {
     "this_engine": "peers", "spawn": "peers",
     "analyze": "analysis",
     "set_forward_output": "forwarding",
+    "SSHCluster": "cluster",
 }
 _HOMES.update(dict.fromkeys([
     "SRPyError", "SRPyServerNotFound", "AuthenticationError", "CommunicationError", "ConnectionLost", "CallTimeout",
     "SerializationError", "MessageTooLargeError", "RemoteError", "RemoteSystemExit", "TaskTimeout", "TaskAborted",
     "EngineDead", "NoEnginesError", "MissingPackagesError", "PeerUnavailable", "AnalysisError",
-    "InvalidRequirement", "InstallError", "EnvironmentConflict"], "errors"))
+    "InvalidRequirement", "InstallError", "EnvironmentConflict", "ClusterHostError"], "errors"))
 
 __all__ = [
     "this_engine", "spawn", "PeerUnavailable",
     "analyze", "AnalysisError",
+    "SSHCluster", "ClusterHostError",
     "EngBox", "MultiRunResult", "FunctionShippingError", "EngineDead", "NoEnginesError", "MissingPackagesError",
     "InvalidRequirement", "InstallError", "EnvironmentConflict",
     "PythonEngine", "Namespace", "RemoteObject", "newSubEngine", "stopSubEngine", "detectNCPUs",

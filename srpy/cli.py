@@ -6,7 +6,8 @@ Basic mode (C{-b}, the default) serves one engine, in a process the launcher for
 (a L{srpy.supervisor.Keeper}). Multi mode (C{-m}, or C{-n N}) starts one engine process per core
 (or N) and supervises them (L{srpy.supervisor.Supervisor}). C{srpyapp status} is
 L{srpy.status}, C{srpyapp analyze SCRIPT} is L{srpy.analysis}, C{srpyapp envs} is
-L{srpy.environments}. Every option is checked before any
+L{srpy.environments}, C{srpyapp run SCRIPT} is L{srpy.runcommand}, C{srpyapp ssh HOST...} is
+L{srpy.cluster}. Every option is checked before any
 engine starts or any URI is printed: a wrong value gets the usage and one error line (exit code
 2), what an option names that cannot be used gets one error line (exit code 1).
 """
@@ -38,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "'srpyapp status -h': show what running engines are doing. "
                                     "'srpyapp analyze -h': what a script imports, as JSON. "
                                     "'srpyapp envs -h': list or remove the environments engines built. "
-                                    "'srpyapp run -h': run a script on engines.")
+                                    "'srpyapp run -h': run a script on engines. "
+                                    "'srpyapp ssh -h': engines on other hosts, over SSH.")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("-b", "--basic", action="store_true",
                       help="one engine, in a process this one keeps (and restarts after a limit) (default)")
@@ -489,6 +491,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args[:1] == ["run"]:  # srpyapp run SCRIPT ...: a script on engines (srpy.runcommand)
         from . import runcommand
         return runcommand.main(args[1:])
+    if args[:1] == ["ssh"]:  # srpyapp ssh HOST...: engines on other hosts, over SSH
+        from . import cluster
+        return cluster.main(args[1:])
     parser = build_parser()
     options = parser.parse_args(args)
     if not options.child:

@@ -508,16 +508,14 @@ class Engine:
         watch = self._watch
         owner = self.lock.owner
         frame = sys._current_frames().get(owner) if owner is not None else None
-        import psutil
-        memory = psutil.virtual_memory()
+        total, available = machine_memory()  # no psutil on Linux: a host bootstrapped over SSH may lack it
         return {
             "uri": self.uri, "name": self.name, "group": self.group, "pid": os.getpid(),
             "host": socket.gethostname(), "busy": self.lock.locked(), "current": watch.current or "",
             "running_for": watch.running_for(), "limit": watch.limit_now(), "calls": self.calls,
             "stack": "".join(traceback.format_stack(frame)) if frame is not None else "",
-            "cores": psutil.cpu_count() or 1, "load": list(os.getloadavg()) if hasattr(os, "getloadavg") else [],
-            "memory_available": memory.available, "memory_total": memory.total,
-            "rss": psutil.Process().memory_info().rss,
+            "cores": os.cpu_count() or 1, "load": list(os.getloadavg()) if hasattr(os, "getloadavg") else [],
+            "memory_available": available, "memory_total": total, "rss": process_rss(),
         }
 
     @engine_call(locked=False)
@@ -581,6 +579,17 @@ def machine_memory() -> Tuple[int, int]:
 
         memory = psutil.virtual_memory()
         return int(memory.total), int(memory.available)
+
+
+def process_rss() -> int:
+    """This process's resident memory in bytes: from C{/proc/self/statm} on Linux, elsewhere through psutil."""
+    try:
+        with open("/proc/self/statm", "rb") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError, AttributeError):
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)
 
 
 def machine_load() -> List[float]:

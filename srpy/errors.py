@@ -211,3 +211,10 @@ class EnvironmentConflict(SRPyError):
     cannot hold two versions of one module. The message names the modules and both versions; use
     another engine for the other requirement set (one engine per set), or restart this one.
     """
+
+
+class ClusterHostError(SRPyError):
+    """
+    A host of an L{SSHCluster<srpy.cluster.SSHCluster>} could not start engines: it cannot be
+    reached, has no python3, or its launcher failed. One line, naming the host and why.
+    """

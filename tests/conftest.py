@@ -32,7 +32,8 @@ URI_LINE = re.compile(r"^PYRO:\S+@\S+:\d+$")
 
 #: scripts the tests run in other interpreters (Jython, a network namespace), not test modules:
 #: importing them here would run them (lite_script.py exits without SRPY_LITE_DIR)
-collect_ignore = [os.path.join("lite", "lite_script.py"), os.path.join("hosts", "hosts_client.py")]
+collect_ignore = [os.path.join("lite", "lite_script.py"), os.path.join("hosts", "hosts_client.py"),
+                  os.path.join("hosts", "ssh_client.py")]
 
 
 def _children(process):

@@ -144,7 +144,7 @@ def test_api_reference_builds_without_docstring_errors(tmp_path):
 
 
 #: the modules whose names make srpy's public surface (the API reference shows only these by default)
-PUBLIC_MODULES = {"srpy", "errors", "client", "box", "peers", "lite", "wire"}
+PUBLIC_MODULES = {"srpy", "errors", "client", "box", "peers", "cluster", "lite", "wire"}
 
 
 def test_every_module_is_public_or_private_on_purpose():

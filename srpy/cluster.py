@@ -1,0 +1,557 @@
+"""
+Engines on other machines, started over SSH: L{SSHCluster}, and C{srpyapp ssh HOST...}.
+
+    >>> import srpy
+    >>> srpy.SSHCluster.__name__
+    'SSHCluster'
+
+A cluster runs the system's OpenSSH client once per host (C{ssh HOST python3 -c ...}, with
+C{BatchMode=yes}: it never prompts), so the user's keys, agent, C{~/.ssh/config}, jump hosts and
+known_hosts apply. A host needs only C{python3} and an SSH server:
+
+ - B{bootstrap}: the client packs srpy and its pure-Python dependencies (Pyro5, serpent) into one
+   zip, named by the SHA-256 of its contents (L{build_dist}). The script on the host
+   (L{srpy.sshbootstrap}, sent on ssh's stdin) looks for that zip in its cache
+   (C{~/.cache/srpy/dist/<hash>.zip}), asks for it if it is missing, unpacks it beside it, and runs
+   the launcher from there (C{python3 ~/.cache/srpy/dist/<hash> -n N --host ADDR}). A host with
+   another srpy, or none, runs the client's; a second start finds the zip cached, sends nothing,
+   and finds the bytecode the first start compiled. psutil (compiled) is not
+   shipped: on Linux an engine serves without it; only C{srpyapp status}, C{--max-memory} and a
+   non-Linux core count need it, and use the host's own psutil if it has one.
+ - B{secret}: a fresh random one per cluster, sent in the JSON line on ssh's stdin and handed to the
+   launcher in its environment: never on a command line (C{ps} does not show it).
+ - B{binding}: the engines listen on the address the client reached the host on (the server side
+   of C{$SSH_CONNECTION} there), and report their URIs back on ssh's stdout.
+ - B{lifecycle}: each host's ssh stays open while the cluster lives. Its end (L{SSHCluster.close},
+   the client exiting, or the client killed: the pipe to ssh closes, ssh ends the session) reaches
+   the host as the end of stdin; the script there stops the launcher, which stops its engines and
+   removes their sandboxes.
+ - B{failures}: a host that cannot be reached, or lacks python3, is one line in L{SSHCluster.failed}
+   (and a warning in the log) while the other hosts start; when no host starts, or with
+   C{require_all=True} when any fails, the cluster raises L{ClusterHostError} instead.
+
+doc/cluster.md walks through it.
+"""
+
+import argparse
+import atexit
+import hashlib
+import io
+import json
+import logging
+import os
+import queue
+import secrets
+import shlex
+import subprocess
+import sys
+import threading
+import time
+import weakref
+import zipfile
+from collections import deque
+from typing import TYPE_CHECKING, Any, Deque, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+from .errors import ClusterHostError
+
+if TYPE_CHECKING:
+    from .box import EngBox
+
+log = logging.getLogger("srpy.cluster")
+
+#: what the zip's __main__ runs: the launcher, from the zip
+_ZIP_MAIN = b"import sys\nfrom srpy.cli import main\nsys.exit(main())\n"
+#: the packages and modules the zip carries, besides srpy: srpy's pure-Python dependencies
+SHIPPED = ("Pyro5", "serpent")
+#: seconds a stopped host's ssh has to end by itself (its launcher stopping its engines) before it is killed
+STOP_WAIT = 30.0
+
+PythonSpec = Union[str, Sequence[str]]
+
+
+def build_dist() -> Tuple[bytes, str]:
+    """
+    The zip a host runs srpy from, and its SHA-256 in hex: srpy's package and L{SHIPPED}, their
+    C{.py} files only, with fixed dates, so that the same sources make the same zip (and hash).
+
+    >>> data, digest = build_dist()
+    >>> digest == hashlib.sha256(data).hexdigest() and build_dist()[1] == digest
+    True
+    >>> names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+    >>> "__main__.py" in names and "srpy/cli.py" in names and "Pyro5/core.py" in names and "serpent.py" in names
+    True
+    """
+    import importlib
+    files: Dict[str, str] = {}
+    for name in ("srpy",) + SHIPPED:
+        module = importlib.import_module(name)
+        path = getattr(module, "__file__", None)
+        if not path:
+            raise ClusterHostError("cannot ship %s: it has no file here" % name)
+        if os.path.basename(path) == "__init__.py":
+            root = os.path.dirname(path)
+            for folder, subfolders, names in os.walk(root):
+                subfolders[:] = sorted(d for d in subfolders if d != "__pycache__")
+                for file in names:
+                    if file.endswith(".py"):
+                        full = os.path.join(folder, file)
+                        files[name + "/" + os.path.relpath(full, root).replace(os.sep, "/")] = full
+        else:
+            files[os.path.basename(path)] = path
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(zipfile.ZipInfo("__main__.py", (1980, 1, 1, 0, 0, 0)), _ZIP_MAIN)
+        for arcname in sorted(files):
+            with open(files[arcname], "rb") as handle:
+                info = zipfile.ZipInfo(arcname, (1980, 1, 1, 0, 0, 0))
+                info.compress_type = zipfile.ZIP_DEFLATED
+                archive.writestr(info, handle.read())
+    data = buffer.getvalue()
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def _bootstrap_script() -> bytes:
+    """The text of L{srpy.sshbootstrap}, as sent to a host (read as package data: works from a zip too)."""
+    import pkgutil
+    data = pkgutil.get_data("srpy", "sshbootstrap.py")
+    assert data is not None  # srpy's own file: there wherever srpy is
+    return data
+
+
+def remote_command(python: PythonSpec) -> str:
+    """
+    The command ssh hands to the host's shell: C{python} (a command line, or its words) running
+    the loader. Every word is quoted for a POSIX shell.
+
+    >>> remote_command("python3 -I")
+    "python3 -I -c 'import sys;i=sys.stdin.buffer;exec(i.read(int(i.readline())))'"
+    """
+    from .sshbootstrap import LOADER
+    words = shlex.split(python) if isinstance(python, str) else list(python)
+    if not words:
+        raise ValueError("python: give the command that runs Python 3 on the host, such as 'python3'")
+    return " ".join(shlex.quote(word) for word in words + ["-c", LOADER])
+
+
+def ssh_command(host: str, python: PythonSpec, ssh: str = "ssh", ssh_options: Sequence[str] = (),
+                connect_timeout: float = 15.0) -> List[str]:
+    """
+    The argv of one host's ssh: the user's options first (ssh keeps the first value it is given
+    for an option), then srpy's: never prompt, give up connecting after C{connect_timeout}
+    seconds, notice a host that stops answering, no terminal.
+
+    >>> ssh_command("alice@node1", "python3")[-2:]
+    ['alice@node1', "python3 -c 'import sys;i=sys.stdin.buffer;exec(i.read(int(i.readline())))'"]
+    """
+    if not host or host.startswith("-"):
+        raise ValueError("not a host: %r" % (host,))
+    return ([ssh] + [str(option) for option in ssh_options]
+            + ["-o", "BatchMode=yes", "-o", "ConnectTimeout=%d" % max(1, round(connect_timeout)),
+               "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4", "-T", "--", host,
+               remote_command(python)])
+
+
+class RemoteHost:
+    """
+    One host of a cluster: its ssh process, the engines' URIs it reported, where its zip came from.
+
+    @ivar host: the host as given (C{user@name}, a name, an alias of ~/.ssh/config).
+    @ivar uris: its engines' URIs, once started.
+    @ivar cache: C{"have"} (the zip was cached on the host) or C{"stored"} (it was sent now).
+    @ivar dist_path: the folder on the host that srpy runs from (the zip, unpacked: C{dist_path + ".zip"}).
+    @ivar seconds: how long its start took.
+    @ivar phases: when, in seconds from the start, each step ended: C{"boot"} (ssh connected and the
+        host's Python runs the bootstrap), C{"dist"} (the zip found in the cache, or sent), C{"up"}
+        (every engine's URI reported).
+    """
+
+    def __init__(self, host: str, argv: List[str]) -> None:
+        self.host = host
+        self.argv = argv
+        self.uris: List[str] = []
+        self.cache = ""
+        self.dist_path = ""
+        self.seconds = 0.0
+        self.phases: Dict[str, float] = {}
+        self.process: Optional["subprocess.Popen[bytes]"] = None
+        self._lines: "queue.Queue[Optional[str]]" = queue.Queue()
+        self._stderr: Deque[str] = deque(maxlen=20)
+        self._threads: List[threading.Thread] = []
+        self._up = False
+
+    def start(self, header: Dict[str, Any], dist: bytes, script: bytes, timeout: float) -> None:
+        """
+        Run ssh, bootstrap the host, wait for its engines' URIs.
+
+        @raise ClusterHostError: one line naming the host and why it could not start engines.
+        """
+        began = time.monotonic()
+        deadline = began + timeout
+        try:
+            # a session of its own: Ctrl-C in the terminal reaches the client, which closes the cluster
+            # in order, not ssh, which would drop the hosts at once
+            self.process = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                            stderr=subprocess.PIPE, start_new_session=True)
+        except OSError as exc:
+            raise self._error("cannot run %s: %s" % (self.argv[0], exc.strerror or exc)) from None
+        self._pump(self.process.stdout, self._on_stdout, "out")
+        self._pump(self.process.stderr, self._on_stderr, "err")
+        try:
+            self._send(b"%d\n" % len(script) + script + json.dumps(header).encode("utf-8") + b"\n")
+            self._expect("SRPY-BOOT", deadline)
+            self.phases["boot"] = time.monotonic() - began
+            answer = self._expect("SRPY-CACHE", deadline).split(" ", 2)  # a path may hold spaces
+            if answer[1] == "need":
+                self._send(dist)
+                answer = self._expect("SRPY-CACHE", deadline).split(" ", 2)
+            self.phases["dist"] = time.monotonic() - began
+            self.cache, self.dist_path = answer[1], answer[2] if len(answer) > 2 else ""
+            while True:
+                line = self._expect(("SRPY-URI", "SRPY-UP"), deadline)
+                if line == "SRPY-UP":
+                    break
+                self.uris.append(line.split(" ", 1)[1])
+        except BaseException:
+            self.stop(grace=2.0)
+            raise
+        self._up = True
+        self.seconds = self.phases["up"] = time.monotonic() - began
+        log.info("%s: %d engine%s up in %.1f s (srpy zip %s)", self.host, len(self.uris),
+                 "" if len(self.uris) == 1 else "s", self.seconds,
+                 "cached there" if self.cache == "have" else "sent now")
+
+    def _pump(self, stream: Any, sink: Any, tag: str) -> None:
+        def pump() -> None:
+            for raw in iter(stream.readline, b""):
+                sink(raw.decode("utf-8", "replace").rstrip("\r\n"))
+            sink(None)
+        thread = threading.Thread(target=pump, name="srpy-ssh-%s-%s" % (tag, self.host), daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _on_stdout(self, line: Optional[str]) -> None:
+        if self._up and line is not None and line.startswith("SRPY-EXIT"):
+            log.warning("%s: its launcher ended (exit code %s): its engines are gone", self.host, line.split()[-1])
+        self._lines.put(line)
+
+    def _on_stderr(self, line: Optional[str]) -> None:
+        if line is None:
+            return
+        self._stderr.append(line)
+        log.info("%s: %s", self.host, line)
+
+    def _send(self, data: bytes) -> None:
+        assert self.process is not None and self.process.stdin is not None
+        try:
+            self.process.stdin.write(data)
+            self.process.stdin.flush()
+        except OSError:
+            raise self._error(self._why_ended()) from None
+
+    def _expect(self, what: Union[str, Tuple[str, ...]], deadline: float) -> str:
+        """The next protocol line, which must start with C{what}."""
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise self._error("did not start its engines within the time allowed (%d of them up)"
+                                  % len(self.uris))
+            try:
+                line = self._lines.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if line is None:
+                raise self._error(self._why_ended())
+            if line.startswith("SRPY-FAILED"):
+                raise self._error(line[len("SRPY-FAILED"):].strip())
+            if line.startswith("SRPY-EXIT"):
+                raise self._error("its launcher ended (exit code %s)%s" % (line.split()[-1], self._last_words()))
+            if line.startswith(what):
+                return line
+            log.debug("%s: %s", self.host, line)  # the host's shell said something (a motd, say)
+
+    def _why_ended(self) -> str:
+        """Why ssh ended before the engines were up, in one line."""
+        assert self.process is not None
+        try:
+            code = self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            code = None
+        for thread in self._threads:
+            thread.join(2)
+        last = self._last_words()
+        if code == 255:
+            return "ssh failed%s" % (last or " (exit code 255)")
+        if code == 127:
+            return "no such command on the host%s" % (last or " (exit code 127)")
+        return "ssh ended (exit code %s)%s" % (code, last)
+
+    def _last_words(self) -> str:
+        lines = [line for line in self._stderr if line.strip()]
+        return ": " + lines[-1].strip() if lines else ""
+
+    def _error(self, why: str) -> ClusterHostError:
+        return ClusterHostError(" ".join(("%s: %s" % (self.host, why)).split()))
+
+    def end_session(self) -> None:
+        """Close ssh's stdin: its end, on the host, stops the engines (returns at once)."""
+        process = self.process
+        if process is not None and process.stdin is not None and not process.stdin.closed:
+            try:
+                process.stdin.close()
+            except OSError:
+                pass
+
+    def stop(self, grace: float = STOP_WAIT) -> Optional[int]:
+        """End the session (L{end_session}); wait for ssh to end, then terminate it, then kill it."""
+        process = self.process
+        if process is None:
+            return None
+        self.end_session()
+        code: Optional[int] = None
+        for signal_it in (None, process.terminate, process.kill):
+            if signal_it is not None:
+                log.warning("%s: ssh did not end within %.0f s: stopping it", self.host, grace)
+                signal_it()
+            try:
+                code = process.wait(grace)
+                break
+            except subprocess.TimeoutExpired:
+                grace = 5.0
+        for thread in self._threads:
+            thread.join(5)
+        for stream in (process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()
+        return code
+
+
+#: the clusters not closed yet: closed when the interpreter exits normally (a killed client's hosts stop
+#: all the same, at the end of their ssh sessions, only without waiting for it)
+_open_clusters: "weakref.WeakSet[SSHCluster]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_clusters() -> None:
+    for cluster in list(_open_clusters):
+        cluster.close()
+
+
+class SSHCluster:
+    """
+    Engines on every host given, started over SSH (see the module text): a context manager.
+
+    Usage::
+
+        with srpy.SSHCluster(["alice@node1", "node2", "node3"]) as cluster:
+            with cluster.box() as box:
+                print(box.map(pow, range(10), range(10)))
+
+    @ivar uris: every engine's URI, host after host.
+    @ivar secret: the cluster's secret (fresh and random unless given).
+    @ivar hosts: the L{RemoteHost}s that started.
+    @ivar failed: {host: the one line saying why it did not start}.
+    @ivar dist_hash: the SHA-256 of the srpy zip the hosts run.
+    """
+
+    def __init__(self, hosts: Sequence[str], engines_per_host: Optional[int] = None,
+                 python: Union[PythonSpec, Mapping[str, PythonSpec]] = "python3", ssh_options: Sequence[str] = (),
+                 secret: Optional[str] = None, connect_timeout: float = 15.0, start_timeout: float = 120.0,
+                 launcher_args: Sequence[str] = (), require_all: bool = False, ssh: str = "ssh",
+                 cache_dir: Optional[str] = None, bind: Optional[Mapping[str, str]] = None) -> None:
+        """
+        Start the engines on every host, in parallel; return once each host is up or has failed.
+
+        @param hosts: where to start engines: C{user@host}, C{host}, or a C{Host} of ~/.ssh/config.
+        @param engines_per_host: engines on each host (default: one per core the host has).
+        @param python: the command that runs Python 3 on the hosts (C{"python3"}, C{"/opt/py/bin/python"},
+            C{"python3 -I"}), or {host: command} (hosts left out use C{"python3"}).
+        @param ssh_options: more arguments for ssh, before srpy's (C{["-F", "my_config"]},
+            C{["-i", "key", "-o", "User=alice"]}): the first value of an option wins.
+        @param secret: the engines' secret (default: a fresh random one).
+        @param connect_timeout: seconds ssh tries to reach a host.
+        @param start_timeout: seconds a host has to report all its engines' URIs.
+        @param launcher_args: more C{srpyapp} options for every host (C{["--max-task-time", "60"]}).
+        @param require_all: raise if any host fails (after stopping the others), instead of starting without it.
+        @param ssh: the ssh client to run.
+        @param cache_dir: the hosts' cache folder (default C{$XDG_CACHE_HOME/srpy/dist}, C{~/.cache/srpy/dist}).
+        @param bind: {host: the address its engines listen on}, for hosts where the address ssh
+            arrived on is not the one this client reaches (through a jump host, say).
+        @raise ClusterHostError: no host started (or, with C{require_all}, one did not): one line per host.
+        """
+        if isinstance(hosts, str):
+            hosts = [hosts]
+        if not hosts:
+            raise ValueError("SSHCluster needs at least one host")
+        twice = sorted({host for host in hosts if list(hosts).count(host) > 1})
+        if twice:
+            raise ValueError("hosts listed twice: %s (engines_per_host sets how many engines each gets)"
+                             % ", ".join(twice))
+        if engines_per_host is not None and (not isinstance(engines_per_host, int) or engines_per_host < 1):
+            raise ValueError("engines_per_host must be a whole number of at least 1, or None (one per core)")
+        self.secret = secret or secrets.token_urlsafe(32)
+        self.hosts: List[RemoteHost] = []
+        self.failed: Dict[str, str] = {}
+        self._closed = False
+        _open_clusters.add(self)
+        dist, self.dist_hash = build_dist()
+        script = _bootstrap_script()
+        header = {"hash": self.dist_hash, "size": len(dist), "secret": self.secret, "engines": engines_per_host,
+                  "args": [str(arg) for arg in launcher_args], "cache": cache_dir}
+        remotes, headers = [], {}
+        for host in hosts:
+            spec = python.get(host, "python3") if isinstance(python, Mapping) else python
+            remotes.append(RemoteHost(host, ssh_command(host, spec, ssh, ssh_options, connect_timeout)))
+            headers[host] = dict(header, bind=(bind or {}).get(host))
+        outcomes: Dict[str, Optional[BaseException]] = {}
+
+        def start(remote: RemoteHost) -> None:
+            try:
+                remote.start(headers[remote.host], dist, script, start_timeout)
+                outcomes[remote.host] = None
+            except BaseException as exc:  # noqa: B902 - handed to the caller's thread below
+                outcomes[remote.host] = exc
+
+        threads = [threading.Thread(target=start, args=(remote,), name="srpy-start-%s" % remote.host, daemon=True)
+                   for remote in remotes]
+        for thread in threads:
+            thread.start()
+        try:
+            for thread in threads:
+                thread.join()
+        except BaseException:
+            self._stop_all(remotes)  # Ctrl-C while starting: what started stops
+            raise
+        for remote in remotes:
+            outcome = outcomes.get(remote.host)
+            if outcome is None:
+                self.hosts.append(remote)
+            elif isinstance(outcome, ClusterHostError):
+                self.failed[remote.host] = str(outcome)
+                log.warning("%s", outcome)
+            else:
+                self._stop_all(remotes)
+                raise outcome
+        if not self.hosts or (require_all and self.failed):
+            self._stop_all(self.hosts)
+            self.hosts = []
+            self._closed = True
+            raise ClusterHostError("; ".join(self.failed.values()))
+
+    @property
+    def uris(self) -> List[str]:
+        """Every engine's URI, host after host."""
+        return [uri for remote in self.hosts for uri in remote.uris]
+
+    def box(self, **options: Any) -> "EngBox":
+        """A new L{EngBox<srpy.box.EngBox>} of the cluster's engines, with its secret (C{options} go to EngBox)."""
+        from .box import EngBox
+        options.setdefault("secret", self.secret)
+        return EngBox(self.uris, **options)
+
+    def close(self) -> None:
+        """Stop every host's engines (in parallel) and end the ssh sessions. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop_all(self.hosts)
+
+    @staticmethod
+    def _stop_all(remotes: Sequence[RemoteHost]) -> None:
+        # every session ends first, so the hosts stop at the same time; then each is waited for (no
+        # threads: this also runs at interpreter exit, where new threads may be refused)
+        for remote in remotes:
+            remote.end_session()
+        deadline = time.monotonic() + STOP_WAIT  # one wait for all, not one after the other
+        for remote in remotes:
+            remote.stop(grace=max(0.1, deadline - time.monotonic()))
+
+    def __enter__(self) -> "SSHCluster":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return "<SSHCluster %d engines on %s%s>" % (len(self.uris), ", ".join(r.host for r in self.hosts) or "no host",
+                                                   "; failed: %s" % ", ".join(self.failed) if self.failed else "")
+
+
+# -- srpyapp ssh -----------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    """C{srpyapp ssh}'s command line."""
+    parser = argparse.ArgumentParser(
+        prog="srpyapp ssh", description="Start engines on other hosts over SSH (nothing needs to be installed "
+                                        "there but python3), print their URIs, serve until Ctrl-C.")
+    parser.add_argument("hosts", nargs="+", metavar="HOST", help="user@host, host, or a Host of ~/.ssh/config")
+    parser.add_argument("-n", "--engines", type=int, metavar="N", default=None,
+                        help="engines per host (default: one per core of each host)")
+    parser.add_argument("-u", "--uri-file", metavar="FILE", help="write the URIs to FILE (removed on exit)")
+    parser.add_argument("-s", "--secret-file", metavar="FILE",
+                        help="write the cluster's secret to FILE (mode 600, removed on exit): clients need it")
+    parser.add_argument("--python", default="python3", help="the command that runs Python 3 on the hosts")
+    parser.add_argument("-F", "--ssh-config", metavar="FILE", help="ssh's configuration file (ssh -F)")
+    parser.add_argument("-o", "--ssh-option", action="append", default=[], metavar="OPTION",
+                        help="an ssh option (ssh -o OPTION), repeatable")
+    parser.add_argument("--start-timeout", type=float, default=120.0, help="seconds each host has to start")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """C{srpyapp ssh HOST...}: returns the exit code (1 when no host started)."""
+    import signal
+    parser = build_parser()
+    options = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if options.engines is not None and options.engines < 1:
+        parser.error("-n must be at least 1")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
+    logging.getLogger("Pyro5").setLevel(logging.WARNING)
+    ssh_options: List[str] = ["-F", options.ssh_config] if options.ssh_config else []
+    for option in options.ssh_option:
+        ssh_options += ["-o", option]
+    stopping = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopping.set())
+    try:
+        cluster = SSHCluster(options.hosts, options.engines, python=options.python, ssh_options=ssh_options,
+                             secret=os.environ.get("SRPY_SECRET") or None, start_timeout=options.start_timeout)
+    except (ClusterHostError, ValueError) as exc:
+        print("srpyapp ssh: error: %s" % exc, file=sys.stderr)
+        return 1
+    written = []
+    try:
+        for host, why in cluster.failed.items():
+            print("srpyapp ssh: not started: %s" % why, file=sys.stderr)
+        print("Hosting %d engines on %d host%s over SSH. Stop with Ctrl-C."
+              % (len(cluster.uris), len(cluster.hosts), "" if len(cluster.hosts) == 1 else "s"))
+        for uri in cluster.uris:
+            print(uri)
+        sys.stdout.flush()
+        if options.secret_file:
+            _write_private(options.secret_file, cluster.secret + "\n")
+            written.append(options.secret_file)
+        if options.uri_file:
+            _write_private(options.uri_file, "".join(uri + "\n" for uri in cluster.uris))
+            written.append(options.uri_file)
+        while not stopping.wait(0.5):
+            if all(remote.process is not None and remote.process.poll() is not None for remote in cluster.hosts):
+                print("srpyapp ssh: every host's session ended", file=sys.stderr)
+                return 1
+    finally:
+        cluster.close()
+        for path in written:
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                pass
+    return 0
+
+
+def _write_private(path: str, text: str) -> None:
+    """Write a file only its owner can read, in one step."""
+    temporary = "%s.tmp-%d" % (path, os.getpid())
+    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(handle, "w", encoding="utf-8") as stream:
+        stream.write(text)
+    os.replace(temporary, path)

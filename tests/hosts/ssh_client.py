@@ -1,0 +1,122 @@
+"""
+The client side of tests/hosts/test_ssh.py, run inside the client's own network namespace::
+
+    ip netns exec NS python tests/hosts/ssh_client.py MODE SSH_CONFIG BARE_HOST
+
+It starts L{srpy.SSHCluster}s on the hosts named by the ssh configuration file (C{h1}, C{h2}, C{h3};
+C{nohost} has an address nobody answers on) and prints one JSON object per line, one per step; a
+failure prints C{{"step": "error", ...}} and exits 1. BARE_HOST runs its Python with C{-I -S}: no
+site-packages, so neither srpy nor Pyro5 is importable there.
+
+MODE C{steps}: C{bare} (srpy cannot be imported on BARE_HOST), C{cold} (the first start: h1, h2, h3
+and nohost), C{map}, C{status}, C{peers}, C{closed}, C{warm} (the second start, h2's engines bound
+to its second address), C{closed}, C{damaged} (h1's cached zip damaged: sent again), C{no-python}
+(a host whose python3 command does not exist).
+MODE C{hold}: C{up}, then it sleeps until killed (the test SIGKILLs it).
+MODE C{exit}: C{up}, then it exits without closing the cluster.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+import traceback
+
+HOSTS = ["h1", "h2", "h3"]
+
+
+def where(x):
+    """C{x * x} with where it ran: the host's TMPDIR (each sshd sets its own) and srpy's file there."""
+    import os as _os
+    import sys as _sys
+    time.sleep(0.01)
+    return x * x, _os.environ.get("TMPDIR", ""), _sys.modules["srpy"].__file__, _os.getpid()
+
+
+def emit(step, **fields):
+    fields["step"] = step
+    sys.stdout.write(json.dumps(fields) + "\n")
+    sys.stdout.flush()
+
+
+def started(step, cluster, seconds):
+    emit(step, uris=cluster.uris, failed=cluster.failed, secret=cluster.secret, hash=cluster.dist_hash,
+         cache={r.host: r.cache for r in cluster.hosts}, dist={r.host: r.dist_path for r in cluster.hosts},
+         seconds=seconds, phases={r.host: r.phases for r in cluster.hosts})
+
+
+def main():
+    mode, config, bare = sys.argv[1:4]
+    import srpy
+    options = ["-F", config]
+    python = {bare: "%s -I -S" % sys.executable}
+    for host in HOSTS:
+        python.setdefault(host, sys.executable)
+    if mode in ("hold", "exit"):
+        cluster = srpy.SSHCluster(HOSTS, 1, python=python, ssh_options=options)
+        started("up", cluster, 0)
+        while mode == "hold":
+            time.sleep(60)
+        return  # without closing the cluster: the interpreter's exit does
+
+    probe = subprocess.run(["ssh", "-F", config, "-o", "BatchMode=yes", bare, sys.executable, "-I", "-S", "-c",
+                            "'import srpy'"], capture_output=True, text=True, timeout=60)
+    emit("bare", code=probe.returncode, stderr=probe.stderr.strip().splitlines()[-1:])
+
+    began = time.monotonic()
+    cluster = srpy.SSHCluster(HOSTS + ["nohost"], 2, python=python, ssh_options=options, connect_timeout=5)
+    started("cold", cluster, time.monotonic() - began)
+    with cluster:
+        with cluster.box() as box:
+            values = list(box.map(where, range(60)))
+            emit("map", values=[v[0] for v in values], tmpdirs=sorted({v[1] for v in values}),
+                 srpy_files=sorted({v[2] for v in values}), pids=sorted({v[3] for v in values}))
+            # peers across hosts: the first engine (on h1) messages the last (on h3), directly
+            kept = box.connectPeers()
+            first, last = box[0], box[len(box) - 1]
+            last.exe("import srpy\nme = srpy.this_engine()")
+            pending = box[[len(box) - 1]].mrp.exe("_, got = me.receive('ping', timeout=30)")
+            first.exe("import srpy\nsrpy.this_engine().send(to, 'ping', 'across hosts')", to=last.uri)
+            box.mrpwait(pending)
+            # the bare host has no psutil: its engines serve status (srpyapp status) all the same
+            status = last.call("status")
+            psutil_there = last.eval("__import__('importlib.util').util.find_spec('psutil') is not None")
+            emit("status", cores=status["cores"], rss=status["rss"], memory_total=status["memory_total"],
+                 psutil=psutil_there)
+            emit("peers", kept={uri: len(peers) for uri, peers in kept.items()}, got=last.get("got"),
+                 sender=first.uri, receiver=last.uri)
+    emit("closed")
+
+    began = time.monotonic()
+    with srpy.SSHCluster(HOSTS, 1, python=python, ssh_options=options, bind={"h2": "10.214.0.12"}) as cluster:
+        started("warm", cluster, time.monotonic() - began)
+        with cluster.box() as box:
+            assert list(box.map(pow, [2, 3, 4], [10, 2, 3])) == [1024, 9, 64]
+            assert len(box) == 3
+        h1_zip = cluster.hosts[0].dist_path + ".zip"
+    emit("closed")
+
+    with open(h1_zip, "r+b") as handle:  # h1's cached zip is damaged (or another srpy's, under that name)
+        handle.seek(100)
+        handle.write(b"not srpy")
+    with srpy.SSHCluster(["h1"], 1, python=python, ssh_options=options) as cluster:
+        with cluster.box() as box:
+            sent = list(box.map(abs, [-5]))
+        started("damaged", cluster, 0)
+    assert sent == [5]
+
+    try:
+        srpy.SSHCluster(["h1"], 1, python="no-such-python3", ssh_options=options)
+    except srpy.ClusterHostError as exc:
+        emit("no-python", error=str(exc))
+    else:
+        emit("no-python", error=None)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except BaseException as exc:  # noqa: B902 - report whatever it was to the test
+        emit("error", error="%s: %s" % (type(exc).__name__, exc), traceback=traceback.format_exc())
+        sys.exit(1)

@@ -1,0 +1,334 @@
+"""
+Engines on other hosts over SSH (srpy.SSHCluster), for real: network namespaces play the machines,
+each running Debian's OpenSSH server with keys made in the test.
+
+Topology (names carry this test process's pid)::
+
+    srpysb-PID: bridge br0, one veth port per host
+      |-- srpysh1-PID  10.214.0.1  sshd  (its sessions: XDG_CACHE_HOME and TMPDIR of its own, set by sshd)
+      |-- srpysh2-PID  10.214.0.2  sshd
+      |-- srpysh3-PID  10.214.0.3  sshd  the bare host: its Python runs with -I -S (no srpy, no Pyro5)
+      `-- srpysc-PID   10.214.0.100 the client: tests/hosts/ssh_client.py, using ssh -F <generated config>
+    (10.214.0.9, "nohost" in the ssh config, is nobody: connecting there fails)
+
+The hosts share this machine's filesystem, so each host's sshd gives its sessions a cache and a
+temporary folder of their own (C{SetEnv}): a cold start on one host is not warmed by another, and
+each host's engine sandboxes are in its own folder, where the test can see they are removed.
+
+What it shows: srpy cannot be imported on the bare host, and the cluster still starts there; an
+unreachable host fails with one line naming it while the others start; a map spreads over the three
+hosts, all running srpy from the zip the client sent; connectPeers() introduces the engines across
+hosts and one on h1 messages one on h3; an engine on the bare host (no psutil) answers status; the
+secret is on no command line; a second start finds the zip cached on every host (same hash, nothing
+sent), with h2's engines bound to its second address as asked (and the map reaches them there); a
+cached zip that was damaged is sent again; a host whose python3 does not exist fails with one line
+naming it; closing the cluster, Ctrl-C on C{srpyapp ssh}, a client that exits without closing its
+cluster, and a client SIGKILLed while it holds one (with its ssh processes, or without), each leave
+no srpy process on any host and no sandbox.
+
+Skipped only where the machine forbids network namespaces or has no OpenSSH server.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from conftest import ROOT
+from test_hosts import Proc, ip, netns_unavailable
+
+pytestmark = [pytest.mark.timeout(300), pytest.mark.root, pytest.mark.slow]
+
+CLIENT_SCRIPT = os.path.join(ROOT, "tests", "hosts", "ssh_client.py")
+SUBNET = "10.214.0."
+SSHD = "/usr/sbin/sshd"
+BARE = "h3"
+SECOND_ADDRESS = SUBNET + "12"  # h2's other address
+#: runs a program (sshd) on one core: python -c PINNED % cpu PROGRAM ARGS...
+PINNED = "import os, sys; os.sched_setaffinity(0, {%d}); os.execv(sys.argv[1], sys.argv[1:])"
+
+
+def sshd_unavailable():
+    """Why this machine cannot run sshd hosts (None: it can)."""
+    reason = netns_unavailable()
+    if reason:
+        return reason
+    missing = [tool for tool in ("ssh", "ssh-keygen") if shutil.which(tool) is None]
+    if not os.path.exists(SSHD) or missing:
+        return ("no OpenSSH %s here: apt-get install -y openssh-server openssh-client (.ci/run does)"
+                % ", ".join(missing + (["server (%s)" % SSHD] if not os.path.exists(SSHD) else [])))
+    return None
+
+
+def keygen(path):
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True,
+                   capture_output=True, timeout=60)
+
+
+class SSHHosts:
+    """The namespaces, each host's sshd and folders, the client's ssh config."""
+
+    def __init__(self, tag, root):
+        self.root = root
+        self.bridge = "srpysb-%s" % tag
+        self.names = ["h1", "h2", "h3"]
+        self.namespace = {name: "srpysh%d-%s" % (i, tag) for i, name in enumerate(self.names, 1)}
+        self.client = "srpysc-%s" % tag
+        self.address = {name: SUBNET + str(i) for i, name in enumerate(self.names, 1)}
+        self.created, self.processes = [], []
+
+    def folder(self, name, what):
+        return self.root / name / what
+
+    def build(self):
+        for namespace in [self.bridge, self.client] + list(self.namespace.values()):
+            ip("netns", "add", namespace)
+            self.created.append(namespace)
+            ip("-n", namespace, "link", "set", "lo", "up")
+        ip("-n", self.bridge, "link", "add", "br0", "type", "bridge")
+        ip("-n", self.bridge, "link", "set", "br0", "up")
+        ends = [(self.client, SUBNET + "100", "c")] + [(self.namespace[n], self.address[n], n) for n in self.names]
+        for namespace, address, port in ends:
+            ip("-n", self.bridge, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", namespace)
+            ip("-n", self.bridge, "link", "set", port, "master", "br0", "up")
+            ip("-n", namespace, "addr", "add", address + "/24", "dev", "eth0")
+            ip("-n", namespace, "link", "set", "eth0", "up")
+        # h2 has a second address: the warm start binds its engines there (SSHCluster's bind)
+        ip("-n", self.namespace["h2"], "addr", "add", SECOND_ADDRESS + "/24", "dev", "eth0")
+        os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege separation directory (Debian's)
+        cpus = sorted(os.sched_getaffinity(0))
+        client_key = self.root / "client_key"
+        keygen(client_key)
+        config = ["Host *", "  User root", "  IdentityFile %s" % client_key, "  IdentitiesOnly yes",
+                  "  UserKnownHostsFile %s" % (self.root / "known_hosts"), "  StrictHostKeyChecking accept-new",
+                  "  LogLevel ERROR", "Host nohost", "  HostName %s9" % SUBNET]
+        for name in self.names:
+            config[:0] = ["Host %s" % name, "  HostName %s" % self.address[name]]
+            for what in ("cache", "tmp"):
+                self.folder(name, what).mkdir(parents=True)
+            keygen(self.folder(name, "host_key"))
+            sshd_config = self.folder(name, "sshd_config")
+            sshd_config.write_text("\n".join([
+                "ListenAddress %s:22" % self.address[name],
+                "HostKey %s" % self.folder(name, "host_key"),
+                "AuthorizedKeysFile %s.pub" % client_key,
+                "PermitRootLogin prohibit-password", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
+                "StrictModes no", "UsePAM no", "PidFile %s" % self.folder(name, "sshd.pid"),
+                "SetEnv XDG_CACHE_HOME=%s TMPDIR=%s" % (self.folder(name, "cache"), self.folder(name, "tmp")),
+                "LogLevel ERROR", ""]))
+            # each host has one core (sshd's sessions inherit it): "one engine per core" is one engine there
+            cpu = cpus[self.names.index(name) % len(cpus)]
+            self.processes.append(Proc(["ip", "netns", "exec", self.namespace[name], sys.executable, "-c",
+                                        PINNED % cpu, SSHD, "-D", "-e", "-f", str(sshd_config)], dict(os.environ)))
+        self.ssh_config = self.root / "ssh_config"
+        self.ssh_config.write_text("\n".join(config) + "\n")
+        for name in self.names:  # each sshd listens before the client starts
+            deadline = time.monotonic() + 30
+            while not self._listening(name):
+                assert time.monotonic() < deadline, "sshd on %s did not listen" % name
+                time.sleep(0.1)
+
+    def _listening(self, name):
+        done = subprocess.run(["ip", "netns", "exec", self.namespace[name], "ss", "-ltnH"], capture_output=True,
+                              text=True, timeout=30)
+        return ("%s:22" % self.address[name]) in done.stdout
+
+    def run_client(self, mode):
+        env = dict(os.environ, PYTHONPATH=ROOT)
+        env.pop("SRPY_SECRET", None)
+        process = Proc(["ip", "netns", "exec", self.client, sys.executable, CLIENT_SCRIPT, mode,
+                        str(self.ssh_config), BARE], env)
+        self.processes.append(process)
+        return process
+
+    def srpy_processes(self):
+        """
+        Every process on this machine that one of the hosts' ssh sessions started: its environment has
+        that host's cache folder (the bootstrap script, the launcher, its engines).
+        """
+        found = []
+        for process in psutil.process_iter(["pid", "cmdline"]):
+            try:
+                cache = process.environ().get("XDG_CACHE_HOME", "")
+            except (psutil.Error, OSError):
+                continue
+            if cache.startswith(str(self.root)) and process.status() != psutil.STATUS_ZOMBIE:
+                found.append((process.info["pid"], " ".join(process.info["cmdline"] or [])))
+        return found
+
+    def sandboxes(self):
+        return sorted(str(p) for name in self.names for p in self.folder(name, "tmp").glob("srpy-sandbox-*"))
+
+    def wait_clean(self, timeout=60):
+        """Wait until no srpy process and no sandbox is left on any host (fail after C{timeout} s)."""
+        deadline = time.monotonic() + timeout
+        while self.srpy_processes() or self.sandboxes():
+            assert time.monotonic() < deadline, "left behind: %s %s" % (self.srpy_processes(), self.sandboxes())
+            time.sleep(0.2)
+
+    def teardown(self):
+        for process in reversed(self.processes):
+            process.stop()
+        for namespace in reversed(self.created):
+            subprocess.run(["ip", "netns", "del", namespace], capture_output=True, timeout=30)
+
+
+@pytest.fixture
+def ssh_hosts(tmp_path):
+    reason = sshd_unavailable()
+    if reason:
+        pytest.skip(reason)
+    net = SSHHosts(os.getpid(), tmp_path)
+    for namespace in [net.bridge, net.client] + list(net.namespace.values()):  # a killed run's leftovers
+        subprocess.run(["ip", "netns", "del", namespace], capture_output=True, timeout=30)
+    try:
+        net.build()
+        yield net
+    finally:
+        net.teardown()
+        left = set(ip("netns", "list").split()) & set(net.created)
+        assert not left, "namespaces left behind: %s" % sorted(left)
+
+
+def step(client, name, timeout):
+    """The client's next JSON line, which must be step C{name}."""
+    record = json.loads(client.readline(timeout))
+    if record["step"] == "error":
+        raise AssertionError("client failed at step %s: %s\n%s\n%s" % (name, record["error"], record["traceback"],
+                                                                       client.stderr()))
+    assert record["step"] == name, record
+    return record
+
+
+def test_cluster_on_three_ssh_hosts_cold_then_warm_and_a_host_that_fails(ssh_hosts):
+    client = ssh_hosts.run_client("steps")
+    bare = step(client, "bare", 60)
+    assert bare["code"] != 0 and "No module named 'srpy'" in " ".join(bare["stderr"]), bare
+
+    cold = step(client, "cold", 150)
+    assert len(cold["uris"]) == 6, cold
+    for name in ssh_hosts.names:  # two engines each, listening on the address the client reached the host on
+        assert sum("@%s:" % ssh_hosts.address[name] in uri for uri in cold["uris"]) == 2, cold["uris"]
+    assert list(cold["failed"]) == ["nohost"], cold["failed"]
+    why = cold["failed"]["nohost"]
+    assert why.startswith("nohost: ") and "\n" not in why and SUBNET + "9" in why, why
+    assert cold["cache"] == dict.fromkeys(ssh_hosts.names, "stored"), cold["cache"]  # sent to every host
+    runs_from = {name: ssh_hosts.folder(name, "cache") / "srpy" / "dist" / cold["hash"] for name in ssh_hosts.names}
+    zips = {name: path.with_name(path.name + ".zip") for name, path in runs_from.items()}
+    assert cold["dist"] == {name: str(path) for name, path in runs_from.items()}
+    assert all(path.is_file() for path in zips.values())
+    assert all((path / "srpy" / "cli.py").is_file() for path in runs_from.values())
+    running = ssh_hosts.srpy_processes()
+    assert len(running) >= 3 * 3, running  # per host: a launcher and two engines, at least
+    secret = cold["secret"]
+    assert len(secret) >= 32
+    shown = [(p.pid, p.info["cmdline"]) for p in psutil.process_iter(["cmdline"])
+             if any(secret in word for word in p.info["cmdline"] or [])]
+    assert not shown, "the secret is on a command line: %s" % shown
+
+    mapped = step(client, "map", 120)
+    assert mapped["values"] == [x * x for x in range(60)]
+    assert mapped["tmpdirs"] == sorted(str(ssh_hosts.folder(name, "tmp")) for name in ssh_hosts.names), mapped
+    assert len(mapped["pids"]) == 6, "an engine got no work: %s" % mapped["pids"]
+    # every engine, the bare host's too, runs the srpy the client sent (not the one installed on the host)
+    assert sorted(mapped["srpy_files"]) == sorted(str(path / "srpy" / "__init__.py") for path in runs_from.values())
+    # and the bytecode the first start compiled stays in the cache for the next one
+    assert all(list((path / "srpy" / "__pycache__").glob("hosting.*.pyc")) for path in runs_from.values())
+    status = step(client, "status", 60)
+    assert status["psutil"] is False and status["cores"] >= 1 and status["rss"] > 0 and status["memory_total"] > 0
+    peers = step(client, "peers", 60)  # engines started this way find each other across hosts
+    assert peers["kept"] == dict.fromkeys(cold["uris"], 5), peers["kept"]
+    assert peers["got"] == "across hosts" and peers["sender"].split("@")[1].split(":")[0] != \
+        peers["receiver"].split("@")[1].split(":")[0], peers
+    step(client, "closed", 120)
+    ssh_hosts.wait_clean()
+
+    warm = step(client, "warm", 150)
+    assert warm["hash"] == cold["hash"]
+    assert warm["cache"] == dict.fromkeys(ssh_hosts.names, "have"), warm["cache"]  # nothing sent: cached
+    assert warm["failed"] == {} and len(warm["uris"]) == 3
+    assert ["@%s:" % SECOND_ADDRESS in uri for uri in warm["uris"]] == [False, True, False], warm["uris"]
+    assert warm["secret"] != secret  # a fresh one per cluster
+    step(client, "closed", 120)
+    ssh_hosts.wait_clean()
+
+    damaged = step(client, "damaged", 150)  # a cached zip that is not what its name says is replaced
+    assert damaged["cache"] == {"h1": "stored"} and damaged["hash"] == cold["hash"], damaged
+    assert hashlib.sha256(zips["h1"].read_bytes()).hexdigest() == cold["hash"]
+    ssh_hosts.wait_clean()
+
+    failed = step(client, "no-python", 60)
+    assert failed["error"] and failed["error"].startswith("h1: ") and "no-such-python3" in failed["error"], failed
+    assert "\n" not in failed["error"]
+    client.process.wait(30)
+    assert client.process.returncode == 0, client.stderr()
+    ssh_hosts.wait_clean()
+    print("cold start %.1f s, warm start %.1f s; %s; %s" % (cold["seconds"], warm["seconds"], why, failed["error"]))
+
+
+def test_a_client_that_exits_or_is_sigkilled_leaves_no_engine_on_any_host(ssh_hosts):
+    client = ssh_hosts.run_client("exit")  # exits without closing its cluster
+    assert len(step(client, "up", 150)["uris"]) == 3
+    assert client.process.wait(60) == 0, client.stderr()
+    ssh_hosts.wait_clean()
+
+    client = ssh_hosts.run_client("hold")
+    up = step(client, "up", 150)
+    assert len(up["uris"]) == 3 and up["failed"] == {}, up
+    assert len(ssh_hosts.srpy_processes()) >= 3 * 2  # per host: a launcher and its engine, at least
+    assert ssh_hosts.sandboxes()
+    os.kill(client.process.pid, signal.SIGKILL)  # ip netns exec execs: this is the client itself
+    client.process.wait(30)
+    ssh_hosts.wait_clean(timeout=90)
+
+    # the ssh clients killed too (the whole machine going away, say): each sshd sees its connection
+    # close, ends the session, and the host side sees the end of its stdin
+    client = ssh_hosts.run_client("hold")
+    assert len(step(client, "up", 150)["uris"]) == 3
+    ssh_clients = [kid for kid in psutil.Process(client.process.pid).children() if kid.name() == "ssh"]
+    assert len(ssh_clients) == 3, ssh_clients
+    for process in ssh_clients + [psutil.Process(client.process.pid)]:
+        process.kill()
+    client.process.wait(30)
+    psutil.wait_procs(ssh_clients, timeout=30)
+    ssh_hosts.wait_clean(timeout=90)
+
+
+def test_srpyapp_ssh_serves_until_stopped_then_stops_every_host(ssh_hosts):
+    uri_file, secret_file = ssh_hosts.root / "uris", ssh_hosts.root / "secret"
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    env.pop("SRPY_SECRET", None)
+    # no -n: one engine per core of each host, and each test host has one core
+    launcher = Proc(["ip", "netns", "exec", ssh_hosts.client, sys.executable, "-m", "srpy", "ssh", "h1", "h2",
+                     "-F", str(ssh_hosts.ssh_config), "--python", sys.executable,
+                     "-u", str(uri_file), "-s", str(secret_file)], env)
+    ssh_hosts.processes.append(launcher)
+    printed = []
+    while True:
+        line = launcher.readline(150)
+        if line.startswith("PYRO:"):
+            printed.append(line)
+        elif line.startswith("Hosting "):
+            assert line.startswith("Hosting 2 engines on 2 hosts"), line
+        if len(printed) == 2:
+            break
+    assert sorted(uri.split("@")[1].split(":")[0] for uri in printed) == [ssh_hosts.address["h1"],
+                                                                         ssh_hosts.address["h2"]]
+    deadline = time.monotonic() + 30
+    while not (uri_file.exists() and secret_file.exists()):
+        assert time.monotonic() < deadline, "no URI file or secret file"
+        time.sleep(0.1)
+    assert uri_file.read_text().split() == printed
+    assert oct(secret_file.stat().st_mode & 0o777) == "0o600" and len(secret_file.read_text().strip()) >= 32
+    assert len(ssh_hosts.srpy_processes()) >= 2 * 2
+    launcher.process.send_signal(signal.SIGINT)  # Ctrl-C
+    assert launcher.process.wait(60) == 0, launcher.stderr()
+    assert not uri_file.exists() and not secret_file.exists()
+    ssh_hosts.wait_clean()
