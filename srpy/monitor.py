@@ -265,9 +265,10 @@ class Monitor:
             "engines": engines,
             "totals": {"engines": len(engines), "answering": len(live),
                        "busy": sum(view["state"] == "busy" for view in engines),
-                       "cores": sum(view["cores"] for view in live),
+                       # the machines' cores, each machine once (its engines share them)
+                       "cores": sum({view["host"]: view["cores"] for view in live}.values()),
                        "tasks": sum(view["tasks"] for view in engines),
-                       "tasks_per_second": self._series[-1][1] if self._series else 0.0},
+                       "tasks_per_second": round(self._series[-1][1], 3) if self._series else 0.0},
             "series": {"time": [point[0] for point in self._series],
                        "tasks_per_second": [round(point[1], 3) for point in self._series],
                        "busy": [point[2] for point in self._series]},

@@ -76,6 +76,7 @@
       chart = new uPlot({
         width: Math.max(300, box.clientWidth),
         height: CHART_HEIGHT,
+        legend: { live: false },
         scales: {
           x: { time: true },
           busy: { range: function (u, low, high) { return [0, Math.max(1, high)]; } },
