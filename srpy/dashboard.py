@@ -72,7 +72,8 @@ _HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
                                "form-action 'self'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # same-origin, not no-referrer: with no-referrer a browser sends "Origin: null" with the login form
+    "Referrer-Policy": "same-origin",
     "X-Frame-Options": "DENY",
 }
 
@@ -233,12 +234,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._send(200, body, FILES[name], cache="no-cache")
 
     def do_POST(self) -> None:
-        if not self._host_ok() or not self._same_origin():
+        body = self._body()  # read first: a refusal leaves no body behind on a kept-alive connection
+        if body is None or not self._host_ok() or not self._same_origin():
             return
         path = urllib.parse.urlsplit(self.path).path
-        body = self._body()
-        if body is None:
-            return
         if path == "/login":
             return self._login(body)
         if path != "/api/stack":
@@ -318,6 +317,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _send(self, code: int, body: bytes, kind: str, cache: str = "no-store",
               extra: Optional[Dict[str, str]] = None) -> None:
         self.send_response(code)
+        if code >= 400:  # whatever went wrong, the next request starts on a fresh connection
+            self.send_header("Connection", "close")
         self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", cache)

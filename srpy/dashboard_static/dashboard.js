@@ -42,6 +42,11 @@
     return value >= 100 ? value.toFixed(0) : value >= 10 ? value.toFixed(1) : value.toFixed(2);
   }
 
+  function called(name) {
+    // "nap" reads as a call, "nap()"; code run by exe is "<module>", left as it is
+    return name.charAt(0) === "<" ? name : name + "()";
+  }
+
   function shortName(engine) {
     // "engine-4242@host" reads better as "engine-4242" when the host has a column of its own
     const name = engine.name || engine.uri;
@@ -117,7 +122,7 @@
     const cells = [
       [shortName(engine), "name"], [engine.host || "-"], [engine.group || "-"],
       [engine.cores || "-", "num"], [null, "state-cell"],
-      [engine.state === "busy" ? (engine.task || engine.call) + "()" : "", "task"],
+      [engine.state === "busy" ? called(engine.task || engine.call) : "", "task"],
       [engine.state === "busy" ? duration(engine.running_for) : "", "num for"],
       [engine.tasks, "num tasks"], [rate(engine.tasks_per_second), "num rate"],
       [load, "num"], [engine.memory_total ? bytes(engine.memory_available) + " of " + bytes(engine.memory_total) : "-", "num"],
@@ -175,8 +180,8 @@
       if (answer.error) {
         text.textContent = answer.error;
       } else if (answer.busy) {
-        title.textContent = (answer.name || uri) + " is running " + (answer.task || answer.call) +
-          "() for " + duration(answer.running_for);
+        title.textContent = (answer.name || uri) + " is running " + called(answer.task || answer.call) +
+          " for " + duration(answer.running_for);
         text.textContent = answer.stack || "(no Python frames: the call is in C code)";
       } else {
         title.textContent = (answer.name || uri) + " is idle";

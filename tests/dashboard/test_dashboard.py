@@ -322,6 +322,17 @@ def test_requests_from_elsewhere_are_refused(board, pair):
     code, _, _ = request(board, "POST", "/api/stack", json.dumps({"uri": pair[0]}),
                          {"Content-Type": "application/json", "Origin": "http://%s:%d" % (host, port)})
     assert code == 200
+    # a refused POST leaves nothing behind on a kept-alive connection: the next request is read as one
+    conn = http.client.HTTPConnection(host, port, timeout=30)
+    try:
+        conn.request("POST", "/login", "secret=x", {"Origin": "http://attacker.example"})
+        refused = conn.getresponse()
+        assert refused.status == 403 and refused.getheader("Connection") == "close"
+        refused.read()
+        conn.request("GET", "/api/state")  # http.client opens a new connection after a close
+        assert conn.getresponse().status == 200
+    finally:
+        conn.close()
     code, headers, _ = request(board, "GET", "/")
     assert code == 200 and "default-src 'self'" in headers["Content-Security-Policy"]
     assert headers["X-Content-Type-Options"] == "nosniff"
@@ -491,5 +502,39 @@ def test_the_page_in_a_browser_shows_engines_working(start_launcher, tmp_path, m
         if running is not None:
             running.stop()
         box.close()
+        driver.quit()
+        served.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
+                    reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver; "
+                           ".ci/run installs them)")
+def test_the_page_asks_a_browser_for_the_secret(start_launcher, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    secret = "browser-s3cret-5678"
+    launcher = start_launcher(["-n", "1"], count=1, env={"SRPY_SECRET": secret})
+    served = dashboard.Dashboard(monitor.Monitor(monitor.fixed(launcher.uris), secret), port=0,
+                                 secret=secret, login=True).start()
+    driver = browser(tmp_path)
+    try:
+        wait = WebDriverWait(driver, 60, poll_frequency=0.2)
+        driver.get(served.url)
+        wait.until(lambda _: driver.current_url.endswith("/login"))
+        driver.find_element(By.ID, "secret").send_keys("not the secret")
+        driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        wait.until(lambda _: driver.current_url.endswith("/login?failed=1"))
+        assert driver.find_element(By.CSS_SELECTOR, "[data-failed]").is_displayed()
+        driver.find_element(By.ID, "secret").send_keys(secret)
+        driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        # the session cookie (SameSite=Strict, HttpOnly) carries the page from the form to its JSON
+        wait.until(lambda _: [row for row in driver.find_elements(By.CSS_SELECTOR, "#engines tbody tr")
+                              if row.get_attribute("data-state") == "idle"])
+        assert secret not in driver.current_url
+        assert driver.execute_script("return document.cookie") == ""  # HttpOnly: no script reads it
+    finally:
         driver.quit()
         served.close()
