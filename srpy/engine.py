@@ -302,7 +302,8 @@ class Engine:
         start = time.perf_counter()
         outcomes = [self._run_task(task) for task in tasks]
         seconds = time.perf_counter() - start
-        self.tasks += sum(1 if task[1] == "call" else len(task[2]) for task in tasks)
+        self.tasks += sum(len(task[2]) if task[1] != "call" and isinstance(task[2], (list, tuple)) else 1
+                          for task in tasks)
         try:
             return codec.Encoded((outcomes, seconds))
         except (TypeError, ValueError):

@@ -413,6 +413,13 @@ def test_the_launcher_serves_the_dashboard_of_its_engines(start_launcher):
     assert sorted(view["uri"] for view in seen["engines"]) == sorted(launcher.uris)
     code, err = launcher.shutdown()
     assert code == 0, err
+    single = start_launcher(["--dashboard", "0"])  # basic mode: its one engine, supervised as with -n 1
+    url = [line for line in single.banner if line.startswith("dashboard: ")][0].split()[1]
+    url_engines = wait_until(lambda: (lambda s: s if s["totals"]["answering"] == 1 else None)(
+        json.loads(fetch(url, "/api/state")[1])), what="the basic launcher's engine")
+    assert [view["uri"] for view in url_engines["engines"]] == single.uris
+    code, err = single.shutdown()
+    assert code == 0, err
 
 
 def test_the_launchers_dashboard_options_are_checked():
