@@ -13,7 +13,10 @@ L{srpy.monitor.Monitor} saw last); a stack is C{POST /api/stack}.
 
 Built on the standard library's C{http.server} (a C{ThreadingHTTPServer}); the chart is uPlot
 (MIT), one minified file served from C{srpy/dashboard_static/} with its licence beside it, so the
-page needs no network beyond this server. The page's own script builds every element with DOM
+page needs no network beyond this server. Those files are uPlot 1.6.32 as the npm package
+C{uplot} ships them (C{dist/uPlot.iife.min.js}, C{dist/uPlot.min.css}, C{LICENSE}), unchanged:
+vendored rather than taken from a Python package, as no maintained one ships it, and one 50 KB
+file with no dependencies is less to trust than a package that would. The page's own script builds every element with DOM
 calls and C{textContent}: nothing it reads is parsed as HTML or run as code.
 
 Security:
