@@ -18,6 +18,8 @@ setup(
     license="BSD-3-Clause",
     license_files=["LICENSES/BSD-3-Clause.txt"],
     packages=find_packages(include=["srpy", "srpy.*"]),
+    # the dashboard's page: its own HTML, script and style, and uPlot (MIT, its licence beside it)
+    package_data={"srpy": ["dashboard_static/*"]},
     py_modules=["srpyapp"],
     # 3.9: ast.unparse ships functions by source (functions.py); 3.10's packages_distributions and
     # sys.stdlib_module_names are used where present (shipping.py), with fallbacks. 3.8 cannot run it.
@@ -27,7 +29,9 @@ setup(
     extras_require={
         "test": ["pytest>=7", "pytest-timeout>=2.1", "pytest-xdist>=3.5", "trustme>=1.0", "pydoctor>=23.9", "hypothesis>=6",
                  "mypy>=1.10", "numpy>=1.21", "pandas>=2.1", "uv>=0.5",
-                 "pyyaml>=6"],  # pyyaml: analyze maps `import yaml` to its distribution, PyYAML
+                 "pyyaml>=6",  # pyyaml: analyze maps `import yaml` to its distribution, PyYAML
+                 # the dashboard's browser test drives Debian's chromium through its chromedriver
+                 "selenium>=4.10"],
         # environments (EngBox.require(install=True)) build with uv where it is found, else with pip
         "envs": ["uv>=0.5"],
         "doc": ["pydoctor>=23.9"],

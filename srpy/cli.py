@@ -7,9 +7,10 @@ Basic mode (C{-b}, the default) serves one engine, in a process the launcher for
 (or N) and supervises them (L{srpy.supervisor.Supervisor}). C{srpyapp status} is
 L{srpy.status}, C{srpyapp analyze SCRIPT} is L{srpy.analysis}, C{srpyapp envs} is
 L{srpy.environments}, C{srpyapp run SCRIPT} is L{srpy.runcommand}, C{srpyapp ssh HOST...} is
-L{srpy.cluster}. Every option is checked before any
-engine starts or any URI is printed: a wrong value gets the usage and one error line (exit code
-2), what an option names that cannot be used gets one error line (exit code 1).
+L{srpy.cluster}, C{srpyapp dashboard} (and C{--dashboard PORT}) is L{srpy.dashboard}. Every
+option is checked before any engine starts or any URI is printed: a wrong value gets the usage
+and one error line (exit code 2), what an option names that cannot be used gets one error line
+(exit code 1).
 """
 
 import argparse
@@ -40,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "'srpyapp analyze -h': what a script imports, as JSON. "
                                     "'srpyapp envs -h': list or remove the environments engines built. "
                                     "'srpyapp run -h': run a script on engines. "
-                                    "'srpyapp ssh -h': engines on other hosts, over SSH.")
+                                    "'srpyapp ssh -h': engines on other hosts, over SSH. "
+                                    "'srpyapp dashboard -h': a live web page of running engines.")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("-b", "--basic", action="store_true",
                       help="one engine, in a process this one keeps (and restarts after a limit) (default)")
@@ -88,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--env-dir", metavar="DIR", default=None,
                         help="where the engines keep the environments EngBox.require(install=True) builds "
                              "(default: $SRPY_ENV_DIR, else ~/.cache/srpy/envs)")
+    parser.add_argument("--dashboard", type=_port, metavar="PORT", default=None,
+                        help="serve a live web page of these engines on PORT (0: any free port); "
+                             "'srpyapp dashboard -h' serves one for engines started elsewhere")
+    parser.add_argument("--dashboard-host", metavar="HOST", default=None,
+                        help="address of the dashboard (default 127.0.0.1); beyond loopback it asks for the secret")
     parser.add_argument("--ready-timeout", type=_positive_number, default=30.0, help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--version", action="version", version="srpy %s" % __version__)
@@ -169,6 +176,8 @@ def check_values(parser: argparse.ArgumentParser, options: argparse.Namespace) -
     if options.port and options.port + count - 1 > 65535:
         parser.error("--port %d with %d engines needs ports %d to %d, past the last port, 65535: use a lower "
                      "--port" % (options.port, count, options.port, options.port + count - 1))
+    if options.dashboard_host and options.dashboard is None:
+        parser.error("--dashboard-host needs --dashboard PORT")
     if bool(options.tls_cert) != bool(options.tls_key):
         parser.error("TLS needs both --tls-cert and --tls-key")
     if options.tls_ca and not options.tls_cert:
@@ -358,8 +367,13 @@ def run_multi(options: argparse.Namespace, count: int) -> int:
     except BaseException:
         stop_ns()
         raise
+    board = None
     try:
+        if options.dashboard is not None:
+            board = start_dashboard(options, [e.uri for e in engines])
         print(_banner(count, options))
+        if board is not None:
+            print("dashboard: %s%s" % (board.url, " (secret required)" if board.login else ""))
         for engine in engines:
             print(engine.uri)
         sys.stdout.flush()
@@ -368,8 +382,28 @@ def run_multi(options: argparse.Namespace, count: int) -> int:
         _watch_quit(supervisor.stop)
         supervisor.run()
     finally:
+        if board is not None:
+            board.close()
         supervisor.shutdown()
     return 0
+
+
+def start_dashboard(options: argparse.Namespace, uris: List[str]) -> Any:
+    """
+    Serve the live dashboard of the engines at C{uris} (L{srpy.dashboard}; a restarted engine
+    keeps its URI) on C{--dashboard}'s port, from threads of this process. Started once the
+    engines are up: a launcher with threads starts the engines it restarts as new interpreters.
+    """
+    from . import dashboard, monitor, security
+
+    context = None
+    if options.tls_cert:  # the engines serve TLS: trust their CA (or their own certificate), as peers do
+        mutual = options.tls_require_client_cert
+        context = security.client_tls(ca=options.tls_ca or options.tls_cert, cert=options.tls_cert if mutual else None,
+                                      key=options.tls_key if mutual else None)
+    watcher = monitor.Monitor(monitor.fixed(uris), options.secret, context)
+    return dashboard.Dashboard(watcher, options.dashboard_host or "127.0.0.1", options.dashboard, options.secret,
+                               insecure=options.insecure).start()
 
 
 def _restarter(options: argparse.Namespace, names: List[str]) -> Callable[[int, int], EngineProcess]:
@@ -440,7 +474,7 @@ def run_basic(options: argparse.Namespace) -> int:
     """
     if options.python:
         raise SRPyError("--python needs engine processes: use it with -m or -n N")
-    if options.restart or options.start_ns or not CAN_FORK:
+    if options.restart or options.start_ns or options.dashboard is not None or not CAN_FORK:
         return run_multi(options, 1)
 
     def ready(uri: Optional[str], sandbox: str, failure: str = "") -> None:
@@ -488,6 +522,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args[:1] == ["envs"]:  # srpyapp envs list|remove ...: this host's environments
         from . import environments
         return environments.main(args[1:])
+    if args[:1] == ["dashboard"]:  # srpyapp dashboard ...: a live web page of the engines (srpy.dashboard)
+        from . import dashboard
+        return dashboard.main(args[1:])
     if args[:1] == ["run"]:  # srpyapp run SCRIPT ...: a script on engines (srpy.runcommand)
         from . import runcommand
         return runcommand.main(args[1:])

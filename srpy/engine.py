@@ -66,6 +66,8 @@ class Engine:
         self.timing = timing
         self.uri = ""
         self.calls = 0
+        #: tasks run by run_batch (each item of a map's chunk counts, a failed one too): what dashboards count
+        self.tasks = 0
         self.ns: Dict[str, Any] = {}
         self.secret = secret
         self._watch = CallWatch(self, max_task_time)
@@ -300,6 +302,8 @@ class Engine:
         start = time.perf_counter()
         outcomes = [self._run_task(task) for task in tasks]
         seconds = time.perf_counter() - start
+        self.tasks += sum(len(task[2]) if task[1] != "call" and isinstance(task[2], (list, tuple)) else 1
+                          for task in tasks)
         try:
             return codec.Encoded((outcomes, seconds))
         except (TypeError, ValueError):
@@ -502,17 +506,20 @@ class Engine:
     def status(self) -> Dict[str, Any]:
         """
         What the engine is doing: busy or idle, the current call and how long it has run, a dump
-        of the stack of the thread running it (as faulthandler would show it), and the machine's
-        cores, load and memory.
+        of the stack of the thread running it (as faulthandler would show it), the user function
+        that call runs (C{task}) and its part of the stack (C{task_stack}), the tasks done
+        (C{tasks}: each item of a map counts), and the machine's cores, load and memory.
         """
         watch = self._watch
         owner = self.lock.owner
         frame = sys._current_frames().get(owner) if owner is not None else None
+        task, task_stack = tracebacks.running_task(frame)
         total, available = machine_memory()  # no psutil on Linux: a host bootstrapped over SSH may lack it
         return {
             "uri": self.uri, "name": self.name, "group": self.group, "pid": os.getpid(),
             "host": socket.gethostname(), "busy": self.lock.locked(), "current": watch.current or "",
             "running_for": watch.running_for(), "limit": watch.limit_now(), "calls": self.calls,
+            "tasks": self.tasks, "task": task, "task_stack": task_stack,
             "stack": "".join(traceback.format_stack(frame)) if frame is not None else "",
             "cores": os.cpu_count() or 1, "load": list(os.getloadavg()) if hasattr(os, "getloadavg") else [],
             "memory_available": available, "memory_total": total, "rss": process_rss(),

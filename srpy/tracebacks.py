@@ -8,6 +8,7 @@ caller reads where its code failed and nothing else.
 
 import os
 import traceback
+from typing import Any, Tuple
 
 from . import functions
 
@@ -39,3 +40,32 @@ def attach(exc: BaseException, text: "str | None" = None) -> BaseException:
     """Give C{exc} the traceback text its caller will see (default: L{user_traceback} of it); returns C{exc}."""
     setattr(exc, ATTRIBUTE, user_traceback(exc) if text is None else text)
     return exc
+
+
+def running_task(frame: Any) -> Tuple[str, str]:
+    """
+    The task a thread of an engine runs: C{(name, stack)}, the name of the user function srpy's
+    own frames called (the outermost frame of user code: the function of a map, the code of an
+    C{exe}) and the stack from that frame inward, as C{traceback.format_stack} writes it.
+    C{('', '')} for no frame, or where srpy runs no user code (a C function, say).
+    """
+    frames = []
+    while frame is not None:
+        frames.append(frame)
+        frame = frame.f_back
+    inside_srpy = False
+    for index in range(len(frames) - 1, -1, -1):  # outermost first: thread, server, srpy, then the task
+        code = frames[index].f_code
+        own = _own_file(code.co_filename)
+        if own:
+            inside_srpy = True
+        elif inside_srpy:
+            entries = traceback.StackSummary.extract(
+                (f, f.f_lineno) for f in reversed(frames[:index + 1]))
+            return getattr(code, "co_qualname", code.co_name), "".join(entries.format())
+    return "", ""
+
+
+def _own_file(filename: str) -> bool:
+    """A file of srpy itself (source sent as text is user code, whatever its name says)."""
+    return os.path.abspath(filename).startswith(SRPY_DIR) and not filename.startswith(functions.SOURCE_PREFIX)

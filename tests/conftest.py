@@ -2,8 +2,8 @@
 Shared fixtures and helpers: real engine processes started by the real launcher, on loopback.
 
 The tests live in one folder per component (engine, client, box, envs, codec, peers, launcher,
-security, lite, hosts, docs, bench, structure, stress); every folder imports its helpers from
-here (C{from conftest import ...}: pytest puts this folder on sys.path).
+security, lite, hosts, dashboard, docs, bench, structure, stress); every folder imports its
+helpers from here (C{from conftest import ...}: pytest puts this folder on sys.path).
 
 Every launcher a test starts is stopped when the test ends, and the session fails if any process
 that a test started is still running at the end (no leaks).
