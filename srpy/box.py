@@ -26,7 +26,7 @@ from . import discovery, functions, provisioning, scheduler as scheduling
 from .fanout import fan_out, start_thread
 from .client import PythonEngine
 from .errors import AuthenticationError, CommunicationError, NoEnginesError, SRPyServerNotFound
-from .progress import ProgressBar
+from .progress import progress_bar
 from .scheduler import MapIterator, MapJob, Scheduler, Task, missing_packages
 
 log = logging.getLogger("srpy.box")
@@ -483,7 +483,9 @@ class EngBox(concurrent.futures.Executor):
         srpy picks from what it measures of C{fn} (or C{chunksize}, if given). The iterables are
         read at once, as C{concurrent.futures} does. C{timeout} counts from this call: a result
         not there by then raises C{TimeoutError} (one already there is returned). C{progress=True}
-        draws a live progress line (rate, ETA) on stderr. An exception raised by C{fn} is raised
+        shows a live progress bar: tqdm's (C{tqdm.auto}: a widget in a notebook, a text bar on
+        stderr in a terminal) if tqdm is installed, else srpy's own line on stderr (rate, ETA;
+        see L{srpy.progress}). An exception raised by C{fn} is raised
         when its result is reached. Breaking out of the results (and dropping them), their
         C{close()}, a timeout or an exception cancels the rest and stops its chunks still running.
         """
@@ -491,7 +493,7 @@ class EngBox(concurrent.futures.Executor):
         single = len(iterables) == 1
         items = list(iterables[0]) if single else list(zip(*iterables))
         _check_chunksize(chunksize)
-        bar = ProgressBar(len(items)) if progress and items else None
+        bar = progress_bar(len(items)) if progress and items else None
         job = MapJob(bundle, "map1" if single else "map", items, chunksize, self.task_timeout, bar)
         return self._start_map(job, timeout)
 
