@@ -413,6 +413,29 @@ class EngBox(concurrent.futures.Executor):
         results = _parallel(self.getEngines(), lambda e: e.call("unpack", {"archive": archive}))
         return {engine.uri: _raise_if_error(result) for engine, result in results}
 
+    def push(self, variables: Dict[str, Any]) -> None:
+        """
+        Set C{variables} ({name: value}) on every engine at once, as L{PythonEngine.set} does on
+        one (ipyparallel's C{view.push}). A subset: C{box[[0, 2]].push(...)}.
+
+        @raise Exception: an engine's error (a value that cannot travel, an engine gone): the
+            first, once every engine has answered.
+        """
+        for _, outcome in _parallel(self.getEngines(), lambda e: e.set(**variables)):
+            _raise_if_error(outcome)
+
+    def pull(self, names: Union[str, Sequence[str]]) -> List[Any]:
+        """
+        The values of C{names} on every engine, in the box's order (ipyparallel's C{view.pull}):
+        for one name (a string), its value on each engine; for a list of names, a C{{name:
+        value}} dict per engine. A subset: C{box[[0, 2]].pull(...)}.
+
+        @raise KeyError: a name an engine does not have (the first error, once every engine
+            has answered).
+        """
+        query: Any = names if isinstance(names, str) else list(names)
+        return [_raise_if_error(outcome) for _, outcome in _parallel(self.getEngines(), lambda e: e.get(query))]
+
     def run(self, path: str, *argv: Any) -> Dict[str, Dict[str, Any]]:
         """
         Run the script at C{path} on every engine at once, as L{PythonEngine.run} does on one:
