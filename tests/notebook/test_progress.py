@@ -79,11 +79,11 @@ def test_a_failed_or_cancelled_map_closes_its_bar_where_it_got(box, capsys):
     assert not open_bars()
     err = capsys.readouterr().err
     assert "200/200" not in err and "srpy map" in err, err
-    results = box.map(square, range(100000), chunksize=100, progress=True)
+    results = box.map(fail_at, range(200), [-1] * 200, chunksize=10, progress=True)  # some 2 s of work
     assert next(results) == 0
-    results.close()
+    results.close()  # given up after its first chunk
     assert not open_bars()
-    assert "100000/100000" not in capsys.readouterr().err
+    assert "200/200" not in capsys.readouterr().err
 
 
 def test_without_tqdm_the_map_draws_srpys_own_line(box, capsys, monkeypatch):
