@@ -88,6 +88,13 @@ def test_grouped_output_and_the_last_expression_per_engine(ipy, box, capsys):
     assert "Out[" not in capsys.readouterr().out
 
 
+def test_a_value_that_cannot_travel_is_named_not_an_error(ipy, box, capsys):
+    ipy.run_cell_magic("px", "", "import sys\nran = True\nsys")
+    out = capsys.readouterr().out
+    assert all("Out[%s]: <cannot send a value of type 'module'" % label in out for label in labels(box)), out
+    assert ipy.run_line_magic("pull", "ran") == [True, True]
+
+
 def test_an_error_on_one_engine_shows_its_traceback_and_the_others_output(ipy, box, capsys):
     ipy.run_line_magic("px", "--targets 0 fail = False")
     ipy.run_line_magic("px", "--targets 1 fail = True")
