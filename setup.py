@@ -29,7 +29,8 @@ setup(
     install_requires=["Pyro5>=5.15,<6", "serpent>=1.41", "psutil>=5.8", "packaging>=22"],
     extras_require={
         "test": ["pytest>=7", "pytest-timeout>=2.1", "pytest-xdist>=3.5", "trustme>=1.0", "pydoctor>=23.9", "hypothesis>=6",
-                 "mypy>=1.10", "numpy>=1.21", "pandas>=2.1", "uv>=0.5", "ipython>=7.3", "tqdm>=4.60"],
+                 "mypy>=1.10", "numpy>=1.21", "pandas>=2.1", "uv>=0.5", "ipython>=7.3", "tqdm>=4.60",
+                 "ipykernel>=6"],
         # environments (EngBox.require(install=True)) build with uv where it is found, else with pip
         "envs": ["uv>=0.5"],
         "doc": ["pydoctor>=23.9"],

@@ -126,6 +126,7 @@ class EngineRun:
         self.has_value = False
         self.error: Optional[BaseException] = None
         self.note: Optional[str] = None
+        self.started = False
         self.finished = threading.Event()
 
 
@@ -153,6 +154,7 @@ class CellRun:
     def start(self) -> "CellRun":
         """Send the cell to every engine, each in a thread of its own (cells may wait for each other: peers)."""
         for part in self.parts:
+            part.started = True  # before the thread: a Ctrl-C in between finds it started (abort waits for it)
             start_thread(self._run, part, name="srpy-px-%s" % part.label)
         return self
 
@@ -202,6 +204,10 @@ class CellRun:
     def abort(self, wait: float = ABORT_WAIT) -> None:
         """Stop the cell on every engine still running it (their parts fail with TaskAborted); wait up to C{wait} s."""
         self.aborted = True
+        for part in self.parts:
+            if not part.started:  # Ctrl-C came while the run was being sent
+                part.error = TaskAborted("the run was aborted before it was sent to this engine")
+                part.finished.set()
         running = [part for part in self.parts if not part.finished.is_set()]
         for part, outcome in zip(running, fan_out(lambda p: p.engine.abort(p.call_id), running,
                                                   max(1, len(running)), name="srpy-px-abort")):
@@ -504,21 +510,25 @@ class SrpyMagics(Magics):
         block = self._choice(options, "--block", "--noblock", "block")
         stream = block and self._choice(options, "--stream", "--no-stream", "stream")
         run = CellRun(self._targets(options), code, stream=stream)
-        self.last = run.start()
+        self.last = run
         if not block:
-            return run
-        self._wait(run, grouped=not stream)
+            return run.start()
+        self._wait(run, grouped=not stream, start=True)
         return None
 
     @staticmethod
-    def _wait(run: CellRun, grouped: bool) -> None:
+    def _wait(run: CellRun, grouped: bool, start: bool = False) -> None:
         """
-        Wait for C{run}, show it, raise L{CellError} if it failed; Ctrl-C aborts it, shows what
-        it printed, and is raised.
+        (C{start} and) wait for C{run}, show it, raise L{CellError} if it failed; Ctrl-C aborts
+        it, shows what it printed, and is raised.
         """
         try:
+            if start:  # in here: a Ctrl-C that comes as the run starts aborts it too
+                run.start()
             run.wait()
         except KeyboardInterrupt:
+            if not run.aborted:
+                run.abort()
             run.show(grouped=grouped)
             stopped = sum(isinstance(part.error, TaskAborted) for part in run.parts)
             raise CellInterrupted("the cell was aborted on %d of %d engine%s" % (

@@ -264,7 +264,8 @@ def test_no_box_is_a_usage_error(pair, tmp_path):
 
 
 CTRL_C_SCRIPT = """
-import sys, time
+import faulthandler, sys, time
+faulthandler.dump_traceback_later(50)  # a hang shows where it is
 from IPython.core.interactiveshell import InteractiveShell
 from traitlets.config import Config
 import srpy
@@ -283,7 +284,6 @@ box.close()
 """
 
 
-@pytest.mark.slow
 def test_ctrl_c_aborts_the_cell_on_the_engines(pair, tmp_path):
     process = subprocess.Popen([sys.executable, "-c", CTRL_C_SCRIPT] + list(pair), stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, cwd=ROOT,
@@ -297,7 +297,12 @@ def test_ctrl_c_aborts_the_cell_on_the_engines(pair, tmp_path):
             assert line, "the script ended early: %s" % seen
             seen.append(line)
         process.send_signal(signal.SIGINT)  # Ctrl-C, as a terminal sends it to IPython
-        out, _ = process.communicate(timeout=60)
+        try:
+            out, _ = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            out, _ = process.communicate()
+            pytest.fail("the script did not end after Ctrl-C: %s" % ("".join(seen) + out))
     finally:
         if process.poll() is None:
             process.kill()
