@@ -40,9 +40,10 @@ if _TYPE_CHECKING:  # what type checkers and readers see; at run time, __getattr
     from .box import EngBox, MultiRunResult
     from .client import Namespace, PythonEngine, RemoteObject
     from .errors import (AnalysisError, AuthenticationError, CallTimeout, CellError, CellInterrupted,
-                         CommunicationError, ConnectionLost, EngineDead, EnvironmentConflict, InstallError, InvalidRequirement,
-                         MessageTooLargeError, MissingPackagesError, NoEnginesError, PeerUnavailable, RemoteError,
-                         RemoteSystemExit, SerializationError, SRPyError, SRPyServerNotFound, TaskAborted, TaskTimeout)
+                         CommunicationError, ConnectionLost, EngineDead, EnvironmentConflict, InstallError,
+                         InvalidRequirement, MessageTooLargeError, MissingPackagesError, NoEnginesError,
+                         PeerUnavailable, RemoteError, RemoteSystemExit, SerializationError, SRPyError,
+                         SRPyServerNotFound, TaskAborted, TaskTimeout)
     from .functions import FunctionShippingError
     from .subengine import detectNCPUs, newSubEngine, stopSubEngine
     from .peers import spawn, this_engine

@@ -86,7 +86,10 @@ class Forwarder:
 
     @property
     def on(self) -> bool:
-        """Whether calls (made in this thread) ask the engine for their output: the client's setting, or L{redirected}."""
+        """
+        Whether calls ask the engine for their output: the client's setting, or, in a
+        L{redirected} block, yes (for that thread's calls).
+        """
         return self._on or _redirect_target() is not None
 
     @on.setter
@@ -94,7 +97,10 @@ class Forwarder:
         self._on = on
 
     def __call__(self, value: Any) -> None:
-        """Write the lines of one SOUT annotation to sys.stdout / sys.stderr (as they are now), or to L{redirected}'s target."""
+        """
+        Write the lines of one SOUT annotation to sys.stdout / sys.stderr (as they are now), or
+        hand them to the target of this thread's L{redirected} block.
+        """
         target = _redirect_target()
         if target is not None:
             for fd, line in wire.parse_output(value):

@@ -73,6 +73,7 @@ def test_each_engines_output_appears_under_its_name(ipy, box, capsys):
         lines = [line for line in out.splitlines() if line.startswith("[%s] MARK-out" % label)]
         assert len(lines) == 1, out
         assert "[%s] MARK-err" % label in err.splitlines(), err
+    assert "(%s) MARK-out" % box[0].name not in out, "shown once, under the label, not also as forwarded: %s" % out
     assert len(set(re.findall(r"MARK-out (\d+)", out))) == 2, "two engines, two processes: %s" % out
 
 
@@ -276,7 +277,9 @@ shell.run_cell("%load_ext srpy")
 shell.run_cell("%srpy use box")
 shell.run_cell("%px kept = 'still here'")
 started = time.monotonic()
-result = shell.run_cell("%%px\\nimport time\\nprint('MARK-started', flush=True)\\nfor _ in range(600):\\n    time.sleep(0.1)\\nprint('MARK-' + 'never')")
+cell = ("import time\\nprint('MARK-started', flush=True)\\nfor _ in range(600):\\n    time.sleep(0.1)\\n"
+        "print('MARK-' + 'never')")
+result = shell.run_cell("%%px\\n" + cell)
 print("INTERRUPTED", type(result.error_in_exec).__name__, round(time.monotonic() - started, 1), flush=True)
 print("BUSY", [engine.isBusy() for engine in box], flush=True)
 print("KEPT", shell.run_line_magic("pull", "kept"), flush=True)
