@@ -395,7 +395,8 @@ class SrpyMagics(Magics):
         """
         C{%srpy use BOX}: the box the magics run on: a variable (or expression) holding an
         EngBox, a PythonEngine or a list of them; or URIs; or C{--file URIFILE}; or C{--ns
-        [GROUP]} (the engines of a Pyro5 name server). C{%srpy}: the box and its engines.
+        [--ns-host HOST] [--ns-port PORT] [GROUP]} (the engines of a Pyro5 name server, of
+        C{GROUP} if given). C{%srpy}: the box and its engines.
         C{%srpy push ...} and C{%srpy pull ...}: as C{%push} and C{%pull}.
         """
         command, _, rest = line.strip().partition(" ")
@@ -433,9 +434,12 @@ class SrpyMagics(Magics):
                 raise UsageError("%%srpy use --file: %s" % exc) from None
             self.use(EngBox(uris), owned=True)
         elif words[0] == "--ns":
-            if len(words) > 2:
-                raise UsageError("%srpy use --ns [GROUP]")
-            self.use(EngBox.discover(words[1] if len(words) > 1 else None), owned=True)
+            options, group = parse_options(" ".join(words[1:]), valued=("--ns-host", "--ns-port"), flags=())
+            if len(group.split()) > 1 or not options.get("--ns-port", "0").isdigit():
+                raise UsageError("%srpy use --ns [--ns-host HOST] [--ns-port PORT] [GROUP]")
+            port = options.get("--ns-port")
+            self.use(EngBox.discover(group or None, ns_host=options.get("--ns-host"),
+                                     ns_port=int(port) if port else None), owned=True)
         elif all(word.startswith("PYRO:") for word in words):
             self.use(EngBox(words), owned=True)
         else:

@@ -7,6 +7,7 @@ push and pull, the line magic, %pxresult, %autopx, Ctrl-C, unloading.
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -225,6 +226,22 @@ def test_a_box_from_uris_or_a_file(ipy, box, pair, tmp_path, capsys):
     finally:
         ipy.run_line_magic("srpy", "use box")
     assert magics._loaded[ipy].box is box
+
+
+def test_a_box_from_a_name_server(ipy, box, start_launcher, capsys):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    launcher = start_launcher(["-n", "2", "--start-ns", "--ns-port", str(port), "--group", "blue"], count=2)
+    try:
+        ipy.run_line_magic("srpy", "use --ns --ns-port %d blue" % port)
+        assert sorted(engine.uri for engine in magics._loaded[ipy].box) == sorted(launcher.uris)
+        ipy.run_line_magic("px", "print('MARK-ns')")
+        assert capsys.readouterr().out.count("MARK-ns") == 2
+        with pytest.raises(UsageError):
+            ipy.run_line_magic("srpy", "use --ns --ns-port x")
+    finally:
+        ipy.run_line_magic("srpy", "use box")
 
 
 def test_unloading_removes_the_magics_and_closes_only_its_own_box(shell, box, pair, capsys):
