@@ -170,7 +170,7 @@ class CellRun:
                     except SerializationError as exc:  # it ran; only its value cannot come here
                         part.note = str(exc).split(":")[0]
                     part.has_value = part.value is not None or part.note is not None
-        except Exception as exc:  # the engine's error is its part of the run, shown under its name
+        except BaseException as exc:  # the engine's error (sys.exit() there too: RemoteSystemExit) is its part
             part.error = exc
         finally:
             part.finished.set()
@@ -221,7 +221,7 @@ class CellRun:
 
     @property
     def results(self) -> Dict[str, Any]:
-        """C{{label: value of the last expression}}, of the engines that have one (None is none)."""
+        """C{{label: value of the last expression}}, of the engines where it has one (not None) that came here."""
         return {part.label: part.value for part in self.parts if part.finished.is_set() and part.has_value
                 and part.note is None}
 

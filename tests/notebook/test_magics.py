@@ -114,6 +114,9 @@ def test_an_error_on_one_engine_shows_its_traceback_and_the_others_output(ipy, b
     assert os.path.join("srpy", "") not in error, "user code only, no srpy frames: %s" % error
     assert list(info.value.errors) == [failing]
     assert isinstance(info.value.errors[failing], ZeroDivisionError)
+    with pytest.raises(srpy.CellError) as info:  # sys.exit() on an engine is its error, the engine serves on
+        ipy.run_line_magic("px", "--targets 1 import sys; sys.exit(3)")
+    assert isinstance(info.value.errors[failing], SystemExit) and "[error %s]" % failing in capsys.readouterr().err
     # through a cell as a notebook runs it: the cell fails, with one line of its own (the tracebacks are above)
     result = ipy.run_cell("%%px\nif fail:\n    1 / 0\n")
     assert isinstance(result.error_in_exec, srpy.CellError)
