@@ -78,6 +78,20 @@ def test_each_engines_output_appears_under_its_name(ipy, box, capsys):
     assert len(set(re.findall(r"MARK-out (\d+)", out))) == 2, "two engines, two processes: %s" % out
 
 
+def test_the_magics_show_output_of_clients_that_do_not_forward(ipy, box, capsys):
+    for engine in box:
+        engine.forward_output = False  # keeps plain calls' lines in the engine's log; %px shows them still
+    try:
+        ipy.run_line_magic("px", "print('MARK-quiet-client')")
+        out = capsys.readouterr().out
+        assert all("[%s] MARK-quiet-client" % label in out for label in labels(box)), out
+        box[0].exe("print('MARK-plain-call')")
+        assert "MARK-plain-call" not in capsys.readouterr().out
+    finally:
+        for engine in box:
+            engine.forward_output = True
+
+
 def test_grouped_output_and_the_last_expression_per_engine(ipy, box, capsys):
     ipy.run_cell_magic("px", "--no-stream", "import os\nprint('MARK-grouped')\nprint('MARK-second')\n40 + 2")
     out, _ = capsys.readouterr()
