@@ -1,4 +1,7 @@
-"""Installs srpy: C{pip install .} (engines and clients), C{pip install .[test]} (the test suite)."""
+"""
+Installs srpy: C{pip install .} (engines and clients), C{pip install .[notebook]} (IPython's magics,
+tqdm's progress bars), C{pip install .[test]} (the test suite).
+"""
 
 import re
 
@@ -28,13 +31,16 @@ setup(
     install_requires=["Pyro5>=5.15,<6", "serpent>=1.41", "psutil>=5.8", "packaging>=22"],
     extras_require={
         "test": ["pytest>=7", "pytest-timeout>=2.1", "pytest-xdist>=3.5", "trustme>=1.0", "pydoctor>=23.9", "hypothesis>=6",
-                 "mypy>=1.10", "numpy>=1.21", "pandas>=2.1", "uv>=0.5",
+                 "mypy>=1.10", "numpy>=1.21", "pandas>=2.1", "uv>=0.5", "ipython>=7.3", "tqdm>=4.60",
+                 "ipykernel>=6",
                  "pyyaml>=6",  # pyyaml: analyze maps `import yaml` to its distribution, PyYAML
                  # the dashboard's browser test drives Debian's chromium through its chromedriver
                  "selenium>=4.10"],
         # environments (EngBox.require(install=True)) build with uv where it is found, else with pip
         "envs": ["uv>=0.5"],
         "doc": ["pydoctor>=23.9"],
+        # %load_ext srpy (srpy/magics.py) and tqdm's bars for map(progress=True) (srpy/progress.py)
+        "notebook": ["ipython>=7.3", "tqdm>=4.60"],
         "bench": ["ipyparallel", "dask[distributed]", "ray", "rpyc"],
     },
     entry_points={"console_scripts": ["srpyapp = srpy.cli:main"]},

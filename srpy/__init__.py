@@ -13,6 +13,8 @@ is the public face of the package; everything a user needs is named here.
    engines print (on by default).
  - L{this_engine<srpy.peers.this_engine>}, L{spawn<srpy.peers.spawn>}: for code running on an engine, its
    peers, messages, shared data and work sharing (L{srpy.peers}).
+ - C{%load_ext srpy} in IPython or Jupyter: magics that run cells on a box's engines (C{%%px}), push
+   and pull variables (L{srpy.magics}; needs IPython: C{pip install srpy[notebook]}).
  - L{analyze<srpy.analysis.analyze>}: what a script, module or function imports, and what each import is here
    (standard library, an installed distribution and its version, your own module, missing).
  - L{SSHCluster<srpy.cluster.SSHCluster>}: engines on other hosts, started over SSH with nothing installed there.
@@ -39,10 +41,11 @@ if _TYPE_CHECKING:  # what type checkers and readers see; at run time, __getattr
     from .box import EngBox, MultiRunResult
     from .cluster import SSHCluster
     from .client import Namespace, PythonEngine, RemoteObject
-    from .errors import (AnalysisError, AuthenticationError, CallTimeout, ClusterHostError, CommunicationError,
-                         ConnectionLost, EngineDead, EnvironmentConflict, InstallError, InvalidRequirement,
-                         MessageTooLargeError, MissingPackagesError, NoEnginesError, PeerUnavailable, RemoteError,
-                         RemoteSystemExit, SerializationError, SRPyError, SRPyServerNotFound, TaskAborted, TaskTimeout)
+    from .errors import (AnalysisError, AuthenticationError, CallTimeout, CellError, CellInterrupted,
+                         ClusterHostError, CommunicationError, ConnectionLost, EngineDead, EnvironmentConflict,
+                         InstallError, InvalidRequirement, MessageTooLargeError, MissingPackagesError,
+                         NoEnginesError, PeerUnavailable, RemoteError, RemoteSystemExit, SerializationError,
+                         SRPyError, SRPyServerNotFound, TaskAborted, TaskTimeout)
     from .functions import FunctionShippingError
     from .subengine import detectNCPUs, newSubEngine, stopSubEngine
     from .peers import spawn, this_engine
@@ -65,7 +68,8 @@ _HOMES.update(dict.fromkeys([
     "SRPyError", "SRPyServerNotFound", "AuthenticationError", "CommunicationError", "ConnectionLost", "CallTimeout",
     "SerializationError", "MessageTooLargeError", "RemoteError", "RemoteSystemExit", "TaskTimeout", "TaskAborted",
     "EngineDead", "NoEnginesError", "MissingPackagesError", "PeerUnavailable", "AnalysisError",
-    "InvalidRequirement", "InstallError", "EnvironmentConflict", "ClusterHostError"], "errors"))
+    "InvalidRequirement", "InstallError", "EnvironmentConflict", "ClusterHostError", "CellError",
+    "CellInterrupted"], "errors"))
 
 __all__ = [
     "this_engine", "spawn", "PeerUnavailable",
@@ -77,9 +81,23 @@ __all__ = [
     "set_forward_output",
     "errors", "SRPyError", "SRPyServerNotFound", "AuthenticationError", "CommunicationError",
     "ConnectionLost", "CallTimeout", "SerializationError", "MessageTooLargeError", "RemoteError", "RemoteSystemExit",
-    "TaskTimeout", "TaskAborted",
+    "TaskTimeout", "TaskAborted", "CellError", "CellInterrupted",
     "version", "copyright", "__version__",
 ]
+
+
+def load_ipython_extension(ipython: _Any) -> None:
+    """C{%load_ext srpy}: IPython calls this; the magics live in L{srpy.magics} (imported now, with IPython)."""
+    from . import magics
+
+    magics.load_ipython_extension(ipython)
+
+
+def unload_ipython_extension(ipython: _Any) -> None:
+    """C{%unload_ext srpy}: IPython calls this (see L{srpy.magics})."""
+    from . import magics
+
+    magics.unload_ipython_extension(ipython)
 
 
 def __getattr__(name: str) -> _Any:

@@ -26,7 +26,7 @@ from . import discovery, functions, provisioning, scheduler as scheduling
 from .fanout import fan_out, start_thread
 from .client import PythonEngine
 from .errors import AuthenticationError, CommunicationError, NoEnginesError, SRPyServerNotFound
-from .progress import ProgressBar
+from .progress import progress_bar
 from .scheduler import MapIterator, MapJob, Scheduler, Task, missing_packages
 
 log = logging.getLogger("srpy.box")
@@ -413,6 +413,29 @@ class EngBox(concurrent.futures.Executor):
         results = _parallel(self.getEngines(), lambda e: e.call("unpack", {"archive": archive}))
         return {engine.uri: _raise_if_error(result) for engine, result in results}
 
+    def push(self, variables: Dict[str, Any]) -> None:
+        """
+        Set C{variables} ({name: value}) on every engine at once, as L{PythonEngine.set} does on
+        one (ipyparallel's C{view.push}). A subset: C{box[[0, 2]].push(...)}.
+
+        @raise Exception: an engine's error (a value that cannot travel, an engine gone): the
+            first, once every engine has answered.
+        """
+        for _, outcome in _parallel(self.getEngines(), lambda e: e.set(**variables)):
+            _raise_if_error(outcome)
+
+    def pull(self, names: Union[str, Sequence[str]]) -> List[Any]:
+        """
+        The values of C{names} on every engine, in the box's order (ipyparallel's C{view.pull}):
+        for one name (a string), its value on each engine; for a list of names, a C{{name:
+        value}} dict per engine. A subset: C{box[[0, 2]].pull(...)}.
+
+        @raise KeyError: a name an engine does not have (the first error, once every engine
+            has answered).
+        """
+        query: Any = names if isinstance(names, str) else list(names)
+        return [_raise_if_error(outcome) for _, outcome in _parallel(self.getEngines(), lambda e: e.get(query))]
+
     def run(self, path: str, *argv: Any) -> Dict[str, Dict[str, Any]]:
         """
         Run the script at C{path} on every engine at once, as L{PythonEngine.run} does on one:
@@ -483,7 +506,9 @@ class EngBox(concurrent.futures.Executor):
         srpy picks from what it measures of C{fn} (or C{chunksize}, if given). The iterables are
         read at once, as C{concurrent.futures} does. C{timeout} counts from this call: a result
         not there by then raises C{TimeoutError} (one already there is returned). C{progress=True}
-        draws a live progress line (rate, ETA) on stderr. An exception raised by C{fn} is raised
+        shows a live progress bar: tqdm's (C{tqdm.auto}: a widget in a notebook, a text bar on
+        stderr in a terminal) if tqdm is installed, else srpy's own line on stderr (rate, ETA;
+        see L{srpy.progress}). An exception raised by C{fn} is raised
         when its result is reached. Breaking out of the results (and dropping them), their
         C{close()}, a timeout or an exception cancels the rest and stops its chunks still running.
         """
@@ -491,7 +516,7 @@ class EngBox(concurrent.futures.Executor):
         single = len(iterables) == 1
         items = list(iterables[0]) if single else list(zip(*iterables))
         _check_chunksize(chunksize)
-        bar = ProgressBar(len(items)) if progress and items else None
+        bar = progress_bar(len(items)) if progress and items else None
         job = MapJob(bundle, "map1" if single else "map", items, chunksize, self.task_timeout, bar)
         return self._start_map(job, timeout)
 

@@ -218,3 +218,43 @@ class ClusterHostError(SRPyError):
     A host of an L{SSHCluster<srpy.cluster.SSHCluster>} could not start engines: it cannot be
     reached, has no python3, or its launcher failed. One line, naming the host and why.
     """
+
+
+class CellError(SRPyError):
+    """
+    Code that the notebook magics ran on several engines (C{%px}, C{%%px}, C{%pull},
+    C{%pxresult}; see L{srpy.magics}) failed on some of them. Each engine's traceback was shown
+    under its name with the others' output; this error says where it failed, so that the cell
+    counts as failed (a notebook's "run all" stops at it).
+
+    @ivar errors: C{{engine label: the exception it raised}}, a label being C{index:name}.
+    """
+
+    def __init__(self, what: str, errors: dict, engines: int) -> None:
+        self.errors = dict(errors)
+        named = ", ".join("%s (%s)" % (label, _one_line(exc)) for label, exc in self.errors.items())
+        super().__init__("%s failed on %d of %d engine%s: %s" % (what, len(self.errors), engines,
+                                                                  "" if engines == 1 else "s", named))
+
+    def _render_traceback_(self) -> list:
+        """What IPython shows for it: its message alone (the engines' tracebacks are shown already)."""
+        return ["%s: %s" % (type(self).__name__, self)]
+
+
+class CellInterrupted(KeyboardInterrupt):
+    """
+    Ctrl-C while the notebook magics waited for a cell on engines: the cell was aborted on
+    every engine still running it, what they printed was shown, and this is raised (a
+    C{KeyboardInterrupt}, so that whatever runs the cell stops as Ctrl-C stops it).
+    """
+
+    def _render_traceback_(self) -> list:
+        """What IPython shows for it: its message alone, not the magic's frames that waited."""
+        return ["KeyboardInterrupt: %s" % self]
+
+
+def _one_line(exc: BaseException) -> str:
+    """C{Type: message}, cut to one short line."""
+    text = "%s: %s" % (type(exc).__name__, exc) if str(exc) else type(exc).__name__
+    text = text.splitlines()[0] if text.strip() else type(exc).__name__
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -15,13 +15,18 @@ A line arrives while its call runs: the engine sends what its code printed withi
 (L{srpy.output.FLUSH_DELAY}), and the client reads it while it waits for the reply, in the
 thread that made the call. Forwarding never loses a reply: a line this process cannot write is
 dropped (and logged once), the reply is read as ever.
+
+L{redirected} hands, in one thread, the lines of the calls that thread makes to a function of
+the caller's instead, whether the client forwards or not: the notebook magics (L{srpy.magics})
+show each engine's lines under its name so.
 """
 
+import contextlib
 import logging
 import os
 import sys
 import threading
-from typing import Any
+from typing import Any, Callable, Iterator, Optional
 
 from . import wire
 
@@ -43,22 +48,65 @@ def set_forward_output(on: bool) -> None:
     DEFAULT = bool(on)
 
 
+#: what L{redirected} set, per thread
+_redirect = threading.local()
+
+
+@contextlib.contextmanager
+def redirected(target: Callable[[int, str], None]) -> Iterator[None]:
+    """
+    While in this block, in this thread: the calls made ask their engines for what they print,
+    whether their client forwards or not, and each line they send goes to C{target(fd, line)}
+    (fd 1 for stdout, 2 for stderr; the line without its newline) instead of sys.stdout or
+    sys.stderr. Other threads' calls are not touched. Blocks nest (the inner one wins).
+    """
+    previous = getattr(_redirect, "target", None)
+    _redirect.target = target
+    try:
+        yield
+    finally:
+        _redirect.target = previous
+
+
+def _redirect_target() -> Optional[Callable[[int, str], None]]:
+    return getattr(_redirect, "target", None)
+
+
 class Forwarder:
     """
     The output sink of one client's connections (L{srpy.wire.Connection.output_sink}).
 
-    @ivar on: whether calls ask the engine for their output.
     @ivar name: the prefix of each line (the engine's name).
     """
 
     def __init__(self, on: bool, name: str = "") -> None:
-        self.on = on
+        self._on = on
         self.name = name
         self._failed = False
 
+    @property
+    def on(self) -> bool:
+        """
+        Whether calls ask the engine for their output: the client's setting, or, in a
+        L{redirected} block, yes (for that thread's calls).
+        """
+        return self._on or _redirect_target() is not None
+
+    @on.setter
+    def on(self, on: bool) -> None:
+        self._on = on
+
     def __call__(self, value: Any) -> None:
-        """Write the lines of one SOUT annotation to sys.stdout / sys.stderr (as they are now)."""
-        if not self.on:
+        """
+        Write the lines of one SOUT annotation to sys.stdout / sys.stderr (as they are now), or
+        hand them to the target of this thread's L{redirected} block.
+        """
+        target = _redirect_target()
+        if target is not None:
+            for fd, line in wire.parse_output(value):
+                target(fd, line)
+            return
+        if not self._on:
             return
         lines = wire.parse_output(value)
         prefix = "(%s) " % (self.name or "engine")

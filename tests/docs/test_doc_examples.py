@@ -9,7 +9,7 @@ import pytest
 
 from conftest import ROOT
 
-PAGES = ["doc/peers.md", "doc/engbox.md"]
+PAGES = ["doc/peers.md", "doc/engbox.md", "doc/interactive.md"]
 
 
 def _blocks(page):
