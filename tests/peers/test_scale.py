@@ -4,6 +4,8 @@ the traffic (issue 15): after a burst of concurrent calls between every pair, ea
 most L{srpy.group.PEER_IDLE_CONNECTIONS} connections to each peer, and its threads go back to a
 number that does not depend on how many peers it has. Counted in each engine process by psutil
 (its own sockets and threads), for 8 and for 16 engines: the bounds are linear in the peers.
+And a spawn's hints reach a bounded number of peers per round (L{srpy.stealing.HINT_FANOUT}),
+while the work still spreads over the whole group.
 """
 
 import time
@@ -11,7 +13,8 @@ import time
 import pytest
 
 import srpy
-from srpy.group import PEER_IDLE_CONNECTIONS
+from srpy.group import PEER_IDLE_CONNECTIONS, peer_uri
+from srpy.stealing import HINT_FANOUT
 
 pytestmark = pytest.mark.slow
 
@@ -95,5 +98,41 @@ def test_a_mesh_holds_connections_and_threads_linear_in_its_peers(start_launcher
 
             outbound, _, _ = wait_for(lambda: engine.eval("held(%r)" % (others,)), within)
             assert outbound >= peers  # a link to every peer is there: the count is of the right sockets
+    finally:
+        box.close()
+
+
+TREE = '''
+import time
+import srpy
+
+def tree(lo, hi):
+    """lo..hi-1 summed, split in spawned halves down to leaves that each hold their engine 50 ms."""
+    if hi - lo <= 1:
+        time.sleep(0.05)
+        return lo
+    mid = (lo + hi) // 2
+    left, right = srpy.spawn(tree, lo, mid), srpy.spawn(tree, mid, hi)
+    return left.result() + right.result()
+'''
+
+
+@pytest.mark.timeout(240)
+def test_hints_reach_a_bounded_number_of_peers_per_round_and_work_still_spreads(start_launcher):
+    count = 16
+    launcher = start_launcher(["-n", str(count), "--group", "tree"], count=count, timeout=120)
+    box = srpy.EngBox(launcher.uris)
+    try:
+        box.connectPeers()
+        box.mrs.exe(TREE)
+        assert box[0].eval("tree(0, 256)") == sum(range(256))
+        stats = [srpy.PythonEngine(peer_uri(uri)).call("peer_stats") for uri in launcher.uris]
+        assert stats[0]["hint_rounds"] >= 1
+        # every round of hints, on every engine, reached at most HINT_FANOUT of its 15 peers ...
+        assert max(s["widest_hint_round"] for s in stats) <= HINT_FANOUT, stats
+        # ... and the work still reached more engines than the first engine's first round could
+        ran = sum(1 for s in stats if s["executed"] > 0)
+        assert ran > HINT_FANOUT + 1, [s["executed"] for s in stats]
+        assert sum(s["executed"] for s in stats) >= 256
     finally:
         box.close()
