@@ -12,6 +12,8 @@ K engines on loopback, registered in the name server it serves, and the bench me
    C{connectPeers()}, after it, and after the spawn job below; and the mesh's connections in all
    (every engine's, counted once per socket end);
  - C{connectPeers()}'s time;
+ - the most threads and connections the client holds while each engine runs one 3 s call (its
+   watchdog pings engines whose call has run a second);
  - a map of a cheap function of a module (C{operator.neg} over 200,000 ints): items/s, warm;
  - a recursive spawn job: a tree sum over C{range(TREE_N)} cut into leaves of C{TREE_LEAF} ints,
    started with one call on one engine, spread by work stealing: its time and how many engines
@@ -47,6 +49,8 @@ TREE_N = 100_000_000
 TREE_LEAF = 200_000
 #: seconds the engines get, before their threads are counted, to hand idle connections back (listener.IDLE_RELEASE)
 SETTLE = 2.0
+#: seconds of the call each engine runs while the client's threads are sampled
+LONG_CALL = 3.0
 
 TREE = '''
 import srpy
@@ -100,6 +104,34 @@ def engines_held(engines: Dict[str, psutil.Process]) -> Dict[str, Any]:
     return {"threads_max": max(threads), "threads_mean": sum(threads) / len(threads),
             "connections_max": max(conns), "connections_mean": sum(conns) / len(conns),
             "connections_total": sum(conns)}
+
+
+def during_long_calls(box: srpy.EngBox, me: psutil.Process, count: int, seconds: float) -> Dict[str, int]:
+    """
+    The most threads and connections the client holds while every engine runs one call of
+    C{seconds} (more than the scheduler's HEARTBEAT): its watchdog pings each engine with a call
+    under way once a second.
+    """
+    import threading
+
+    done = threading.Event()
+    most = {"threads": 0, "connections": 0}
+
+    def sample() -> None:
+        while not done.is_set():
+            now = held(me)
+            most["threads"] = max(most["threads"], now["threads"])
+            most["connections"] = max(most["connections"], now["connections"])
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        list(box.map(time.sleep, [seconds] * count, chunksize=1))
+    finally:
+        done.set()
+        sampler.join()
+    return most
 
 
 def read_uris(path: str, count: int, launcher: "subprocess.Popen[bytes]", deadline: float) -> List[str]:
@@ -174,6 +206,8 @@ def measure(count: int, quick: bool) -> Dict[str, Any]:
                 assert total == -sum(range(items))
                 figures["map_items_per_s"] = items / elapsed
 
+                figures["client_long_calls"] = during_long_calls(box, me, count, LONG_CALL / (2 if quick else 1))
+
                 box[0].exe(TREE)
                 tree_n = TREE_N // (10 if quick else 1)
                 leaf = TREE_LEAF
@@ -202,6 +236,8 @@ ROWS = [("start (URI file complete)", lambda f: "%.2f s" % f["start_s"]),
         ("client threads", lambda f: "%d" % f["client"]["threads"]),
         ("client TCP connections", lambda f: "%d" % f["client"]["connections"]),
         ("client RSS", lambda f: "%.0f MB" % f["client"]["rss_mb"]),
+        ("client threads, most (long calls)", lambda f: "%d" % f["client_long_calls"]["threads"]),
+        ("client conns, most (long calls)", lambda f: "%d" % f["client_long_calls"]["connections"]),
         ("engine threads, max (no peers)", lambda f: "%d" % f["engine_before_peers"]["threads_max"]),
         ("engine conns, max (no peers)", lambda f: "%d" % f["engine_before_peers"]["connections_max"]),
         ("connectPeers()", lambda f: "%.2f s" % f["connect_peers_s"]),
@@ -229,7 +265,7 @@ def table(runs: List[Dict[str, Any]]) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--counts", type=int, nargs="+", default=[8, 16, 32, 64])
-    parser.add_argument("--quick", action="store_true", help="a tenth of the map and of the tree")
+    parser.add_argument("--quick", action="store_true", help="a tenth of the map and of the tree, half the long calls")
     parser.add_argument("--json", metavar="FILE", help="write the figures as JSON")
     args = parser.parse_args(argv)
     runs = []
