@@ -136,3 +136,23 @@ def test_hints_reach_a_bounded_number_of_peers_per_round_and_work_still_spreads(
         assert sum(s["executed"] for s in stats) >= 256
     finally:
         box.close()
+
+
+@pytest.mark.timeout(120)
+def test_an_engine_raises_its_descriptor_limit_to_the_hard_one(start_launcher):
+    """A full mesh holds two sockets per peer: an engine does not stop at a soft limit of 1,024 (here 256)."""
+    import resource
+
+    import psutil
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    low = min(256, soft)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))  # the launcher and its engines inherit it
+    try:
+        launcher = start_launcher(["-n", "2"], count=2)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    engines = launcher.engines()
+    assert len(engines) == 2
+    for process in engines:
+        assert process.rlimit(psutil.RLIMIT_NOFILE) == (hard, hard)
