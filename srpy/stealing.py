@@ -2,7 +2,8 @@
 Work sharing between the engines of a group: spawned calls, work stealing, and hints.
 
 C{spawn} queues a call on this engine (L{WorkSharing.spawn}) and hints the peers that work is
-queued; an idle peer takes (steals) the oldest queued calls, runs them, and sends the outcome back
+queued (at most L{HINT_FANOUT} of them a round, at random, so a spawn costs a bounded number of
+calls in a group of any size); an idle peer takes (steals) the oldest queued calls, runs them, and sends the outcome back
 (C{peer_complete}). While a task waits for a spawned result it releases its engine's lock, so the
 engine meanwhile runs other queued work (a task blocked in C{result()} is like an C{await}); if the
 call is still queued here, the waiting task runs it itself (L{SpawnFuture}). The engine that
