@@ -24,6 +24,8 @@ PEER_OBJECT_ID = "srpy.peer"
 CONNECT_TIMEOUT = 5.0
 #: peers connected to at once when many are introduced
 CONNECT_AT_ONCE = 16
+#: idle connections a link keeps to one peer (more are opened while calls overlap, and closed after)
+PEER_IDLE_CONNECTIONS = 2
 
 
 def peer_uri(engine_uri: str) -> str:
@@ -53,6 +55,9 @@ class PeerLink:
         self.uri = uri
         self.records = RecordTraffic(self, sender, install)
         self.pool = wire.Pool(uri, secret, self.records.format, ssl_context, CONNECT_TIMEOUT, owner="peer link")
+        # an engine has a link to every peer: a client's idle pool (8) per link would let a burst of
+        # concurrent calls leave 8 sockets per peer behind, 8,000 at 1,000 engines (past a 1,024 ulimit)
+        self.pool.size = PEER_IDLE_CONNECTIONS
         try:
             self.info: Dict[str, Any] = self.call("whoami")
         except BaseException:

@@ -157,7 +157,8 @@ def _configure_tls(cert: str, key: str, ca: Optional[str] = None, require_client
 
 
 def _apply_process_limits(options: argparse.Namespace) -> None:
-    """The limits that hold for the whole engine process: memory and message size."""
+    """The limits that hold for the whole engine process: descriptors, memory and message size."""
+    _raise_descriptor_limit()
     if options.max_message_size:
         pyro_config.MAX_MESSAGE_SIZE = int(options.max_message_size * 1024 * 1024)
     if options.max_memory:
@@ -169,6 +170,23 @@ def _apply_process_limits(options: argparse.Namespace) -> None:
         base = psutil.Process().memory_info().vms + THREAD_ALLOWANCE
         limit = base + int(options.max_memory * 1024 * 1024)
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _raise_descriptor_limit() -> None:
+    """
+    Raise this process's soft limit of open descriptors to its hard limit: in a full peer mesh an
+    engine holds two sockets per peer (and up to two idle more per link after bursts), so the
+    usual soft limit of 1,024 ends a mesh at about 500 engines, while the hard limit (often
+    524,288) is there for the asking.
+    """
+    import resource  # a built-in module: nothing to load
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard and (hard == resource.RLIM_INFINITY or soft < hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:  # a hard limit the kernel caps lower (nr_open): keep the soft one
+            log.debug("descriptor limit stays at %d: %s", soft, exc)
 
 
 def _start_server(options: argparse.Namespace, name: str, port: int) -> _EngineServer:

@@ -181,10 +181,14 @@ class PeerService:
 
     @engine_call(locked=False)
     def peer_stats(self) -> Dict[str, Any]:
-        """Spawned calls run here and queued here, messages waiting, entries held, peers."""
+        """
+        Spawned calls run here and queued here, messages waiting, entries held, peers, rounds of
+        hints sent and the most peers one of them reached.
+        """
         parts = self._parts
         return {"executed": parts.work.executed, "queued": parts.work.queued(), "mailbox": len(parts.mailbox),
-                "entries": len(parts.share), "peers": [p.uri for p in self._group.peers()]}
+                "entries": len(parts.share), "peers": [p.uri for p in self._group.peers()],
+                "hint_rounds": parts.work.hint_rounds, "widest_hint_round": parts.work.widest_round}
 
 
 def register(daemon: Any, engine: Any) -> str:

@@ -2,7 +2,8 @@
 Work sharing between the engines of a group: spawned calls, work stealing, and hints.
 
 C{spawn} queues a call on this engine (L{WorkSharing.spawn}) and hints the peers that work is
-queued; an idle peer takes (steals) the oldest queued calls, runs them, and sends the outcome back
+queued (at most L{HINT_FANOUT} of them a round, at random, so a spawn costs a bounded number of
+calls in a group of any size); an idle peer takes (steals) the oldest queued calls, runs them, and sends the outcome back
 (C{peer_complete}). While a task waits for a spawned result it releases its engine's lock, so the
 engine meanwhile runs other queued work (a task blocked in C{result()} is like an C{await}); if the
 call is still queued here, the waiting task runs it itself (L{SpawnFuture}). The engine that
@@ -43,6 +44,13 @@ REHINT_MAX = 0.2
 HINTER_LINGER = 5.0
 #: hints under way at once (one per peer at most)
 HINT_SENDERS = 8
+#: peers one round of hints reaches at most (chosen at random among those not known busy): the
+#: peers that take work hint as many more in turn, so work reaches every engine in a few rounds,
+#: and a spawn costs a bounded number of calls however many peers there are (all of them, before:
+#: at 64 engines every idle peer raced to steal the same two calls)
+HINT_FANOUT = 8
+#: peers an engine out of work asks for work at most, in random order, before it waits for a hint
+STEAL_TRIES = 8
 #: threads that run spawned calls, at most (each waits for the engine's lock before it takes a call)
 MAX_WORKERS = 512
 #: seconds an idle spawn worker waits for a call before it ends
@@ -117,6 +125,8 @@ class WorkSharing:
         self._hint_senders = Workers("srpy-hint", HINT_SENDERS)
         self._busy_peers: Dict[str, float] = {}  # peers known busy (they need no hint), since when
         self._rehint = REHINT_MIN
+        self.hint_rounds = 0  # rounds of hints sent, and the most peers one round reached (peer_stats)
+        self.widest_round = 0
         self._watcher: Optional[threading.Thread] = None
         self._thief = Workers("srpy-steal", 1)
         self._to_rob: "collections.OrderedDict[Optional[str], None]" = collections.OrderedDict()  # None: any peer
@@ -312,10 +322,10 @@ class WorkSharing:
         return True
 
     def _steal_any(self) -> None:
-        """Out of queued work: take some from the first peer (in random order) that has any."""
+        """Out of queued work: take some from the first of L{STEAL_TRIES} peers (at random) that has any."""
         candidates = self.group.peers()
         random.shuffle(candidates)
-        for peer in candidates:
+        for peer in candidates[:STEAL_TRIES]:
             if self.queued():
                 return
             if self._steal_from(peer.uri):
@@ -331,7 +341,8 @@ class WorkSharing:
         ignores it, and may be idle at the next. Only C{fresh} work (a queue that was empty)
         starts the reminders over at L{REHINT_MIN}. A peer known to be busy (it said so, or took
         work here) is reminded at most every L{REHINT_MAX} s: an engine that runs out of work asks
-        its peers for more by itself, and one that asks here in vain counts as idle again.
+        its peers for more by itself, and one that asks here in vain counts as idle again. A round
+        reaches at most L{HINT_FANOUT} of the others, at random (every engine, over the rounds).
         """
         if not self.group.has_peers():
             return
@@ -354,9 +365,14 @@ class WorkSharing:
             now = time.monotonic()
             with self._cond:
                 busy = dict(self._busy_peers)
-            for peer in self.group.peers():
-                if now - busy.get(peer.uri, -REHINT_MAX) >= REHINT_MAX:
-                    self._hint(peer.uri)
+            due = [peer.uri for peer in self.group.peers() if now - busy.get(peer.uri, -REHINT_MAX) >= REHINT_MAX]
+            if len(due) > HINT_FANOUT:
+                due = random.sample(due, HINT_FANOUT)
+            for uri in due:
+                self._hint(uri)
+            with self._cond:
+                self.hint_rounds += 1
+                self.widest_round = max(self.widest_round, len(due))
             with self._cond:
                 delay = self._rehint
                 self._rehint = min(REHINT_MAX, delay * 2)
