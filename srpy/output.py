@@ -23,6 +23,7 @@ ends with the call even without a final newline.
 
 import contextlib
 import io
+import os
 import logging
 import sys
 import threading
@@ -42,6 +43,13 @@ FLUSH_SIZE = 256 * 1024
 CAPTURE_MAX = 16 * 1024 * 1024
 
 
+#: the environment variable that, set to "0", logs a line that was forwarded to its caller at
+#: DEBUG rather than at its level: an engine whose log is its caller's own terminal
+#: (C{newSubEngine}) would show each line twice
+LOG_FORWARDED = "SRPY_LOG_FORWARDED"
+_QUIET_WHEN_FORWARDED = os.environ.get(LOG_FORWARDED) == "0"
+
+
 class _OutputToLog:
     """A stand-in for sys.stdout/sys.stderr that sends whole lines to the engine's log (and to the sinks)."""
 
@@ -58,9 +66,10 @@ class _OutputToLog:
         buffered = getattr(self._partial, "text", "") + text
         *lines, rest = buffered.split("\n")
         if lines:
-            for line in lines:
-                output_log.log(self.level, "%s", line)
             sink = _forwarding
+            level = logging.DEBUG if sink is not None and _QUIET_WHEN_FORWARDED else self.level
+            for line in lines:
+                output_log.log(level, "%s", line)
             if sink is not None:
                 sink.add(self.fd, lines)
         self._partial.text = rest
@@ -70,8 +79,8 @@ class _OutputToLog:
         rest = getattr(self._partial, "text", "")
         if rest:
             self._partial.text = ""
-            output_log.log(self.level, "%s", rest)
             sink = _forwarding
+            output_log.log(logging.DEBUG if sink is not None and _QUIET_WHEN_FORWARDED else self.level, "%s", rest)
             if sink is not None:
                 sink.add(self.fd, [rest])
 

@@ -13,6 +13,7 @@ import atexit
 import os
 from typing import TYPE_CHECKING, List, Optional, Tuple
 
+from . import output
 from .supervisor import child_command, spawn_engines, stop_process
 
 if TYPE_CHECKING:
@@ -44,7 +45,9 @@ def newSubEngine(timeout: float = 30, host: str = "127.0.0.1", name: str = "", g
     options = argparse.Namespace(host=host, group=group, debug=False, time=False, insecure=False, pyro_config=None,
                                  max_task_time=max_task_time)
     secret = secret if secret is not None else os.environ.get("SRPY_SECRET")
-    started = spawn_engines([child_command(options, name, 0, python)], secret, timeout)[0]
+    # its log is this program's stderr: a line printed there and forwarded here is not logged twice
+    started = spawn_engines([child_command(options, name, 0, python)], secret, timeout,
+                            {output.LOG_FORWARDED: "0"})[0]
     import subprocess
     process = started.process
     assert isinstance(process, subprocess.Popen)  # a new interpreter: never a fork of the caller's process

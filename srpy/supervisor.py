@@ -586,14 +586,17 @@ def start_engines(options: argparse.Namespace, names: Sequence[str], ports: Sequ
     return _ready_or_stopped(processes, timeout)
 
 
-def spawn_engines(commands: Sequence[List[str]], secret: Optional[str], timeout: float) -> List[EngineProcess]:
+def spawn_engines(commands: Sequence[List[str]], secret: Optional[str], timeout: float,
+                  environment: Optional[Dict[str, str]] = None) -> List[EngineProcess]:
     """
     Start the engine processes as new interpreters (C{commands}, from L{child_command}) and wait
     for each one's ready line (all in parallel). If any fails or times out, stop those that
     started and raise L{SRPyError} with its reason.
+
+    @param environment: variables the processes get beside this process's own.
     """
     import subprocess
-    env = dict(os.environ)
+    env = dict(os.environ, **(environment or {}))
     if secret:
         env["SRPY_SECRET"] = secret  # the secret goes by environment, never on a command line
     else:

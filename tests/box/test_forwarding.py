@@ -208,3 +208,19 @@ def test_a_call_that_holds_the_interpreter_still_gets_its_reply(start_launcher, 
     out = capsys.readouterr().out
     assert out.endswith(") MARK-fresh\n"), out
     assert out.count("MARK-before-hold") == 1, "a line printed just before the code holds the interpreter arrives"
+
+
+def test_a_sub_engine_does_not_log_what_it_forwarded_to_its_callers_terminal(capfd):
+    """newSubEngine's log is this program's stderr: a forwarded line is shown once, not twice."""
+    uri, process = srpy.newSubEngine()
+    try:
+        with srpy.PythonEngine(uri) as eng:
+            eng.exe("print('shown-once')")
+            eng.forward_output = False
+            eng.exe("print('kept-in-the-log')")
+            eng.ping()
+        out, err = capfd.readouterr()
+        assert out.count("shown-once") == 1 and "shown-once" not in err
+        assert "kept-in-the-log" not in out and "kept-in-the-log" in err, "a line not forwarded stays in the log"
+    finally:
+        srpy.stopSubEngine(process)
