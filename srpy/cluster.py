@@ -21,7 +21,11 @@ known_hosts apply. A host needs only C{python3} and an SSH server:
  - B{secret}: a fresh random one per cluster, sent in the JSON line on ssh's stdin and handed to the
    launcher in its environment: never on a command line (C{ps} does not show it).
  - B{binding}: the engines listen on the address the client reached the host on (the server side
-   of C{$SSH_CONNECTION} there), and report their URIs back on ssh's stdout.
+   of C{$SSH_CONNECTION} there), and report their URIs back on ssh's stdout; the client checks it
+   reaches each of them (a TCP connection), so that a firewalled host fails in one line.
+ - B{tunnel mode} (C{tunnel=True}, for hosts whose ports the client cannot reach): the engines
+   listen on a loopback address of the host's own, and the client reaches them through port
+   forwards that the host's ssh, a ControlMaster, carries (L{srpy.sshtunnel}).
  - B{lifecycle}: each host's ssh stays open while the cluster lives. Its end (L{SSHCluster.close},
    the client exiting, or the client killed: the pipe to ssh closes, ssh ends the session) reaches
    the host as the end of stdin; the script there stops the launcher, which stops its engines and
@@ -43,15 +47,18 @@ import os
 import queue
 import secrets
 import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import weakref
 import zipfile
 from collections import deque
-from typing import TYPE_CHECKING, Any, Deque, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Deque, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
+from . import sshtunnel
 from .errors import ClusterHostError
 
 if TYPE_CHECKING:
@@ -67,6 +74,12 @@ SHIPPED = ("Pyro5", "serpent")
 STOP_WAIT = 30.0
 
 PythonSpec = Union[str, Sequence[str]]
+
+
+def _short_temp() -> Optional[str]:
+    """Where the ssh masters' sockets go: the temporary folder, or /tmp when its path is too long for a socket."""
+    folder = tempfile.gettempdir()
+    return "/tmp" if len(folder) > 60 and os.path.isdir("/tmp") else None
 
 
 def build_dist() -> Tuple[bytes, str]:
@@ -134,18 +147,25 @@ def remote_command(python: PythonSpec) -> str:
 
 
 def ssh_command(host: str, python: PythonSpec, ssh: str = "ssh", ssh_options: Sequence[str] = (),
-                connect_timeout: float = 15.0) -> List[str]:
+                connect_timeout: float = 15.0, control_path: Optional[str] = None) -> List[str]:
     """
     The argv of one host's ssh: the user's options first (ssh keeps the first value it is given
     for an option), then srpy's: never prompt, give up connecting after C{connect_timeout}
-    seconds, notice a host that stops answering, no terminal.
+    seconds, notice a host that stops answering, no terminal. With C{control_path} (tunnel mode)
+    it is also the ControlMaster that later carries the engines' port forwards
+    (L{srpy.sshtunnel}), listening for them there, and ending with its session.
 
     >>> ssh_command("alice@node1", "python3")[-2:]
     ['alice@node1', "python3 -c 'import sys;i=sys.stdin.buffer;exec(i.read(int(i.readline())))'"]
+    >>> ssh_command("node1", "python3", control_path="/tmp/m")[1:7]
+    ['-o', 'ControlMaster=yes', '-o', 'ControlPath=/tmp/m', '-o', 'ControlPersist=no']
     """
     if not host or host.startswith("-"):
         raise ValueError("not a host: %r" % (host,))
-    return ([ssh] + [str(option) for option in ssh_options]
+    master = [] if control_path is None else ["-o", "ControlMaster=yes", "-o",
+                                              "ControlPath=" + control_path.replace("%", "%%"),
+                                              "-o", "ControlPersist=no"]
+    return ([ssh] + master + [str(option) for option in ssh_options]
             + ["-o", "BatchMode=yes", "-o", "ConnectTimeout=%d" % max(1, round(connect_timeout)),
                "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4", "-T", "--", host,
                remote_command(python)])
@@ -156,7 +176,11 @@ class RemoteHost:
     One host of a cluster: its ssh process, the engines' URIs it reported, where its zip came from.
 
     @ivar host: the host as given (C{user@name}, a name, an alias of ~/.ssh/config).
-    @ivar uris: its engines' URIs, once started.
+    @ivar uris: its engines' URIs, once started, as this client reaches them (in tunnel mode, the
+        forwards' ends here).
+    @ivar engine_uris: its engines' URIs as they know themselves on the host (the same as C{uris}
+        but for a tunneled engine whose port was taken here).
+    @ivar tunnel: in tunnel mode, the loopback address its engines listen on (there and here); else None.
     @ivar cache: C{"have"} (the zip was cached on the host) or C{"stored"} (it was sent now).
     @ivar dist_path: the folder on the host that srpy runs from (the zip, unpacked: C{dist_path + ".zip"}).
     @ivar seconds: how long its start took.
@@ -165,10 +189,15 @@ class RemoteHost:
         (every engine's URI reported).
     """
 
-    def __init__(self, host: str, argv: List[str]) -> None:
+    def __init__(self, host: str, argv: List[str], tunnel: Optional[str] = None,
+                 forwarding: Optional[Tuple[str, Sequence[str], str]] = None, probe_timeout: float = 0.0) -> None:
         self.host = host
         self.argv = argv
+        self.tunnel = tunnel
+        self._forwarding = forwarding  # (ssh, ssh options, control path) of the master that forwards
+        self._probe_timeout = probe_timeout
         self.uris: List[str] = []
+        self.engine_uris: List[str] = []
         self.cache = ""
         self.dist_path = ""
         self.seconds = 0.0
@@ -211,6 +240,8 @@ class RemoteHost:
                 if line == "SRPY-UP":
                     break
                 self.uris.append(line.split(" ", 1)[1])
+            self.engine_uris = list(self.uris)
+            self._reach()
         except BaseException:
             self.stop(grace=2.0)
             raise
@@ -219,6 +250,28 @@ class RemoteHost:
         log.info("%s: %d engine%s up in %.1f s (srpy zip %s)", self.host, len(self.uris),
                  "" if len(self.uris) == 1 else "s", self.seconds,
                  "cached there" if self.cache == "have" else "sent now")
+
+    def _reach(self) -> None:
+        """
+        Tunnel mode: forward the engines' ports here. Else check that this client reaches the
+        engines (a TCP connection to each opens), so that a firewalled host fails now, in one line,
+        rather than in the box.
+        """
+        from . import sshtunnel
+        if self._forwarding is not None:
+            ssh, options, control_path = self._forwarding
+            try:
+                mapped = sshtunnel.forward(ssh, options, control_path, self.host, self.engine_uris)
+            except (OSError, subprocess.SubprocessError) as exc:
+                raise self._error(str(exc)) from None
+            self.uris = [mapped[uri] for uri in self.engine_uris]
+        elif self._probe_timeout > 0:
+            for uri in self.uris:
+                why = sshtunnel.reachable(uri, self._probe_timeout)
+                if why:
+                    raise self._error("its engines listen on %s, which this client cannot reach (%s): "
+                                      "give bind= the address it reaches the host on, or use tunnel mode"
+                                      % (sshtunnel.split_uri(uri)[1], why))
 
     def _pump(self, stream: Any, sink: Any, tag: str) -> None:
         def pump() -> None:
@@ -357,7 +410,8 @@ class SSHCluster:
                  python: Union[PythonSpec, Mapping[str, PythonSpec]] = "python3", ssh_options: Sequence[str] = (),
                  secret: Optional[str] = None, connect_timeout: float = 15.0, start_timeout: float = 120.0,
                  launcher_args: Sequence[str] = (), require_all: bool = False, ssh: str = "ssh",
-                 cache_dir: Optional[str] = None, bind: Optional[Mapping[str, str]] = None) -> None:
+                 cache_dir: Optional[str] = None, bind: Optional[Mapping[str, str]] = None,
+                 tunnel: Union[bool, Sequence[str]] = False) -> None:
         """
         Start the engines on every host, in parallel; return once each host is up or has failed.
 
@@ -376,6 +430,9 @@ class SSHCluster:
         @param cache_dir: the hosts' cache folder (default C{$XDG_CACHE_HOME/srpy/dist}, C{~/.cache/srpy/dist}).
         @param bind: {host: the address its engines listen on}, for hosts where the address ssh
             arrived on is not the one this client reaches (through a jump host, say).
+        @param tunnel: C{True} (every host) or the hosts whose engines listen on their loopback and
+            are reached through SSH port forwards (L{srpy.sshtunnel}), for hosts whose ports this
+            client cannot reach directly. Their engines are each other's peers only within one host.
         @raise ClusterHostError: no host started (or, with C{require_all}, one did not): one line per host.
         """
         if isinstance(hosts, str):
@@ -388,20 +445,40 @@ class SSHCluster:
                              % ", ".join(twice))
         if engines_per_host is not None and (not isinstance(engines_per_host, int) or engines_per_host < 1):
             raise ValueError("engines_per_host must be a whole number of at least 1, or None (one per core)")
+        tunneled = set(hosts) if tunnel is True else set(tunnel or ())
+        if tunneled - set(hosts):
+            raise ValueError("tunnel names hosts not in the cluster: %s" % ", ".join(sorted(tunneled - set(hosts))))
+        both = sorted(tunneled & set(bind or {}))
+        if both:
+            raise ValueError("tunnel and bind both name %s: a tunneled host's engines listen on its loopback"
+                             % ", ".join(both))
         self.secret = secret or secrets.token_urlsafe(32)
         self.hosts: List[RemoteHost] = []
         self.failed: Dict[str, str] = {}
         self._closed = False
+        # the tunneled hosts' ssh masters' sockets; a short path: a socket's path has at most ~100 bytes
+        self._control_dir = tempfile.mkdtemp(prefix="srpy-ssh-", dir=_short_temp()) if tunneled else None
         _open_clusters.add(self)
         dist, self.dist_hash = build_dist()
         script = _bootstrap_script()
         header = {"hash": self.dist_hash, "size": len(dist), "secret": self.secret, "engines": engines_per_host,
                   "args": [str(arg) for arg in launcher_args], "cache": cache_dir}
-        remotes, headers = [], {}
-        for host in hosts:
+        remotes: List[RemoteHost] = []
+        headers: Dict[str, Dict[str, Any]] = {}
+        addresses: Set[str] = set()
+        for index, host in enumerate(hosts):
             spec = python.get(host, "python3") if isinstance(python, Mapping) else python
-            remotes.append(RemoteHost(host, ssh_command(host, spec, ssh, ssh_options, connect_timeout)))
-            headers[host] = dict(header, bind=(bind or {}).get(host))
+            if host in tunneled:
+                assert self._control_dir is not None
+                control = os.path.join(self._control_dir, str(index))
+                address = sshtunnel.loopback_address(addresses)
+                remotes.append(RemoteHost(host, ssh_command(host, spec, ssh, ssh_options, connect_timeout, control),
+                                          tunnel=address, forwarding=(ssh, list(ssh_options), control)))
+                headers[host] = dict(header, bind=address)
+            else:
+                remotes.append(RemoteHost(host, ssh_command(host, spec, ssh, ssh_options, connect_timeout),
+                                          probe_timeout=connect_timeout))
+                headers[host] = dict(header, bind=(bind or {}).get(host))
         outcomes: Dict[str, Optional[BaseException]] = {}
 
         def start(remote: RemoteHost) -> None:
@@ -420,6 +497,7 @@ class SSHCluster:
                 thread.join()
         except BaseException:
             self._stop_all(remotes)  # Ctrl-C while starting: what started stops
+            self._remove_control_dir()
             raise
         for remote in remotes:
             outcome = outcomes.get(remote.host)
@@ -430,9 +508,11 @@ class SSHCluster:
                 log.warning("%s", outcome)
             else:
                 self._stop_all(remotes)
+                self._remove_control_dir()
                 raise outcome
         if not self.hosts or (require_all and self.failed):
             self._stop_all(self.hosts)
+            self._remove_control_dir()
             self.hosts = []
             self._closed = True
             raise ClusterHostError("; ".join(self.failed.values()))
@@ -454,6 +534,13 @@ class SSHCluster:
             return
         self._closed = True
         self._stop_all(self.hosts)
+        self._remove_control_dir()
+
+    def _remove_control_dir(self) -> None:
+        """The ssh masters have ended (their sockets with them): their folder goes too."""
+        if self._control_dir is not None:
+            shutil.rmtree(self._control_dir, ignore_errors=True)
+            self._control_dir = None
 
     @staticmethod
     def _stop_all(remotes: Sequence[RemoteHost]) -> None:
@@ -494,6 +581,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--ssh-option", action="append", default=[], metavar="OPTION",
                         help="an ssh option (ssh -o OPTION), repeatable")
     parser.add_argument("--start-timeout", type=float, default=120.0, help="seconds each host has to start")
+    parser.add_argument("--tunnel", action="store_true",
+                        help="engines listen on each host's loopback, reached through SSH port forwards "
+                             "(for hosts whose ports this machine cannot reach)")
     return parser
 
 
@@ -515,7 +605,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         signal.signal(signum, lambda *_: stopping.set())
     try:
         cluster = SSHCluster(options.hosts, options.engines, python=options.python, ssh_options=ssh_options,
-                             secret=os.environ.get("SRPY_SECRET") or None, start_timeout=options.start_timeout)
+                             secret=os.environ.get("SRPY_SECRET") or None, start_timeout=options.start_timeout,
+                             tunnel=options.tunnel)
     except (ClusterHostError, ValueError) as exc:
         print("srpyapp ssh: error: %s" % exc, file=sys.stderr)
         return 1

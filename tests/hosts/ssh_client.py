@@ -13,6 +13,8 @@ and nohost), C{map}, C{status}, C{peers}, C{closed}, C{warm} (the second start, 
 to its second address), C{closed}, C{damaged} (h1's cached zip damaged: sent again), C{no-python}
 (a host whose python3 command does not exist).
 MODE C{hold}: C{up}, then it sleeps until killed (the test SIGKILLs it).
+MODE C{tunnel}: C{direct} (h1 and h3 without tunnel, h3's engines bound to its loopback: h3 fails),
+C{tunnel} (the three hosts in tunnel mode), C{map}, C{peers}, C{closed}.
 MODE C{exit}: C{up}, then it exits without closing the cluster.
 """
 
@@ -53,6 +55,8 @@ def main():
     python = {bare: "%s -I -S" % sys.executable}
     for host in HOSTS:
         python.setdefault(host, sys.executable)
+    if mode == "tunnel":
+        return tunnel(python, options)
     if mode in ("hold", "exit"):
         cluster = srpy.SSHCluster(HOSTS, 1, python=python, ssh_options=options)
         started("up", cluster, 0)
@@ -112,6 +116,43 @@ def main():
         emit("no-python", error=str(exc))
     else:
         emit("no-python", error=None)
+
+
+def tunnel(python, options):
+    """Tunnel mode: engines on each host's loopback, reached through ssh's forwards."""
+    import srpy
+    try:  # the loopback-bound host, without tunnel: its engines are out of reach, and it says so
+        with srpy.SSHCluster(["h1", "h3"], 1, python=python, ssh_options=options, bind={"h3": "127.0.0.1"}) as direct:
+            emit("direct", uris=direct.uris, failed=direct.failed)
+            with direct.box() as box:
+                began = time.monotonic()
+                assert list(box.map(abs, range(-1000, 0))) == list(range(1000, 0, -1))
+                direct_seconds = time.monotonic() - began
+    except srpy.ClusterHostError as exc:
+        emit("direct", uris=[], failed={"error": str(exc)})
+        direct_seconds = None
+    began = time.monotonic()
+    with srpy.SSHCluster(HOSTS, 2, python=python, ssh_options=options, tunnel=True) as cluster:
+        started("tunnel", cluster, time.monotonic() - began)
+        control = cluster._control_dir
+        emit("addresses", tunnel={r.host: r.tunnel for r in cluster.hosts}, engine_uris=[u for r in cluster.hosts
+                                                                                       for u in r.engine_uris],
+             control=control)
+        with cluster.box() as box:
+            values = list(box.map(where, range(60)))
+            began = time.monotonic()
+            cheap = list(box.map(abs, range(-1000, 0)))
+            emit("map", values=[v[0] for v in values], tmpdirs=sorted({v[1] for v in values}),
+                 pids=sorted({v[3] for v in values}), cheap=cheap == list(range(1000, 0, -1)),
+                 seconds=time.monotonic() - began, direct_seconds=direct_seconds)
+            kept = box.connectPeers()  # within each host: across tunneled hosts nobody reaches anybody
+            first, second = box[len(box) - 2], box[len(box) - 1]  # both on h3
+            second.exe("import srpy\nme = srpy.this_engine()")
+            pending = box[[len(box) - 1]].mrp.exe("_, got = me.receive('ping', timeout=30)")
+            first.exe("import srpy\nsrpy.this_engine().send(to, 'ping', 'within h3')", to=second.uri)
+            box.mrpwait(pending)
+            emit("peers", kept=kept, got=second.get("got"))
+    emit("closed", control_left=os.path.exists(control))
 
 
 if __name__ == "__main__":

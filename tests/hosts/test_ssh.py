@@ -24,7 +24,11 @@ sent), with h2's engines bound to its second address as asked (and the map reach
 cached zip that was damaged is sent again; a host whose python3 does not exist fails with one line
 naming it; closing the cluster, Ctrl-C on C{srpyapp ssh}, a client that exits without closing its
 cluster, and a client SIGKILLed while it holds one (with its ssh processes, or without), each leave
-no srpy process on any host and no sandbox.
+no srpy process on any host and no sandbox. Tunnel mode: without it, a host whose engines listen on
+its loopback (as good as a firewall: nothing outside reaches them) fails with one line; with it, the
+three hosts' engines listen on loopback addresses only, a map across them is correct through ssh's
+forwards, connectPeers() makes one mesh per host (and a message goes within h3), and nothing is left
+listening afterwards.
 
 Skipped only where the machine forbids network namespaces or has no OpenSSH server.
 """
@@ -332,3 +336,56 @@ def test_srpyapp_ssh_serves_until_stopped_then_stops_every_host(ssh_hosts):
     assert launcher.process.wait(60) == 0, launcher.stderr()
     assert not uri_file.exists() and not secret_file.exists()
     ssh_hosts.wait_clean()
+
+
+def listening(ssh_hosts, name):
+    """The addresses and ports that listen in host C{name}'s namespace (C{ss -ltnH}), sshd's aside."""
+    done = subprocess.run(["ip", "netns", "exec", ssh_hosts.namespace[name], "ss", "-ltnH"], capture_output=True,
+                          text=True, timeout=30)
+    return sorted(line.split()[3] for line in done.stdout.splitlines() if not line.split()[3].endswith(":22"))
+
+
+def test_tunnel_mode_reaches_engines_on_the_hosts_loopback_through_ssh_forwards(ssh_hosts):
+    client = ssh_hosts.run_client("tunnel")
+    # without tunnel, a host whose engines the client cannot reach (here: bound to its loopback,
+    # which is as good as a firewall) fails with one line naming it, while h1 starts
+    direct = step(client, "direct", 150)
+    assert list(direct["failed"]) == ["h3"] and len(direct["uris"]) == 1, direct
+    why = direct["failed"]["h3"]
+    assert why.startswith("h3: ") and "\n" not in why and "127.0.0.1" in why and "cannot reach" in why, why
+    ssh_hosts.wait_clean()
+
+    tunnel = step(client, "tunnel", 150)
+    assert tunnel["failed"] == {} and len(tunnel["uris"]) == 6, tunnel
+    addresses = step(client, "addresses", 30)
+    loopbacks = addresses["tunnel"]
+    assert sorted(loopbacks) == ssh_hosts.names and len(set(loopbacks.values())) == 3, loopbacks
+    assert all(address.startswith("127.") for address in loopbacks.values()), loopbacks
+    for name in ssh_hosts.names:
+        # the client's URIs are the forwards' ends here, on the host's own loopback address and port
+        mine = [uri for uri in tunnel["uris"] if "@%s:" % loopbacks[name] in uri]
+        assert len(mine) == 2, tunnel["uris"]
+        # on the host, the engines listen on that loopback address only: nothing else can reach them
+        ports = sorted(uri.rsplit(":", 1)[1] for uri in mine)
+        assert listening(ssh_hosts, name) == sorted("%s:%s" % (loopbacks[name], port) for port in ports)
+    assert addresses["engine_uris"] == tunnel["uris"]  # each keeps its port here (they were free)
+    assert os.path.exists(addresses["control"])
+
+    mapped = step(client, "map", 120)
+    assert mapped["values"] == [x * x for x in range(60)] and mapped["cheap"]
+    assert mapped["tmpdirs"] == sorted(str(ssh_hosts.folder(name, "tmp")) for name in ssh_hosts.names), mapped
+    assert len(mapped["pids"]) == 6, "an engine got no work: %s" % mapped["pids"]
+    # peers: each engine keeps the other engine of its own host; the other hosts' are refused at once
+    peers = step(client, "peers", 120)
+    for uri, kept in peers["kept"].items():
+        address = uri.split("@")[1].split(":")[0]
+        assert [other.split("@")[1].split(":")[0] for other in kept] == [address], peers["kept"]
+    assert peers["got"] == "within h3"
+    closed = step(client, "closed", 120)
+    assert closed["control_left"] is False  # the masters' sockets and their folder are gone
+    client.process.wait(30)
+    assert client.process.returncode == 0, client.stderr()
+    ssh_hosts.wait_clean()
+    assert all(listening(ssh_hosts, name) == [] for name in ssh_hosts.names)
+    print("1000 cheap items: direct (h1 alone) %s s, tunnel (3 hosts) %.2f s" % (mapped["direct_seconds"],
+                                                                                mapped["seconds"]))
