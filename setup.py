@@ -30,6 +30,8 @@ setup(
                  "pyyaml>=6"],  # pyyaml: analyze maps `import yaml` to its distribution, PyYAML
         # environments (EngBox.require(install=True)) build with uv where it is found, else with pip
         "envs": ["uv>=0.5"],
+        # SSHCluster(tls=True) makes the cluster's CA and certificates with it (srpy/clustertls.py)
+        "tls": ["cryptography>=3.1"],
         "doc": ["pydoctor>=23.9"],
         "bench": ["ipyparallel", "dask[distributed]", "ray", "rpyc"],
     },

@@ -59,10 +59,11 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Deque, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 from . import sshtunnel
-from .errors import ClusterHostError
+from .errors import ClusterHostError, SRPyError
 
 if TYPE_CHECKING:
     from .box import EngBox
+    from .clustertls import ClusterCA
 
 log = logging.getLogger("srpy.cluster")
 
@@ -208,9 +209,11 @@ class RemoteHost:
         self._threads: List[threading.Thread] = []
         self._up = False
 
-    def start(self, header: Dict[str, Any], dist: bytes, script: bytes, timeout: float) -> None:
+    def start(self, header: Dict[str, Any], dist: bytes, script: bytes, timeout: float,
+              tls: Optional["ClusterCA"] = None) -> None:
         """
-        Run ssh, bootstrap the host, wait for its engines' URIs.
+        Run ssh, bootstrap the host, wait for its engines' URIs. With C{tls}, the host asks for its
+        certificate (for the address its engines listen on), which C{tls} makes and signs now.
 
         @raise ClusterHostError: one line naming the host and why it could not start engines.
         """
@@ -235,6 +238,12 @@ class RemoteHost:
                 answer = self._expect("SRPY-CACHE", deadline).split(" ", 2)
             self.phases["dist"] = time.monotonic() - began
             self.cache, self.dist_path = answer[1], answer[2] if len(answer) > 2 else ""
+            if tls is not None:
+                address = self._expect("SRPY-TLS", deadline).split(" ", 1)[1]
+                cert, key = tls.issue(address)
+                files = json.dumps({"cert": cert, "key": key, "ca": tls.ca_pem}).encode("ascii")
+                self._send(b"%d\n" % len(files) + files)  # on ssh's stdin: never on a command line, never on disk here
+                self.phases["tls"] = time.monotonic() - began
             while True:
                 line = self._expect(("SRPY-URI", "SRPY-UP"), deadline)
                 if line == "SRPY-UP":
@@ -401,6 +410,8 @@ class SSHCluster:
 
     @ivar uris: every engine's URI, host after host.
     @ivar secret: the cluster's secret (fresh and random unless given).
+    @ivar ssl_context: with C{tls=True}, a client TLS context that trusts the cluster's CA only (else None).
+    @ivar ca: with C{tls=True}, the cluster's L{ClusterCA<srpy.clustertls.ClusterCA>} (C{ca.ca_pem}: its certificate).
     @ivar hosts: the L{RemoteHost}s that started.
     @ivar failed: {host: the one line saying why it did not start}.
     @ivar dist_hash: the SHA-256 of the srpy zip the hosts run.
@@ -411,7 +422,7 @@ class SSHCluster:
                  secret: Optional[str] = None, connect_timeout: float = 15.0, start_timeout: float = 120.0,
                  launcher_args: Sequence[str] = (), require_all: bool = False, ssh: str = "ssh",
                  cache_dir: Optional[str] = None, bind: Optional[Mapping[str, str]] = None,
-                 tunnel: Union[bool, Sequence[str]] = False) -> None:
+                 tunnel: Union[bool, Sequence[str]] = False, tls: bool = False) -> None:
         """
         Start the engines on every host, in parallel; return once each host is up or has failed.
 
@@ -433,6 +444,8 @@ class SSHCluster:
         @param tunnel: C{True} (every host) or the hosts whose engines listen on their loopback and
             are reached through SSH port forwards (L{srpy.sshtunnel}), for hosts whose ports this
             client cannot reach directly. Their engines are each other's peers only within one host.
+        @param tls: the engines serve TLS with certificates made for this cluster (L{srpy.clustertls}:
+            a throwaway CA, one certificate per host); L{box} and L{ssl_context} trust that CA only.
         @raise ClusterHostError: no host started (or, with C{require_all}, one did not): one line per host.
         """
         if isinstance(hosts, str):
@@ -453,6 +466,12 @@ class SSHCluster:
             raise ValueError("tunnel and bind both name %s: a tunneled host's engines listen on its loopback"
                              % ", ".join(both))
         self.secret = secret or secrets.token_urlsafe(32)
+        self.ca: Optional["ClusterCA"] = None
+        self.ssl_context: Any = None
+        if tls:
+            from .clustertls import ClusterCA
+            self.ca = ClusterCA()  # before any ssh starts: without cryptography this is the one error
+            self.ssl_context = self.ca.client_context()
         self.hosts: List[RemoteHost] = []
         self.failed: Dict[str, str] = {}
         self._closed = False
@@ -462,7 +481,7 @@ class SSHCluster:
         dist, self.dist_hash = build_dist()
         script = _bootstrap_script()
         header = {"hash": self.dist_hash, "size": len(dist), "secret": self.secret, "engines": engines_per_host,
-                  "args": [str(arg) for arg in launcher_args], "cache": cache_dir}
+                  "args": [str(arg) for arg in launcher_args], "cache": cache_dir, "tls": bool(tls)}
         remotes: List[RemoteHost] = []
         headers: Dict[str, Dict[str, Any]] = {}
         addresses: Set[str] = set()
@@ -483,7 +502,7 @@ class SSHCluster:
 
         def start(remote: RemoteHost) -> None:
             try:
-                remote.start(headers[remote.host], dist, script, start_timeout)
+                remote.start(headers[remote.host], dist, script, start_timeout, self.ca)
                 outcomes[remote.host] = None
             except BaseException as exc:  # noqa: B902 - handed to the caller's thread below
                 outcomes[remote.host] = exc
@@ -523,9 +542,13 @@ class SSHCluster:
         return [uri for remote in self.hosts for uri in remote.uris]
 
     def box(self, **options: Any) -> "EngBox":
-        """A new L{EngBox<srpy.box.EngBox>} of the cluster's engines, with its secret (C{options} go to EngBox)."""
+        """
+        A new L{EngBox<srpy.box.EngBox>} of the cluster's engines, with its secret (and its TLS
+        context): C{options} go to EngBox.
+        """
         from .box import EngBox
         options.setdefault("secret", self.secret)
+        options.setdefault("ssl_context", self.ssl_context)
         return EngBox(self.uris, **options)
 
     def close(self) -> None:
@@ -581,6 +604,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--ssh-option", action="append", default=[], metavar="OPTION",
                         help="an ssh option (ssh -o OPTION), repeatable")
     parser.add_argument("--start-timeout", type=float, default=120.0, help="seconds each host has to start")
+    parser.add_argument("--tls", action="store_true",
+                        help="engines serve TLS with certificates made for this cluster (needs cryptography)")
+    parser.add_argument("--ca-file", metavar="FILE",
+                        help="with --tls: write the cluster's CA certificate to FILE (removed on exit): clients trust it")
     parser.add_argument("--tunnel", action="store_true",
                         help="engines listen on each host's loopback, reached through SSH port forwards "
                              "(for hosts whose ports this machine cannot reach)")
@@ -594,6 +621,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     options = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     if options.engines is not None and options.engines < 1:
         parser.error("-n must be at least 1")
+    if options.ca_file and not options.tls:
+        parser.error("--ca-file needs --tls")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
     logging.getLogger("Pyro5").setLevel(logging.WARNING)
@@ -606,8 +635,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         cluster = SSHCluster(options.hosts, options.engines, python=options.python, ssh_options=ssh_options,
                              secret=os.environ.get("SRPY_SECRET") or None, start_timeout=options.start_timeout,
-                             tunnel=options.tunnel)
-    except (ClusterHostError, ValueError) as exc:
+                             tunnel=options.tunnel, tls=options.tls)
+    except (SRPyError, ValueError) as exc:
         print("srpyapp ssh: error: %s" % exc, file=sys.stderr)
         return 1
     written = []
@@ -622,6 +651,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if options.secret_file:
             _write_private(options.secret_file, cluster.secret + "\n")
             written.append(options.secret_file)
+        if options.ca_file and cluster.ca is not None:
+            _write_private(options.ca_file, cluster.ca.ca_pem)
+            written.append(options.ca_file)
         if options.uri_file:
             _write_private(options.uri_file, "".join(uri + "\n" for uri in cluster.uris))
             written.append(options.uri_file)

@@ -15,6 +15,8 @@ to its second address), C{closed}, C{damaged} (h1's cached zip damaged: sent aga
 MODE C{hold}: C{up}, then it sleeps until killed (the test SIGKILLs it).
 MODE C{tunnel}: C{direct} (h1 and h3 without tunnel, h3's engines bound to its loopback: h3 fails),
 C{tunnel} (the three hosts in tunnel mode), C{map}, C{peers}, C{closed}.
+MODE C{tls}: C{tls} (h1 and h2 direct, h3 tunneled, all serving TLS with the cluster's
+certificates), C{refused} (clients without the cluster's CA), C{map}, C{peers}, C{closed}.
 MODE C{exit}: C{up}, then it exits without closing the cluster.
 """
 
@@ -57,6 +59,8 @@ def main():
         python.setdefault(host, sys.executable)
     if mode == "tunnel":
         return tunnel(python, options)
+    if mode == "tls":
+        return tls(python, options)
     if mode in ("hold", "exit"):
         cluster = srpy.SSHCluster(HOSTS, 1, python=python, ssh_options=options)
         started("up", cluster, 0)
@@ -153,6 +157,29 @@ def tunnel(python, options):
             box.mrpwait(pending)
             emit("peers", kept=kept, got=second.get("got"))
     emit("closed", control_left=os.path.exists(control))
+
+
+def tls(python, options):
+    """TLS made for the cluster: a plain client and one trusting only the system's CAs are refused."""
+    import ssl
+
+    import srpy
+    began = time.monotonic()
+    with srpy.SSHCluster(HOSTS, 1, python=python, ssh_options=options, tls=True, tunnel=["h3"]) as cluster:
+        started("tls", cluster, time.monotonic() - began)
+        refusals = {}
+        for name, context in (("plain", None), ("system CAs", ssl.create_default_context())):
+            try:
+                srpy.PythonEngine(cluster.uris[0], secret=cluster.secret, ssl_context=context).close()
+                refusals[name] = "accepted"
+            except srpy.SRPyError as exc:
+                refusals[name] = "%s: %s" % (type(exc).__name__, exc)
+        emit("refused", refusals=refusals, ca=cluster.ca.ca_pem)
+        with cluster.box() as box:
+            values = list(box.map(where, range(30)))
+            emit("map", values=[v[0] for v in values], tmpdirs=sorted({v[1] for v in values}))
+            emit("peers", kept=box.connectPeers())
+    emit("closed")
 
 
 if __name__ == "__main__":

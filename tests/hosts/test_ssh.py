@@ -28,7 +28,9 @@ no srpy process on any host and no sandbox. Tunnel mode: without it, a host whos
 its loopback (as good as a firewall: nothing outside reaches them) fails with one line; with it, the
 three hosts' engines listen on loopback addresses only, a map across them is correct through ssh's
 forwards, connectPeers() makes one mesh per host (and a message goes within h3), and nothing is left
-listening afterwards.
+listening afterwards. TLS made for the cluster (h3 tunneled): each host holds its key in a private
+folder while the cluster lives, a plain client and one trusting only the system's CAs are refused, a
+map works, the peer links speak TLS, and the folders are gone afterwards.
 
 Skipped only where the machine forbids network namespaces or has no OpenSSH server.
 """
@@ -168,7 +170,9 @@ class SSHHosts:
         return found
 
     def sandboxes(self):
-        return sorted(str(p) for name in self.names for p in self.folder(name, "tmp").glob("srpy-sandbox-*"))
+        """The engines' sandboxes and the hosts' TLS folders (what the cluster's ssh sessions leave in TMPDIR)."""
+        return sorted(str(p) for name in self.names for pattern in ("srpy-sandbox-*", "srpy-tls-*")
+                      for p in self.folder(name, "tmp").glob(pattern))
 
     def wait_clean(self, timeout=60):
         """Wait until no srpy process and no sandbox is left on any host (fail after C{timeout} s)."""
@@ -389,3 +393,35 @@ def test_tunnel_mode_reaches_engines_on_the_hosts_loopback_through_ssh_forwards(
     assert all(listening(ssh_hosts, name) == [] for name in ssh_hosts.names)
     print("1000 cheap items: direct (h1 alone) %s s, tunnel (3 hosts) %.2f s" % (mapped["direct_seconds"],
                                                                                 mapped["seconds"]))
+
+
+def test_tls_made_for_the_cluster_refuses_clients_without_its_ca(ssh_hosts):
+    client = ssh_hosts.run_client("tls")
+    up = step(client, "tls", 150)
+    assert up["failed"] == {} and len(up["uris"]) == 3, up
+    assert "tls" in up["phases"]["h1"] and "tls" in up["phases"]["h3"], up["phases"]
+    # while the cluster lives, each host has its key and certificate in a private folder of its own
+    for name in ssh_hosts.names:
+        folders = list(ssh_hosts.folder(name, "tmp").glob("srpy-tls-*"))
+        assert len(folders) == 1, folders
+        assert oct(folders[0].stat().st_mode & 0o777) == "0o700"
+        assert sorted(p.name for p in folders[0].iterdir()) == ["ca.pem", "cert.pem", "key.pem"]
+        assert all(oct(p.stat().st_mode & 0o777) == "0o600" for p in folders[0].iterdir())
+        assert "PRIVATE KEY" in (folders[0] / "key.pem").read_text()
+    refused = step(client, "refused", 60)
+    assert refused["refusals"]["plain"].startswith("SRPyServerNotFound") and "TLS" in refused["refusals"]["plain"]
+    assert refused["refusals"]["system CAs"].startswith("SRPyServerNotFound"), refused["refusals"]
+    assert all((ssh_hosts.folder(name, "tmp").glob("srpy-tls-*").__next__() / "ca.pem").read_text() == refused["ca"]
+               for name in ssh_hosts.names)
+    mapped = step(client, "map", 120)
+    assert mapped["values"] == [x * x for x in range(30)]
+    assert mapped["tmpdirs"] == sorted(str(ssh_hosts.folder(name, "tmp")) for name in ssh_hosts.names), mapped
+    # the engines' peer links speak TLS too, trusting the cluster's CA, checking the address: h1 and h2
+    # are each other's peers; h3 (tunneled) reaches them, they do not reach h3's loopback
+    h1, h2, h3 = up["uris"]
+    kept = step(client, "peers", 120)["kept"]
+    assert kept == {h1: [h2], h2: [h1], h3: [h1, h2]}, kept
+    step(client, "closed", 120)
+    client.process.wait(30)
+    assert client.process.returncode == 0, client.stderr()
+    ssh_hosts.wait_clean()  # the TLS folders are gone with the engines

@@ -81,3 +81,41 @@ def test_an_unpacked_folder_missing_a_file_is_unpacked_again(tmp_path):
         assert remote.stop() == 0
     assert (folder / "srpy" / "engine.py").is_file() and "not srpy" not in (folder / "srpy" / "cli.py").read_text()
     assert sorted(os.listdir(tmp_path / "cache")) == [digest, digest + ".zip"]  # no leftover of the swap
+
+
+def test_tls_certificates_made_for_the_cluster_travel_on_stdin_and_leave_with_the_engines(tmp_path):
+    pytest.importorskip("cryptography", reason="SSHCluster(tls=True) needs cryptography (the test extra has it)")
+    from srpy.clustertls import ClusterCA
+    dist, digest = build_dist()
+    ca = ClusterCA()
+    remote = RemoteHost("local", [sys.executable, "-I", "-S", "-c", LOADER])
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    header = {"hash": digest, "size": len(dist), "secret": "s" * 32, "engines": 1, "args": [],
+              "cache": str(tmp_path / "cache"), "tls": True}
+    old = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(temporary)  # the bootstrap (a child) puts its TLS folder there
+    try:
+        remote.start(header, dist, _bootstrap_script(), timeout=60, tls=ca)
+    finally:
+        if old is None:
+            del os.environ["TMPDIR"]
+        else:
+            os.environ["TMPDIR"] = old
+    try:
+        folders = list(temporary.glob("srpy-tls-*"))
+        assert len(folders) == 1 and oct(folders[0].stat().st_mode & 0o777) == "0o700"
+        assert all(oct(p.stat().st_mode & 0o777) == "0o600" for p in folders[0].iterdir())
+        with pytest.raises(srpy.SRPyServerNotFound, match="TLS"):
+            srpy.PythonEngine(remote.uris[0], secret="s" * 32)  # a plain client is refused
+        with srpy.PythonEngine(remote.uris[0], secret="s" * 32, ssl_context=ca.client_context()) as engine:
+            assert engine.eval("6 * 7") == 42
+        other = ClusterCA()  # another cluster's CA does not vouch for this one's engines
+        with pytest.raises(srpy.SRPyServerNotFound):
+            srpy.PythonEngine(remote.uris[0], secret="s" * 32, ssl_context=other.client_context())
+        tree = psutil.Process(remote.process.pid).children(recursive=True)
+        key = (folders[0] / "key.pem").read_text().splitlines()[1]
+        assert not [p for p in tree if any(key in word for word in p.cmdline())]
+    finally:
+        assert remote.stop() == 0
+    assert not list(temporary.glob("srpy-tls-*"))  # removed once the launcher ended
