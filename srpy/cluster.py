@@ -29,7 +29,10 @@ known_hosts apply. A host needs only C{python3} and an SSH server:
  - B{lifecycle}: each host's ssh stays open while the cluster lives. Its end (L{SSHCluster.close},
    the client exiting, or the client killed: the pipe to ssh closes, ssh ends the session) reaches
    the host as the end of stdin; the script there stops the launcher, which stops its engines and
-   removes their sandboxes.
+   removes their sandboxes. A B{heartbeat} covers a link cut without a word: a thread of the cluster
+   writes a byte to each host every C{heartbeat / 6} seconds (5 s), each host answers it, and a host
+   that hears nothing for C{heartbeat} seconds (30 s) stops its engines by itself; the client marks
+   a host that stopped answering L{lost<RemoteHost.lost>}.
  - B{failures}: a host that cannot be reached, or lacks python3, is one line in L{SSHCluster.failed}
    (and a warning in the log) while the other hosts start; when no host starts, or with
    C{require_all=True} when any fails, the cluster raises L{ClusterHostError} instead.
@@ -73,6 +76,10 @@ _ZIP_MAIN = b"import sys\nfrom srpy.cli import main\nsys.exit(main())\n"
 SHIPPED = ("Pyro5", "serpent")
 #: seconds a stopped host's ssh has to end by itself (its launcher stopping its engines) before it is killed
 STOP_WAIT = 30.0
+#: seconds a host waits without a heartbeat from the client before it stops its engines (SSHCluster's heartbeat)
+HEARTBEAT_TIMEOUT = 30.0
+#: heartbeats per HEARTBEAT_TIMEOUT: one every 5 s by default, so that five may be lost or late
+BEATS = 6
 
 PythonSpec = Union[str, Sequence[str]]
 
@@ -182,6 +189,8 @@ class RemoteHost:
     @ivar engine_uris: its engines' URIs as they know themselves on the host (the same as C{uris}
         but for a tunneled engine whose port was taken here).
     @ivar tunnel: in tunnel mode, the loopback address its engines listen on (there and here); else None.
+    @ivar lost: True once the host has not answered heartbeats for the cluster's C{heartbeat} seconds
+        (its engines stop by themselves there).
     @ivar cache: C{"have"} (the zip was cached on the host) or C{"stored"} (it was sent now).
     @ivar dist_path: the folder on the host that srpy runs from (the zip, unpacked: C{dist_path + ".zip"}).
     @ivar seconds: how long its start took.
@@ -208,6 +217,11 @@ class RemoteHost:
         self._stderr: Deque[str] = deque(maxlen=20)
         self._threads: List[threading.Thread] = []
         self._up = False
+        self._beating = False  # the engines are up: heartbeats go to the host
+        self._closing = False
+        self.heard = time.monotonic()  # when the host last said anything (its answers to heartbeats, say)
+        self.lost = False  # the heartbeat thread found it silent: its engines stop by themselves there
+        self.beat_every: Optional[float] = None  # seconds between heartbeats (set by the cluster)
 
     def start(self, header: Dict[str, Any], dist: bytes, script: bytes, timeout: float,
               tls: Optional["ClusterCA"] = None) -> None:
@@ -249,6 +263,10 @@ class RemoteHost:
                 if line == "SRPY-UP":
                     break
                 self.uris.append(line.split(" ", 1)[1])
+            # from now on the host counts the silence: heartbeats start (written without ever blocking)
+            assert self.process.stdin is not None
+            os.set_blocking(self.process.stdin.fileno(), False)
+            self.heard, self._beating = time.monotonic(), True
             self.engine_uris = list(self.uris)
             self._reach()
         except BaseException:
@@ -292,9 +310,34 @@ class RemoteHost:
         self._threads.append(thread)
 
     def _on_stdout(self, line: Optional[str]) -> None:
+        self.heard = time.monotonic()
+        if line == "SRPY-ALIVE":  # the answer to a heartbeat
+            self.lost = False
+            return
         if self._up and line is not None and line.startswith("SRPY-EXIT"):
             log.warning("%s: its launcher ended (exit code %s): its engines are gone", self.host, line.split()[-1])
+        if self._up and line is None and not self._closing:
+            log.warning("%s: its ssh session ended%s: its engines are gone", self.host, self._last_words())
         self._lines.put(line)
+
+    def beat(self) -> None:
+        """One heartbeat to the host, if its engines are up (a byte on ssh's stdin; never blocks)."""
+        process = self.process
+        if not self._beating or self._closing or process is None or process.stdin is None:
+            return
+        try:
+            os.write(process.stdin.fileno(), b".")
+        except (BlockingIOError, OSError, ValueError):
+            pass  # a full pipe (ssh cannot send: the link is down) or an ended ssh: the host will know
+
+    def silent_for(self) -> float:
+        """Seconds since the host last said anything."""
+        return time.monotonic() - self.heard
+
+    def quiet(self) -> bool:
+        """True if the host has not answered the last two heartbeats (or is L{lost})."""
+        return self.lost or (self._beating and self.beat_every is not None
+                             and self.silent_for() > 2.5 * self.beat_every)
 
     def _on_stderr(self, line: Optional[str]) -> None:
         if line is None:
@@ -356,6 +399,7 @@ class RemoteHost:
 
     def end_session(self) -> None:
         """Close ssh's stdin: its end, on the host, stops the engines (returns at once)."""
+        self._closing = True
         process = self.process
         if process is not None and process.stdin is not None and not process.stdin.closed:
             try:
@@ -398,6 +442,28 @@ def _close_open_clusters() -> None:
         cluster.close()
 
 
+def _beat_hosts(cluster_ref: "weakref.ref[SSHCluster]") -> None:
+    """
+    The cluster's heartbeat thread: every C{heartbeat / BEATS} seconds, a byte to each host whose
+    engines are up, until the cluster is closed or gone. It depends on nothing the client's calls
+    do (only on getting the interpreter now and then). Logs once a host that has been silent for
+    longer than the heartbeat: its engines stop by themselves there.
+    """
+    while True:
+        cluster = cluster_ref()
+        if cluster is None or cluster._closed or cluster._heartbeat is None:
+            return
+        timeout, remotes = cluster._heartbeat, list(cluster._remotes)
+        del cluster  # a cluster nobody holds any more is collected, and its sessions end
+        for remote in remotes:
+            remote.beat()
+            if remote._beating and not remote._closing and not remote.lost and remote.silent_for() > timeout:
+                remote.lost = True
+                log.warning("%s: no word from the host for %.0f s: it counts as lost (its engines stop by "
+                            "themselves there; a box's watchdog takes them out of its work)", remote.host, timeout)
+        time.sleep(timeout / BEATS)
+
+
 class SSHCluster:
     """
     Engines on every host given, started over SSH (see the module text): a context manager.
@@ -422,7 +488,8 @@ class SSHCluster:
                  secret: Optional[str] = None, connect_timeout: float = 15.0, start_timeout: float = 120.0,
                  launcher_args: Sequence[str] = (), require_all: bool = False, ssh: str = "ssh",
                  cache_dir: Optional[str] = None, bind: Optional[Mapping[str, str]] = None,
-                 tunnel: Union[bool, Sequence[str]] = False, tls: bool = False) -> None:
+                 tunnel: Union[bool, Sequence[str]] = False, tls: bool = False,
+                 heartbeat: Optional[float] = HEARTBEAT_TIMEOUT) -> None:
         """
         Start the engines on every host, in parallel; return once each host is up or has failed.
 
@@ -446,6 +513,10 @@ class SSHCluster:
             client cannot reach directly. Their engines are each other's peers only within one host.
         @param tls: the engines serve TLS with certificates made for this cluster (L{srpy.clustertls}:
             a throwaway CA, one certificate per host); L{box} and L{ssl_context} trust that CA only.
+        @param heartbeat: seconds a host waits without a word from this client before it stops its
+            engines by itself (a link cut without a word, which sshd may not notice); a thread of the
+            cluster sends one every C{heartbeat / 6} seconds, whatever the client's calls do.
+            None: the hosts wait for their sessions to end.
         @raise ClusterHostError: no host started (or, with C{require_all}, one did not): one line per host.
         """
         if isinstance(hosts, str):
@@ -456,6 +527,8 @@ class SSHCluster:
         if twice:
             raise ValueError("hosts listed twice: %s (engines_per_host sets how many engines each gets)"
                              % ", ".join(twice))
+        if heartbeat is not None and not heartbeat > 0:
+            raise ValueError("heartbeat must be a number of seconds above 0, or None")
         if engines_per_host is not None and (not isinstance(engines_per_host, int) or engines_per_host < 1):
             raise ValueError("engines_per_host must be a whole number of at least 1, or None (one per core)")
         tunneled = set(hosts) if tunnel is True else set(tunnel or ())
@@ -481,7 +554,8 @@ class SSHCluster:
         dist, self.dist_hash = build_dist()
         script = _bootstrap_script()
         header = {"hash": self.dist_hash, "size": len(dist), "secret": self.secret, "engines": engines_per_host,
-                  "args": [str(arg) for arg in launcher_args], "cache": cache_dir, "tls": bool(tls)}
+                  "args": [str(arg) for arg in launcher_args], "cache": cache_dir, "tls": bool(tls),
+                  "heartbeat": heartbeat}
         remotes: List[RemoteHost] = []
         headers: Dict[str, Dict[str, Any]] = {}
         addresses: Set[str] = set()
@@ -499,6 +573,13 @@ class SSHCluster:
                                           probe_timeout=connect_timeout))
                 headers[host] = dict(header, bind=(bind or {}).get(host))
         outcomes: Dict[str, Optional[BaseException]] = {}
+        self._heartbeat = heartbeat
+        self._remotes = remotes
+        for remote in remotes:
+            remote.beat_every = None if heartbeat is None else heartbeat / BEATS
+        if heartbeat is not None:  # beats each host as soon as its engines are up
+            threading.Thread(target=_beat_hosts, args=(weakref.ref(self),), name="srpy-ssh-heartbeat",
+                             daemon=True).start()
 
         def start(remote: RemoteHost) -> None:
             try:
@@ -573,7 +654,10 @@ class SSHCluster:
             remote.end_session()
         deadline = time.monotonic() + STOP_WAIT  # one wait for all, not one after the other
         for remote in remotes:
-            remote.stop(grace=max(0.1, deadline - time.monotonic()))
+            # a host that no longer answers heartbeats cannot hear that the session ended either: it
+            # stops by itself, and its ssh is not waited for (a reachable one that was only slow to
+            # answer stops all the same once its ssh is stopped: its session ends)
+            remote.stop(grace=2.0 if remote.quiet() else max(0.1, deadline - time.monotonic()))
 
     def __enter__(self) -> "SSHCluster":
         return self
@@ -607,7 +691,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tls", action="store_true",
                         help="engines serve TLS with certificates made for this cluster (needs cryptography)")
     parser.add_argument("--ca-file", metavar="FILE",
-                        help="with --tls: write the cluster's CA certificate to FILE (removed on exit): clients trust it")
+                        help="with --tls: write the cluster's CA certificate to FILE (removed on exit): "
+                             "clients trust it")
     parser.add_argument("--tunnel", action="store_true",
                         help="engines listen on each host's loopback, reached through SSH port forwards "
                              "(for hosts whose ports this machine cannot reach)")

@@ -17,8 +17,10 @@ client runs C{ssh HOST python3 -c LOADER}, where L{LOADER} reads this file's tex
     host -> client   SRPY-URI <uri>, once per engine, then SRPY-UP
     host -> client   SRPY-EXIT <code> when the launcher ends by itself; SRPY-FAILED <why> if it cannot start
 
-After that the client sends nothing more: the end of stdin (the cluster closed, the client exited
-or was killed, the connection dropped) is the signal to stop. This script then SIGTERMs the launcher
+After that the client sends only heartbeats (a byte every few seconds, each answered with
+C{SRPY-ALIVE}): the end of stdin (the cluster closed, the client exited or was killed, the
+connection dropped), or no heartbeat for the header's C{heartbeat} seconds (a link cut without a
+word, which sshd may not notice), is the signal to stop. This script then SIGTERMs the launcher
 (which stops its engines and removes their sandboxes), waits, and SIGKILLs what is left of its
 process group. The launcher is also armed to get SIGTERM should this script itself be killed
 (C{PR_SET_PDEATHSIG}, Linux).
@@ -212,14 +214,26 @@ def stop(launcher):
     return launcher.wait()
 
 
-def serve(launcher, count):
-    """Relay the launcher's URIs; stop it at the end of stdin. Returns the exit code."""
+def serve(launcher, count, heartbeat=None):
+    """
+    Relay the launcher's URIs; stop it at the end of stdin, or, with C{heartbeat}, once the
+    client has sent nothing for that many seconds since the engines were up (a link cut without
+    a word: sshd may not notice for hours). Each heartbeat is answered (SRPY-ALIVE), so that the
+    client knows the host hears it. Returns the exit code.
+    """
     selector = selectors.DefaultSelector()
     selector.register(0, selectors.EVENT_READ, "stdin")
     selector.register(launcher.stdout, selectors.EVENT_READ, "launcher")
-    pending, uris = b"", 0
+    pending, uris, heard = b"", 0, None  # heard: when the client last sent something, once the engines are up
     while True:
-        for key, _ in selector.select():
+        wait = None if heard is None or not heartbeat else max(0.0, heard + heartbeat - time.monotonic())
+        events = selector.select(wait)
+        if heartbeat and heard is not None and time.monotonic() - heard >= heartbeat and \
+                not any(key.data == "stdin" for key, _ in events):
+            sys.stderr.write("srpy: no word from the client for %.0f s: stopping the engines\n" % heartbeat)
+            sys.stderr.flush()
+            return stop(launcher)
+        for key, _ in events:
             if key.data == "stdin":
                 try:
                     chunk = os.read(0, 4096)
@@ -227,6 +241,9 @@ def serve(launcher, count):
                     chunk = b""
                 if not chunk:  # the client is gone, or closed the cluster
                     return stop(launcher)
+                if heard is not None:
+                    heard = time.monotonic()
+                    say("SRPY-ALIVE")
                 continue
             chunk = os.read(launcher.stdout.fileno(), 65536)
             if not chunk:
@@ -243,6 +260,7 @@ def serve(launcher, count):
                     alive = say("SRPY-URI " + text)
                     if alive and uris == count:
                         alive = say("SRPY-UP")
+                        heard = time.monotonic()  # the client beats from now on
                     if not alive:
                         return stop(launcher)
 
@@ -299,7 +317,7 @@ def launch(header, path, count, address, tls):
         say("SRPY-FAILED cannot start the launcher: %s" % exc)
         return 1
     try:
-        return serve(launcher, count)
+        return serve(launcher, count, header.get("heartbeat"))
     except SystemExit:  # SIGHUP or SIGTERM (hung_up): the engines stop first, then the TLS files go
         stop(launcher)
         raise

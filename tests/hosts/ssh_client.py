@@ -17,6 +17,9 @@ MODE C{tunnel}: C{direct} (h1 and h3 without tunnel, h3's engines bound to its l
 C{tunnel} (the three hosts in tunnel mode), C{map}, C{peers}, C{closed}.
 MODE C{tls}: C{tls} (h1 and h2 direct, h3 tunneled, all serving TLS with the cluster's
 certificates), C{refused} (clients without the cluster's CA), C{map}, C{peers}, C{closed}.
+MODE C{cut} (a fourth argument: a folder the engines note their work in): C{up} (one engine per
+host, a heartbeat of 10 s), C{cut-map-start}, C{cut-map} (the test cuts h3's link meanwhile),
+then it waits for a file C{close} in that folder, and C{closed} (with how long closing took).
 MODE C{exit}: C{up}, then it exits without closing the cluster.
 """
 
@@ -61,6 +64,8 @@ def main():
         return tunnel(python, options)
     if mode == "tls":
         return tls(python, options)
+    if mode == "cut":
+        return cut(python, options, sys.argv[4])
     if mode in ("hold", "exit"):
         cluster = srpy.SSHCluster(HOSTS, 1, python=python, ssh_options=options)
         started("up", cluster, 0)
@@ -180,6 +185,37 @@ def tls(python, options):
             emit("map", values=[v[0] for v in values], tmpdirs=sorted({v[1] for v in values}))
             emit("peers", kept=box.connectPeers())
     emit("closed")
+
+
+def square_noted(x, log_dir):
+    """x * x, after noting this execution in the engine's own file in C{log_dir} (shared filesystem)."""
+    with open(os.path.join(log_dir, "%d.log" % os.getpid()), "a") as handle:
+        handle.write("%d\n" % x)
+    time.sleep(0.02)
+    return x * x
+
+
+def cut(python, options, log_dir, items=600):
+    """A map across the three hosts during which the test cuts h3's link; the cluster stays open after it."""
+    import srpy
+    cluster = srpy.SSHCluster(HOSTS, 1, python=python, ssh_options=options, heartbeat=10)
+    with cluster.box() as box:
+        emit("up", uris=cluster.uris, pids=[engine.eval("__import__('os').getpid()") for engine in box])
+        before = box.stats()
+        emit("cut-map-start")
+        began = time.monotonic()
+        results = list(box.map(square_noted, range(items), [log_dir] * items, timeout=150))
+        emit("cut-map", results=results, expected=[x * x for x in range(items)], seconds=time.monotonic() - began,
+             engines=[engine.uri for engine in box], stats_before=before, stats_after=box.stats())
+    deadline = time.monotonic() + 150
+    while not os.path.exists(os.path.join(log_dir, "close")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    while not cluster.hosts[2].lost and time.monotonic() < deadline + 60:  # the heartbeat thread's word on h3
+        time.sleep(0.1)
+    lost = {remote.host: remote.lost for remote in cluster.hosts}
+    began = time.monotonic()
+    cluster.close()
+    emit("closed", seconds=time.monotonic() - began, lost=lost)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,10 @@ three hosts' engines listen on loopback addresses only, a map across them is cor
 forwards, connectPeers() makes one mesh per host (and a message goes within h3), and nothing is left
 listening afterwards. TLS made for the cluster (h3 tunneled): each host holds its key in a private
 folder while the cluster lives, a plain client and one trusting only the system's CAs are refused, a
-map works, the peer links speak TLS, and the folders are gone afterwards.
+map works, the peer links speak TLS, and the folders are gone afterwards. A host cut off mid-map
+(C{ip link set eth0 down} in h3's namespace): every result arrives once, in order, h3's engine leaves
+the box, and, while the cluster stays open and h3's sshd notices nothing, h3's engines end by
+themselves once no heartbeat reaches them; the client marks h3 lost and closes without waiting for it.
 
 Skipped only where the machine forbids network namespaces or has no OpenSSH server.
 """
@@ -47,7 +50,9 @@ import time
 import psutil
 import pytest
 
-from conftest import ROOT
+from collections import Counter
+
+from conftest import ROOT, executions
 from test_hosts import Proc, ip, netns_unavailable
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.root, pytest.mark.slow]
@@ -146,26 +151,27 @@ class SSHHosts:
                               text=True, timeout=30)
         return ("%s:22" % self.address[name]) in done.stdout
 
-    def run_client(self, mode):
+    def run_client(self, mode, *more):
         env = dict(os.environ, PYTHONPATH=ROOT)
         env.pop("SRPY_SECRET", None)
         process = Proc(["ip", "netns", "exec", self.client, sys.executable, CLIENT_SCRIPT, mode,
-                        str(self.ssh_config), BARE], env)
+                        str(self.ssh_config), BARE] + [str(arg) for arg in more], env)
         self.processes.append(process)
         return process
 
-    def srpy_processes(self):
+    def srpy_processes(self, host=None):
         """
-        Every process on this machine that one of the hosts' ssh sessions started: its environment has
-        that host's cache folder (the bootstrap script, the launcher, its engines).
+        Every process on this machine that one of the hosts' ssh sessions started (or only C{host}'s):
+        its environment has that host's cache folder (the bootstrap script, the launcher, its engines).
         """
         found = []
+        root = str(self.folder(host, "cache")) if host else str(self.root)
         for process in psutil.process_iter(["pid", "cmdline"]):
             try:
                 cache = process.environ().get("XDG_CACHE_HOME", "")
             except (psutil.Error, OSError):
                 continue
-            if cache.startswith(str(self.root)) and process.status() != psutil.STATUS_ZOMBIE:
+            if cache.startswith(root) and process.status() != psutil.STATUS_ZOMBIE:
                 found.append((process.info["pid"], " ".join(process.info["cmdline"] or [])))
         return found
 
@@ -425,3 +431,51 @@ def test_tls_made_for_the_cluster_refuses_clients_without_its_ca(ssh_hosts):
     client.process.wait(30)
     assert client.process.returncode == 0, client.stderr()
     ssh_hosts.wait_clean()  # the TLS folders are gone with the engines
+
+
+CUT_AFTER = 40  # h3's link goes down once its engine has run this many of the cut map's 600 items
+
+
+def test_a_host_cut_off_mid_map_loses_nothing_and_stops_its_engines_by_itself(ssh_hosts):
+    log_dir = ssh_hosts.root / "runs"
+    log_dir.mkdir()
+    client = ssh_hosts.run_client("cut", log_dir)
+    up = step(client, "up", 150)
+    victim_pid, victim_uri = up["pids"][2], up["uris"][2]  # h3's engine
+    step(client, "cut-map-start", 60)
+    deadline = time.monotonic() + 60
+    while len(executions(log_dir).get(victim_pid, [])) < CUT_AFTER:
+        assert time.monotonic() < deadline, "h3 never got %d items: %s" % (CUT_AFTER, executions(log_dir))
+        time.sleep(0.005)
+    ip("-n", ssh_hosts.namespace["h3"], "link", "set", "eth0", "down")  # no FIN, no RST: h3 goes silent
+    cut_at = time.monotonic()
+    assert sum(len(done) for done in executions(log_dir).values()) < 600 and client.lines.empty()
+
+    cut = step(client, "cut-map", 200)
+    # every result, once, in order; h3's engine left the box, the others are in it
+    assert cut["results"] == cut["expected"]
+    assert cut["engines"] == up["uris"][:2], cut["engines"]
+    runs = executions(log_dir)
+    survivors = [x for pid, done in runs.items() if pid != victim_pid for x in done]
+    assert [x for x, n in Counter(survivors).items() if n > 1] == []
+    assert set(survivors) | set(runs.get(victim_pid, [])) == set(range(600))
+    delivered = {uri: n - cut["stats_before"].get(uri, 0) for uri, n in cut["stats_after"].items()}
+    assert sum(delivered.values()) == 600 and delivered[victim_uri] > 0, delivered
+
+    # the cluster is still open, h3's sshd has not noticed anything, and yet h3's engines end: no
+    # heartbeat reached them for 10 s (then up to 20 s for the launcher to stop them)
+    deadline = cut_at + 90
+    while ssh_hosts.srpy_processes("h3"):
+        assert time.monotonic() < deadline, "h3's engines outlived the heartbeat: %s" % ssh_hosts.srpy_processes("h3")
+        time.sleep(0.2)
+    stopped_after = time.monotonic() - cut_at
+    assert ssh_hosts.srpy_processes("h1") and ssh_hosts.srpy_processes("h2")  # the others serve on
+    (log_dir / "close").touch()
+    closed = step(client, "closed", 120)
+    assert closed["lost"] == {"h1": False, "h2": False, "h3": True}, closed
+    client.process.wait(30)
+    assert client.process.returncode == 0, client.stderr()
+    assert "no word from the host" in client.stderr() and "stopped answering" in client.stderr(), client.stderr()
+    ssh_hosts.wait_clean()
+    print("map with the cut: %.1f s; h3's engines gone %.1f s after the cut; close %.1f s"
+          % (cut["seconds"], stopped_after, closed["seconds"]))

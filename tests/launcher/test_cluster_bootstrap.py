@@ -4,7 +4,9 @@ The SSH cluster's bootstrap without SSH: the exact remote command an L{srpy.SSHC
 that cannot import srpy (C{-I -S}). So every step but the ssh connection is checked without root or
 sshd (tests/hosts/test_ssh.py does it across real sshd hosts): the zip is asked for, stored (and
 unpacked) and then found in the cache, the launcher runs from it on loopback (no SSH_CONNECTION here), its engine takes
-the cluster's secret (which is on no command line), and the end of stdin stops it all.
+the cluster's secret (which is on no command line), and the end of stdin stops it all. With TLS, the
+certificate and key made for the host arrive on stdin, the engine serves TLS, and their folder goes with
+the engine; a host that hears no heartbeat for the header's seconds stops its engine by itself.
 """
 
 import os
@@ -119,3 +121,28 @@ def test_tls_certificates_made_for_the_cluster_travel_on_stdin_and_leave_with_th
     finally:
         assert remote.stop() == 0
     assert not list(temporary.glob("srpy-tls-*"))  # removed once the launcher ended
+
+
+@pytest.mark.slow
+def test_a_host_that_hears_no_heartbeat_stops_its_engines_by_itself(tmp_path):
+    import time
+    dist, digest = build_dist()
+    remote = RemoteHost("local", [sys.executable, "-I", "-S", "-c", LOADER])
+    header = {"hash": digest, "size": len(dist), "secret": "s" * 32, "engines": 1, "args": [],
+              "cache": str(tmp_path / "cache"), "heartbeat": 3}
+    remote.start(header, dist, _bootstrap_script(), timeout=60)
+    try:
+        with srpy.PythonEngine(remote.uris[0], secret="s" * 32) as engine:
+            pid = engine.eval("__import__('os').getpid()")
+            # heartbeats for twice the host's patience: it answers each, and its engine serves on
+            until = time.monotonic() + 6
+            while time.monotonic() < until:
+                remote.beat()
+                time.sleep(0.5)
+            assert engine.ping() == "pong" and remote.silent_for() < 3
+        # no more heartbeats (stdin still open: a cut link): the host stops its engines and ends
+        assert remote.process.wait(60) == 0
+        assert wait_gone([pid], timeout=30)
+        assert any("no word from the client for 3 s" in line for line in remote._stderr), list(remote._stderr)
+    finally:
+        remote.stop()
