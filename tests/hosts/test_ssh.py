@@ -34,6 +34,8 @@ map works, the peer links speak TLS, and the folders are gone afterwards. A host
 (C{ip link set eth0 down} in h3's namespace): every result arrives once, in order, h3's engine leaves
 the box, and, while the cluster stays open and h3's sshd notices nothing, h3's engines end by
 themselves once no heartbeat reaches them; the client marks h3 lost and closes without waiting for it.
+C{srpyapp ssh --tunnel --tls} writes URIs, secret and CA for another program, which maps through the
+forwards (and is refused without TLS); Ctrl-C removes the files and stops every host.
 
 Skipped only where the machine forbids network namespaces or has no OpenSSH server.
 """
@@ -479,3 +481,49 @@ def test_a_host_cut_off_mid_map_loses_nothing_and_stops_its_engines_by_itself(ss
     ssh_hosts.wait_clean()
     print("map with the cut: %.1f s; h3's engines gone %.1f s after the cut; close %.1f s"
           % (cut["seconds"], stopped_after, closed["seconds"]))
+
+
+#: another program on the client's machine, using what srpyapp ssh --tunnel --tls wrote
+URI_FILE_CLIENT = """
+import sys, srpy
+from srpy.security import client_tls
+uris = open(sys.argv[1]).read().split()
+box = srpy.EngBox(uris, secret=open(sys.argv[2]).read().strip(), ssl_context=client_tls(ca=sys.argv[3]))
+print(list(box.map(abs, [-1, -2, -3])), flush=True)
+box.close()
+try:
+    srpy.PythonEngine(uris[0], secret=open(sys.argv[2]).read().strip()).close()
+except srpy.SRPyServerNotFound as exc:
+    print("plain refused", flush=True)
+"""
+
+
+def test_srpyapp_ssh_tunnel_tls_serves_programs_that_read_its_files(ssh_hosts):
+    files = {what: ssh_hosts.root / what for what in ("uris", "secret", "ca")}
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    env.pop("SRPY_SECRET", None)
+    launcher = Proc(["ip", "netns", "exec", ssh_hosts.client, sys.executable, "-m", "srpy", "ssh", "h1", "h2",
+                     "-F", str(ssh_hosts.ssh_config), "--python", sys.executable, "--tunnel", "--tls",
+                     "-u", str(files["uris"]), "-s", str(files["secret"]), "--ca-file", str(files["ca"])], env)
+    ssh_hosts.processes.append(launcher)
+    printed = []
+    while len(printed) < 2:
+        line = launcher.readline(150)
+        if line.startswith("PYRO:"):
+            printed.append(line)
+    assert all(uri.split("@")[1].startswith("127.") for uri in printed), printed  # the forwards' ends
+    deadline = time.monotonic() + 30
+    while not all(path.exists() for path in files.values()):
+        assert time.monotonic() < deadline, "srpyapp ssh did not write %s" % files
+        time.sleep(0.1)
+    assert "BEGIN CERTIFICATE" in files["ca"].read_text()
+    other = Proc(["ip", "netns", "exec", ssh_hosts.client, sys.executable, "-c", URI_FILE_CLIENT]
+                 + [str(files[what]) for what in ("uris", "secret", "ca")], env)
+    ssh_hosts.processes.append(other)
+    assert other.readline(60) == "[1, 2, 3]", other.stderr()
+    assert other.readline(60) == "plain refused", other.stderr()
+    assert other.process.wait(30) == 0, other.stderr()
+    launcher.process.send_signal(signal.SIGINT)
+    assert launcher.process.wait(60) == 0, launcher.stderr()
+    assert not any(path.exists() for path in files.values())
+    ssh_hosts.wait_clean()
