@@ -221,6 +221,7 @@ class RemoteHost:
         self._closing = False
         self.heard = time.monotonic()  # when the host last said anything (its answers to heartbeats, say)
         self.lost = False  # the heartbeat thread found it silent: its engines stop by themselves there
+        self._stopped_at: Optional[float] = None  # when the host said its engines are stopped (SRPY-STOPPED)
         self.beat_every: Optional[float] = None  # seconds between heartbeats (set by the cluster)
 
     def start(self, header: Dict[str, Any], dist: bytes, script: bytes, timeout: float,
@@ -314,6 +315,8 @@ class RemoteHost:
         if line == "SRPY-ALIVE":  # the answer to a heartbeat
             self.lost = False
             return
+        if line is not None and line.startswith("SRPY-STOPPED"):
+            self._stopped_at = time.monotonic()
         if self._up and line is not None and line.startswith("SRPY-EXIT"):
             log.warning("%s: its launcher ended (exit code %s): its engines are gone", self.host, line.split()[-1])
         if self._up and line is None and not self._closing:
@@ -414,15 +417,27 @@ class RemoteHost:
             return None
         self.end_session()
         code: Optional[int] = None
-        for signal_it in (None, process.terminate, process.kill):
-            if signal_it is not None:
-                log.warning("%s: ssh did not end within %.0f s: stopping it", self.host, grace)
-                signal_it()
+        deadline = time.monotonic() + grace
+        while code is None and time.monotonic() < deadline:
             try:
-                code = process.wait(grace)
-                break
+                code = process.wait(0.2)
             except subprocess.TimeoutExpired:
-                grace = 5.0
+                # the host has stopped its engines: a tunneled host's ssh still waits for forwarded
+                # connections this process holds (a box not closed), which lead nowhere now
+                if self._stopped_at is not None and time.monotonic() - self._stopped_at > 0.5:
+                    log.debug("%s: its engines are stopped; ending ssh, which waits for forwarded connections",
+                              self.host)
+                    break
+        for signal_it in (process.terminate, process.kill):
+            if code is not None:
+                break
+            if self._stopped_at is None:
+                log.warning("%s: ssh did not end within %.0f s: stopping it", self.host, grace)
+            signal_it()
+            try:
+                code = process.wait(5.0)
+            except subprocess.TimeoutExpired:
+                pass
         for thread in self._threads:
             thread.join(5)
         for stream in (process.stdout, process.stderr):

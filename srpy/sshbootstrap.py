@@ -16,6 +16,7 @@ client runs C{ssh HOST python3 -c LOADER}, where L{LOADER} reads this file's tex
     client -> host   <length>\n and a JSON object: the host's certificate, its key, the cluster's CA (PEM)
     host -> client   SRPY-URI <uri>, once per engine, then SRPY-UP
     host -> client   SRPY-EXIT <code> when the launcher ends by itself; SRPY-FAILED <why> if it cannot start
+    host -> client   SRPY-STOPPED <code> once the engines are stopped at the end of stdin
 
 After that the client sends only heartbeats (a byte every few seconds, each answered with
 C{SRPY-ALIVE}): the end of stdin (the cluster closed, the client exited or was killed, the
@@ -240,7 +241,11 @@ def serve(launcher, count, heartbeat=None):
                 except OSError:
                     chunk = b""
                 if not chunk:  # the client is gone, or closed the cluster
-                    return stop(launcher)
+                    code = stop(launcher)
+                    # the engines are stopped: the client need not wait for ssh (which, in tunnel mode,
+                    # waits for forwarded connections the client may still hold)
+                    say("SRPY-STOPPED %d" % code)
+                    return code
                 if heard is not None:
                     heard = time.monotonic()
                     say("SRPY-ALIVE")
