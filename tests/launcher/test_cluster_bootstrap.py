@@ -146,3 +146,16 @@ def test_a_host_that_hears_no_heartbeat_stops_its_engines_by_itself(tmp_path):
         assert any("no word from the client for 3 s" in line for line in remote._stderr), list(remote._stderr)
     finally:
         remote.stop()
+
+
+def test_tunnel_tls_and_heartbeat_options_are_checked_before_any_ssh_runs():
+    with pytest.raises(ValueError, match="tunnel names hosts not in the cluster: h9"):
+        srpy.SSHCluster(["h1"], tunnel=["h9"], ssh="/nonexistent/ssh")
+    with pytest.raises(ValueError, match="tunnel and bind both name h1"):
+        srpy.SSHCluster(["h1"], tunnel=True, bind={"h1": "10.0.0.1"}, ssh="/nonexistent/ssh")
+    with pytest.raises(ValueError, match="heartbeat"):
+        srpy.SSHCluster(["h1"], heartbeat=0, ssh="/nonexistent/ssh")
+    done = subprocess.run([sys.executable, "-m", "srpy", "ssh", "h1", "--ca-file", "ca.pem"], capture_output=True,
+                          text=True, timeout=60, env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(
+                              srpy.__file__))))
+    assert done.returncode == 2 and "--ca-file needs --tls" in done.stderr, done.stderr
