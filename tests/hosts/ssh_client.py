@@ -14,7 +14,8 @@ to its second address), C{closed}, C{damaged} (h1's cached zip damaged: sent aga
 (a host whose python3 command does not exist).
 MODE C{hold}: C{up}, then it sleeps until killed (the test SIGKILLs it).
 MODE C{tunnel}: C{direct} (h1 and h3 without tunnel, h3's engines bound to its loopback: h3 fails),
-C{tunnel} (the three hosts in tunnel mode), C{map}, C{peers}, C{closed}.
+C{tunnel} (the three hosts in tunnel mode), C{map}, C{peers}, C{closed}, C{taken} (h1's engine on
+a port that is taken on the client: forwarded on another one).
 MODE C{tls}: C{tls} (h1 and h2 direct, h3 tunneled, all serving TLS with the cluster's
 certificates), C{refused} (clients without the cluster's CA), C{map}, C{peers}, C{closed}.
 MODE C{cut} (a fourth argument: a folder the engines note their work in): C{up} (one engine per
@@ -162,6 +163,17 @@ def tunnel(python, options):
             box.mrpwait(pending)
             emit("peers", kept=kept, got=second.get("got"))
     emit("closed", control_left=os.path.exists(control))
+    # h1's engine on port 45000 there, which is taken here: its forward takes another port
+    import socket
+    blocker = socket.socket()
+    blocker.bind(("0.0.0.0", 45000))
+    blocker.listen()
+    with srpy.SSHCluster(["h1"], 1, python=python, ssh_options=options, tunnel=True,
+                         launcher_args=["--port", "45000"]) as cluster:
+        box = cluster.box()
+        emit("taken", uris=cluster.uris, engine_uris=cluster.hosts[0].engine_uris, value=box[0].eval("6 * 7"))
+        box.close()
+    blocker.close()
 
 
 def tls(python, options):

@@ -395,6 +395,9 @@ def test_tunnel_mode_reaches_engines_on_the_hosts_loopback_through_ssh_forwards(
     assert peers["got"] == "within h3"
     closed = step(client, "closed", 120)
     assert closed["control_left"] is False  # the masters' sockets and their folder are gone
+    taken = step(client, "taken", 120)
+    assert taken["engine_uris"][0].endswith(":45000") and not taken["uris"][0].endswith(":45000"), taken
+    assert taken["value"] == 42
     client.process.wait(30)
     assert client.process.returncode == 0, client.stderr()
     # the box's connections were still open (an EngBox's "with" shuts its executor down, it does not
