@@ -27,8 +27,8 @@ cluster, and a client SIGKILLed while it holds one (with its ssh processes, or w
 no srpy process on any host and no sandbox. Tunnel mode: without it, a host whose engines listen on
 its loopback (as good as a firewall: nothing outside reaches them) fails with one line; with it, the
 three hosts' engines listen on loopback addresses only, a map across them is correct through ssh's
-forwards, connectPeers() makes one mesh per host (and a message goes within h3), and nothing is left
-listening afterwards. TLS made for the cluster (h3 tunneled): each host holds its key in a private
+forwards, connectPeers() makes one mesh per host (and a message goes within h3), an engine whose port
+is taken on the client is forwarded on another, and nothing is left listening afterwards. TLS made for the cluster (h3 tunneled): each host holds its key in a private
 folder while the cluster lives, a plain client and one trusting only the system's CAs are refused, a
 map works, the peer links speak TLS, and the folders are gone afterwards. A host cut off mid-map
 (C{ip link set eth0 down} in h3's namespace): every result arrives once, in order, h3's engine leaves
