@@ -32,12 +32,14 @@ setup(
     extras_require={
         "test": ["pytest>=7", "pytest-timeout>=2.1", "pytest-xdist>=3.5", "trustme>=1.0", "pydoctor>=23.9", "hypothesis>=6",
                  "mypy>=1.10", "numpy>=1.21", "pandas>=2.1", "uv>=0.5", "ipython>=7.3", "tqdm>=4.60",
-                 "ipykernel>=6",
+                 "ipykernel>=6", "cryptography>=3.1",  # cryptography: SSHCluster(tls=True)'s tests
                  "pyyaml>=6",  # pyyaml: analyze maps `import yaml` to its distribution, PyYAML
                  # the dashboard's browser test drives Debian's chromium through its chromedriver
                  "selenium>=4.10"],
         # environments (EngBox.require(install=True)) build with uv where it is found, else with pip
         "envs": ["uv>=0.5"],
+        # SSHCluster(tls=True) makes the cluster's CA and certificates with it (srpy/clustertls.py)
+        "tls": ["cryptography>=3.1"],
         "doc": ["pydoctor>=23.9"],
         # %load_ext srpy (srpy/magics.py) and tqdm's bars for map(progress=True) (srpy/progress.py)
         "notebook": ["ipython>=7.3", "tqdm>=4.60"],

@@ -12,11 +12,16 @@ client runs C{ssh HOST python3 -c LOADER}, where L{LOADER} reads this file's tex
                   or SRPY-CACHE need                 (then:)
     client -> host   the zip's bytes (its size was in the header)
     host -> client   SRPY-CACHE stored <folder>
+    host -> client   SRPY-TLS <address>                 (only with "tls" in the header; then:)
+    client -> host   <length>\n and a JSON object: the host's certificate, its key, the cluster's CA (PEM)
     host -> client   SRPY-URI <uri>, once per engine, then SRPY-UP
     host -> client   SRPY-EXIT <code> when the launcher ends by itself; SRPY-FAILED <why> if it cannot start
+    host -> client   SRPY-STOPPED <code> once the engines are stopped at the end of stdin
 
-After that the client sends nothing more: the end of stdin (the cluster closed, the client exited
-or was killed, the connection dropped) is the signal to stop. This script then SIGTERMs the launcher
+After that the client sends only heartbeats (a byte every few seconds, each answered with
+C{SRPY-ALIVE}): the end of stdin (the cluster closed, the client exited or was killed, the
+connection dropped), or no heartbeat for the header's C{heartbeat} seconds (a link cut without a
+word, which sshd may not notice), is the signal to stop. This script then SIGTERMs the launcher
 (which stops its engines and removes their sandboxes), waits, and SIGKILLs what is left of its
 process group. The launcher is also armed to get SIGTERM should this script itself be killed
 (C{PR_SET_PDEATHSIG}, Linux).
@@ -26,7 +31,9 @@ per srpy content, checked against its hash at every start, and unpacked beside i
 C{<sha256>/} the launcher runs from (C{python3 <folder> ...}), where Python keeps the bytecode it
 compiles: only the first start on a host compiles srpy and Pyro5. The engines bind the address the client
 reached the host on: the server side of C{$SSH_CONNECTION}. The secret comes in the JSON line and
-goes to the launcher in its environment (C{SRPY_SECRET}), never on a command line.
+goes to the launcher in its environment (C{SRPY_SECRET}), never on a command line. With TLS, the
+host's certificate and key come on stdin too, and stay in a private folder of the temporary folder
+until the launcher ends (L{receive_tls}).
 """
 
 import hashlib
@@ -143,6 +150,27 @@ def unpack(path, target):
     return target
 
 
+def receive_tls(address, stdin):
+    """
+    With TLS: ask for this host's certificate (for C{address}), and write it, its key and the
+    cluster's CA into a private folder (mode 700, files 600) of the temporary folder; returns the
+    folder, or None if the client went away. The key travels on ssh's stdin only.
+    """
+    import tempfile
+    say("SRPY-TLS %s" % address)
+    size = stdin.readline()
+    data = read_exactly(stdin, int(size)) if size.strip().isdigit() else None
+    if data is None:
+        return None
+    files = json.loads(data.decode("utf-8"))
+    folder = tempfile.mkdtemp(prefix="srpy-tls-")  # mode 700
+    for name in ("cert", "key", "ca"):
+        handle = os.open(os.path.join(folder, name + ".pem"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(handle, "w", encoding="ascii") as stream:
+            stream.write(files[name])
+    return folder
+
+
 def bind_address(header):
     """The address the client reached this host on (the server side of $SSH_CONNECTION)."""
     if header.get("bind"):
@@ -187,21 +215,40 @@ def stop(launcher):
     return launcher.wait()
 
 
-def serve(launcher, count):
-    """Relay the launcher's URIs; stop it at the end of stdin. Returns the exit code."""
+def serve(launcher, count, heartbeat=None):
+    """
+    Relay the launcher's URIs; stop it at the end of stdin, or, with C{heartbeat}, once the
+    client has sent nothing for that many seconds since the engines were up (a link cut without
+    a word: sshd may not notice for hours). Each heartbeat is answered (SRPY-ALIVE), so that the
+    client knows the host hears it. Returns the exit code.
+    """
     selector = selectors.DefaultSelector()
     selector.register(0, selectors.EVENT_READ, "stdin")
     selector.register(launcher.stdout, selectors.EVENT_READ, "launcher")
-    pending, uris = b"", 0
+    pending, uris, heard = b"", 0, None  # heard: when the client last sent something, once the engines are up
     while True:
-        for key, _ in selector.select():
+        wait = None if heard is None or not heartbeat else max(0.0, heard + heartbeat - time.monotonic())
+        events = selector.select(wait)
+        if heartbeat and heard is not None and time.monotonic() - heard >= heartbeat and \
+                not any(key.data == "stdin" for key, _ in events):
+            sys.stderr.write("srpy: no word from the client for %.0f s: stopping the engines\n" % heartbeat)
+            sys.stderr.flush()
+            return stop(launcher)
+        for key, _ in events:
             if key.data == "stdin":
                 try:
                     chunk = os.read(0, 4096)
                 except OSError:
                     chunk = b""
                 if not chunk:  # the client is gone, or closed the cluster
-                    return stop(launcher)
+                    code = stop(launcher)
+                    # the engines are stopped: the client need not wait for ssh (which, in tunnel mode,
+                    # waits for forwarded connections the client may still hold)
+                    say("SRPY-STOPPED %d" % code)
+                    return code
+                if heard is not None:
+                    heard = time.monotonic()
+                    say("SRPY-ALIVE")
                 continue
             chunk = os.read(launcher.stdout.fileno(), 65536)
             if not chunk:
@@ -218,6 +265,7 @@ def serve(launcher, count):
                     alive = say("SRPY-URI " + text)
                     if alive and uris == count:
                         alive = say("SRPY-UP")
+                        heard = time.monotonic()  # the client beats from now on
                     if not alive:
                         return stop(launcher)
 
@@ -236,17 +284,36 @@ def main():
         say("SRPY-FAILED srpy needs Python %d.%d or newer; %s is %d.%d"
             % (OLDEST + (sys.executable,) + sys.version_info[:2]))
         return 1
+    for signum in (signal.SIGHUP, signal.SIGTERM):
+        signal.signal(signum, hung_up)
     stdin = sys.stdin.buffer
     header = json.loads(stdin.readline().decode("utf-8"))
     path = fetch_dist(header, stdin)
     if path is None:
         return 1
     count = header.get("engines") or cores()
+    address = bind_address(header)
+    tls = receive_tls(address, stdin) if header.get("tls") else None
+    if header.get("tls") and tls is None:
+        return 1
+    try:
+        return launch(header, path, count, address, tls)
+    finally:
+        if tls is not None:  # the key leaves the host with the engines
+            import shutil
+            shutil.rmtree(tls, ignore_errors=True)
+
+
+def launch(header, path, count, address, tls):
+    """Start the launcher from C{path} (with the TLS files in C{tls}, if any) and serve it."""
     env = dict(os.environ, SRPY_SECRET=header["secret"])
     # engine processes the launcher starts as new interpreters (newSubEngine, say) find srpy in the zip too
     # (a Python run with -I or -E ignores it: there only forked engines have srpy)
     env["PYTHONPATH"] = os.pathsep.join([path] + [p for p in [os.environ.get("PYTHONPATH", "")] if p])
-    command = [sys.executable] + interpreter_flags() + [path, "-n", str(count), "--host", bind_address(header)]
+    command = [sys.executable] + interpreter_flags() + [path, "-n", str(count), "--host", address]
+    if tls is not None:
+        command += ["--tls-cert", os.path.join(tls, "cert.pem"), "--tls-key", os.path.join(tls, "key.pem"),
+                    "--tls-ca", os.path.join(tls, "ca.pem")]
     command += [str(option) for option in header.get("args", [])]
     try:
         launcher = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env,
@@ -254,7 +321,16 @@ def main():
     except OSError as exc:
         say("SRPY-FAILED cannot start the launcher: %s" % exc)
         return 1
-    return serve(launcher, count)
+    try:
+        return serve(launcher, count, header.get("heartbeat"))
+    except SystemExit:  # SIGHUP or SIGTERM (hung_up): the engines stop first, then the TLS files go
+        stop(launcher)
+        raise
+
+
+def hung_up(signum, frame):
+    """SIGHUP, SIGTERM: end as at the end of stdin (the launcher stopped, the TLS folder removed)."""
+    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":

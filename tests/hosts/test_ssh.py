@@ -24,7 +24,18 @@ sent), with h2's engines bound to its second address as asked (and the map reach
 cached zip that was damaged is sent again; a host whose python3 does not exist fails with one line
 naming it; closing the cluster, Ctrl-C on C{srpyapp ssh}, a client that exits without closing its
 cluster, and a client SIGKILLed while it holds one (with its ssh processes, or without), each leave
-no srpy process on any host and no sandbox.
+no srpy process on any host and no sandbox. Tunnel mode: without it, a host whose engines listen on
+its loopback (as good as a firewall: nothing outside reaches them) fails with one line; with it, the
+three hosts' engines listen on loopback addresses only, a map across them is correct through ssh's
+forwards, connectPeers() makes one mesh per host (and a message goes within h3), an engine whose port
+is taken on the client is forwarded on another, and nothing is left listening afterwards. TLS made for the cluster (h3 tunneled): each host holds its key in a private
+folder while the cluster lives, a plain client and one trusting only the system's CAs are refused, a
+map works, the peer links speak TLS, and the folders are gone afterwards. A host cut off mid-map
+(C{ip link set eth0 down} in h3's namespace): every result arrives once, in order, h3's engine leaves
+the box, and, while the cluster stays open and h3's sshd notices nothing, h3's engines end by
+themselves once no heartbeat reaches them; the client marks h3 lost and closes without waiting for it.
+C{srpyapp ssh --tunnel --tls} writes URIs, secret and CA for another program, which maps through the
+forwards (and is refused without TLS); Ctrl-C removes the files and stops every host.
 
 Skipped only where the machine forbids network namespaces or has no OpenSSH server.
 """
@@ -41,7 +52,9 @@ import time
 import psutil
 import pytest
 
-from conftest import ROOT
+from collections import Counter
+
+from conftest import ROOT, executions
 from test_hosts import Proc, ip, netns_unavailable
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.root, pytest.mark.slow]
@@ -140,31 +153,34 @@ class SSHHosts:
                               text=True, timeout=30)
         return ("%s:22" % self.address[name]) in done.stdout
 
-    def run_client(self, mode):
+    def run_client(self, mode, *more):
         env = dict(os.environ, PYTHONPATH=ROOT)
         env.pop("SRPY_SECRET", None)
         process = Proc(["ip", "netns", "exec", self.client, sys.executable, CLIENT_SCRIPT, mode,
-                        str(self.ssh_config), BARE], env)
+                        str(self.ssh_config), BARE] + [str(arg) for arg in more], env)
         self.processes.append(process)
         return process
 
-    def srpy_processes(self):
+    def srpy_processes(self, host=None):
         """
-        Every process on this machine that one of the hosts' ssh sessions started: its environment has
-        that host's cache folder (the bootstrap script, the launcher, its engines).
+        Every process on this machine that one of the hosts' ssh sessions started (or only C{host}'s):
+        its environment has that host's cache folder (the bootstrap script, the launcher, its engines).
         """
         found = []
+        root = str(self.folder(host, "cache")) if host else str(self.root)
         for process in psutil.process_iter(["pid", "cmdline"]):
             try:
                 cache = process.environ().get("XDG_CACHE_HOME", "")
             except (psutil.Error, OSError):
                 continue
-            if cache.startswith(str(self.root)) and process.status() != psutil.STATUS_ZOMBIE:
+            if cache.startswith(root) and process.status() != psutil.STATUS_ZOMBIE:
                 found.append((process.info["pid"], " ".join(process.info["cmdline"] or [])))
         return found
 
     def sandboxes(self):
-        return sorted(str(p) for name in self.names for p in self.folder(name, "tmp").glob("srpy-sandbox-*"))
+        """The engines' sandboxes and the hosts' TLS folders (what the cluster's ssh sessions leave in TMPDIR)."""
+        return sorted(str(p) for name in self.names for pattern in ("srpy-sandbox-*", "srpy-tls-*")
+                      for p in self.folder(name, "tmp").glob(pattern))
 
     def wait_clean(self, timeout=60):
         """Wait until no srpy process and no sandbox is left on any host (fail after C{timeout} s)."""
@@ -331,4 +347,191 @@ def test_srpyapp_ssh_serves_until_stopped_then_stops_every_host(ssh_hosts):
     launcher.process.send_signal(signal.SIGINT)  # Ctrl-C
     assert launcher.process.wait(60) == 0, launcher.stderr()
     assert not uri_file.exists() and not secret_file.exists()
+    ssh_hosts.wait_clean()
+
+
+def listening(ssh_hosts, name):
+    """The addresses and ports that listen in host C{name}'s namespace (C{ss -ltnH}), sshd's aside."""
+    done = subprocess.run(["ip", "netns", "exec", ssh_hosts.namespace[name], "ss", "-ltnH"], capture_output=True,
+                          text=True, timeout=30)
+    return sorted(line.split()[3] for line in done.stdout.splitlines() if not line.split()[3].endswith(":22"))
+
+
+def test_tunnel_mode_reaches_engines_on_the_hosts_loopback_through_ssh_forwards(ssh_hosts):
+    client = ssh_hosts.run_client("tunnel")
+    # without tunnel, a host whose engines the client cannot reach (here: bound to its loopback,
+    # which is as good as a firewall) fails with one line naming it, while h1 starts
+    direct = step(client, "direct", 150)
+    assert list(direct["failed"]) == ["h3"] and len(direct["uris"]) == 1, direct
+    why = direct["failed"]["h3"]
+    assert why.startswith("h3: ") and "\n" not in why and "127.0.0.1" in why and "cannot reach" in why, why
+    ssh_hosts.wait_clean()
+
+    tunnel = step(client, "tunnel", 150)
+    assert tunnel["failed"] == {} and len(tunnel["uris"]) == 6, tunnel
+    addresses = step(client, "addresses", 30)
+    loopbacks = addresses["tunnel"]
+    assert sorted(loopbacks) == ssh_hosts.names and len(set(loopbacks.values())) == 3, loopbacks
+    assert all(address.startswith("127.") for address in loopbacks.values()), loopbacks
+    for name in ssh_hosts.names:
+        # the client's URIs are the forwards' ends here, on the host's own loopback address and port
+        mine = [uri for uri in tunnel["uris"] if "@%s:" % loopbacks[name] in uri]
+        assert len(mine) == 2, tunnel["uris"]
+        # on the host, the engines listen on that loopback address only: nothing else can reach them
+        ports = sorted(uri.rsplit(":", 1)[1] for uri in mine)
+        assert listening(ssh_hosts, name) == sorted("%s:%s" % (loopbacks[name], port) for port in ports)
+    assert addresses["engine_uris"] == tunnel["uris"]  # each keeps its port here (they were free)
+    assert os.path.exists(addresses["control"])
+
+    mapped = step(client, "map", 120)
+    assert mapped["values"] == [x * x for x in range(60)] and mapped["cheap"]
+    assert mapped["tmpdirs"] == sorted(str(ssh_hosts.folder(name, "tmp")) for name in ssh_hosts.names), mapped
+    assert len(mapped["pids"]) == 6, "an engine got no work: %s" % mapped["pids"]
+    # peers: each engine keeps the other engine of its own host; the other hosts' are refused at once
+    peers = step(client, "peers", 120)
+    for uri, kept in peers["kept"].items():
+        address = uri.split("@")[1].split(":")[0]
+        assert [other.split("@")[1].split(":")[0] for other in kept] == [address], peers["kept"]
+    assert peers["got"] == "within h3"
+    closed = step(client, "closed", 120)
+    assert closed["control_left"] is False  # the masters' sockets and their folder are gone
+    taken = step(client, "taken", 120)
+    assert taken["engine_uris"][0].endswith(":45000") and not taken["uris"][0].endswith(":45000"), taken
+    assert taken["value"] == 42
+    client.process.wait(30)
+    assert client.process.returncode == 0, client.stderr()
+    # the box's connections were still open (an EngBox's "with" shuts its executor down, it does not
+    # close them), which a master's forwards wait for: once its host said its engines stopped, the
+    # cluster ends that ssh instead of waiting for it
+    assert "did not end" not in client.stderr(), client.stderr()
+    ssh_hosts.wait_clean()
+    assert all(listening(ssh_hosts, name) == [] for name in ssh_hosts.names)
+    print("1000 cheap items: direct (h1 alone) %s s, tunnel (3 hosts) %.2f s" % (mapped["direct_seconds"],
+                                                                                mapped["seconds"]))
+
+
+def test_tls_made_for_the_cluster_refuses_clients_without_its_ca(ssh_hosts):
+    client = ssh_hosts.run_client("tls")
+    up = step(client, "tls", 150)
+    assert up["failed"] == {} and len(up["uris"]) == 3, up
+    assert "tls" in up["phases"]["h1"] and "tls" in up["phases"]["h3"], up["phases"]
+    # while the cluster lives, each host has its key and certificate in a private folder of its own
+    for name in ssh_hosts.names:
+        folders = list(ssh_hosts.folder(name, "tmp").glob("srpy-tls-*"))
+        assert len(folders) == 1, folders
+        assert oct(folders[0].stat().st_mode & 0o777) == "0o700"
+        assert sorted(p.name for p in folders[0].iterdir()) == ["ca.pem", "cert.pem", "key.pem"]
+        assert all(oct(p.stat().st_mode & 0o777) == "0o600" for p in folders[0].iterdir())
+        assert "PRIVATE KEY" in (folders[0] / "key.pem").read_text()
+    refused = step(client, "refused", 60)
+    assert refused["refusals"]["plain"].startswith("SRPyServerNotFound") and "TLS" in refused["refusals"]["plain"]
+    assert refused["refusals"]["system CAs"].startswith("SRPyServerNotFound"), refused["refusals"]
+    assert all((ssh_hosts.folder(name, "tmp").glob("srpy-tls-*").__next__() / "ca.pem").read_text() == refused["ca"]
+               for name in ssh_hosts.names)
+    mapped = step(client, "map", 120)
+    assert mapped["values"] == [x * x for x in range(30)]
+    assert mapped["tmpdirs"] == sorted(str(ssh_hosts.folder(name, "tmp")) for name in ssh_hosts.names), mapped
+    # the engines' peer links speak TLS too, trusting the cluster's CA, checking the address: h1 and h2
+    # are each other's peers; h3 (tunneled) reaches them, they do not reach h3's loopback
+    h1, h2, h3 = up["uris"]
+    kept = step(client, "peers", 120)["kept"]
+    assert kept == {h1: [h2], h2: [h1], h3: [h1, h2]}, kept
+    step(client, "closed", 120)
+    client.process.wait(30)
+    assert client.process.returncode == 0, client.stderr()
+    assert "did not end" not in client.stderr(), client.stderr()
+    ssh_hosts.wait_clean()  # the TLS folders are gone with the engines
+
+
+CUT_AFTER = 40  # h3's link goes down once its engine has run this many of the cut map's 600 items
+
+
+def test_a_host_cut_off_mid_map_loses_nothing_and_stops_its_engines_by_itself(ssh_hosts):
+    log_dir = ssh_hosts.root / "runs"
+    log_dir.mkdir()
+    client = ssh_hosts.run_client("cut", log_dir)
+    up = step(client, "up", 150)
+    victim_pid, victim_uri = up["pids"][2], up["uris"][2]  # h3's engine
+    step(client, "cut-map-start", 60)
+    deadline = time.monotonic() + 60
+    while len(executions(log_dir).get(victim_pid, [])) < CUT_AFTER:
+        assert time.monotonic() < deadline, "h3 never got %d items: %s" % (CUT_AFTER, executions(log_dir))
+        time.sleep(0.005)
+    ip("-n", ssh_hosts.namespace["h3"], "link", "set", "eth0", "down")  # no FIN, no RST: h3 goes silent
+    cut_at = time.monotonic()
+    assert sum(len(done) for done in executions(log_dir).values()) < 600 and client.lines.empty()
+
+    cut = step(client, "cut-map", 200)
+    # every result, once, in order; h3's engine left the box, the others are in it
+    assert cut["results"] == cut["expected"]
+    assert cut["engines"] == up["uris"][:2], cut["engines"]
+    runs = executions(log_dir)
+    survivors = [x for pid, done in runs.items() if pid != victim_pid for x in done]
+    assert [x for x, n in Counter(survivors).items() if n > 1] == []
+    assert set(survivors) | set(runs.get(victim_pid, [])) == set(range(600))
+    delivered = {uri: n - cut["stats_before"].get(uri, 0) for uri, n in cut["stats_after"].items()}
+    assert sum(delivered.values()) == 600 and delivered[victim_uri] > 0, delivered
+
+    # the cluster is still open, h3's sshd has not noticed anything, and yet h3's engines end: no
+    # heartbeat reached them for 10 s (then up to 20 s for the launcher to stop them)
+    deadline = cut_at + 90
+    while ssh_hosts.srpy_processes("h3"):
+        assert time.monotonic() < deadline, "h3's engines outlived the heartbeat: %s" % ssh_hosts.srpy_processes("h3")
+        time.sleep(0.2)
+    stopped_after = time.monotonic() - cut_at
+    assert ssh_hosts.srpy_processes("h1") and ssh_hosts.srpy_processes("h2")  # the others serve on
+    (log_dir / "close").touch()
+    closed = step(client, "closed", 120)
+    assert closed["lost"] == {"h1": False, "h2": False, "h3": True}, closed
+    client.process.wait(30)
+    assert client.process.returncode == 0, client.stderr()
+    assert "no word from the host" in client.stderr() and "stopped answering" in client.stderr(), client.stderr()
+    ssh_hosts.wait_clean()
+    print("map with the cut: %.1f s; h3's engines gone %.1f s after the cut; close %.1f s"
+          % (cut["seconds"], stopped_after, closed["seconds"]))
+
+
+#: another program on the client's machine, using what srpyapp ssh --tunnel --tls wrote
+URI_FILE_CLIENT = """
+import sys, srpy
+from srpy.security import client_tls
+uris = open(sys.argv[1]).read().split()
+box = srpy.EngBox(uris, secret=open(sys.argv[2]).read().strip(), ssl_context=client_tls(ca=sys.argv[3]))
+print(list(box.map(abs, [-1, -2, -3])), flush=True)
+box.close()
+try:
+    srpy.PythonEngine(uris[0], secret=open(sys.argv[2]).read().strip()).close()
+except srpy.SRPyServerNotFound as exc:
+    print("plain refused", flush=True)
+"""
+
+
+def test_srpyapp_ssh_tunnel_tls_serves_programs_that_read_its_files(ssh_hosts):
+    files = {what: ssh_hosts.root / what for what in ("uris", "secret", "ca")}
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    env.pop("SRPY_SECRET", None)
+    launcher = Proc(["ip", "netns", "exec", ssh_hosts.client, sys.executable, "-m", "srpy", "ssh", "h1", "h2",
+                     "-F", str(ssh_hosts.ssh_config), "--python", sys.executable, "--tunnel", "--tls",
+                     "-u", str(files["uris"]), "-s", str(files["secret"]), "--ca-file", str(files["ca"])], env)
+    ssh_hosts.processes.append(launcher)
+    printed = []
+    while len(printed) < 2:
+        line = launcher.readline(150)
+        if line.startswith("PYRO:"):
+            printed.append(line)
+    assert all(uri.split("@")[1].startswith("127.") for uri in printed), printed  # the forwards' ends
+    deadline = time.monotonic() + 30
+    while not all(path.exists() for path in files.values()):
+        assert time.monotonic() < deadline, "srpyapp ssh did not write %s" % files
+        time.sleep(0.1)
+    assert "BEGIN CERTIFICATE" in files["ca"].read_text()
+    other = Proc(["ip", "netns", "exec", ssh_hosts.client, sys.executable, "-c", URI_FILE_CLIENT]
+                 + [str(files[what]) for what in ("uris", "secret", "ca")], env)
+    ssh_hosts.processes.append(other)
+    assert other.readline(60) == "[1, 2, 3]", other.stderr()
+    assert other.readline(60) == "plain refused", other.stderr()
+    assert other.process.wait(30) == 0, other.stderr()
+    launcher.process.send_signal(signal.SIGINT)
+    assert launcher.process.wait(60) == 0, launcher.stderr()
+    assert not any(path.exists() for path in files.values())
     ssh_hosts.wait_clean()

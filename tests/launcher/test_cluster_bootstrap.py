@@ -4,7 +4,9 @@ The SSH cluster's bootstrap without SSH: the exact remote command an L{srpy.SSHC
 that cannot import srpy (C{-I -S}). So every step but the ssh connection is checked without root or
 sshd (tests/hosts/test_ssh.py does it across real sshd hosts): the zip is asked for, stored (and
 unpacked) and then found in the cache, the launcher runs from it on loopback (no SSH_CONNECTION here), its engine takes
-the cluster's secret (which is on no command line), and the end of stdin stops it all.
+the cluster's secret (which is on no command line), and the end of stdin stops it all. With TLS, the
+certificate and key made for the host arrive on stdin, the engine serves TLS, and their folder goes with
+the engine; a host that hears no heartbeat for the header's seconds stops its engine by itself.
 """
 
 import os
@@ -81,3 +83,79 @@ def test_an_unpacked_folder_missing_a_file_is_unpacked_again(tmp_path):
         assert remote.stop() == 0
     assert (folder / "srpy" / "engine.py").is_file() and "not srpy" not in (folder / "srpy" / "cli.py").read_text()
     assert sorted(os.listdir(tmp_path / "cache")) == [digest, digest + ".zip"]  # no leftover of the swap
+
+
+def test_tls_certificates_made_for_the_cluster_travel_on_stdin_and_leave_with_the_engines(tmp_path):
+    pytest.importorskip("cryptography", reason="SSHCluster(tls=True) needs cryptography (the test extra has it)")
+    from srpy.clustertls import ClusterCA
+    dist, digest = build_dist()
+    ca = ClusterCA()
+    remote = RemoteHost("local", [sys.executable, "-I", "-S", "-c", LOADER])
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    header = {"hash": digest, "size": len(dist), "secret": "s" * 32, "engines": 1, "args": [],
+              "cache": str(tmp_path / "cache"), "tls": True}
+    old = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(temporary)  # the bootstrap (a child) puts its TLS folder there
+    try:
+        remote.start(header, dist, _bootstrap_script(), timeout=60, tls=ca)
+    finally:
+        if old is None:
+            del os.environ["TMPDIR"]
+        else:
+            os.environ["TMPDIR"] = old
+    try:
+        folders = list(temporary.glob("srpy-tls-*"))
+        assert len(folders) == 1 and oct(folders[0].stat().st_mode & 0o777) == "0o700"
+        assert all(oct(p.stat().st_mode & 0o777) == "0o600" for p in folders[0].iterdir())
+        with pytest.raises(srpy.SRPyServerNotFound, match="TLS"):
+            srpy.PythonEngine(remote.uris[0], secret="s" * 32)  # a plain client is refused
+        with srpy.PythonEngine(remote.uris[0], secret="s" * 32, ssl_context=ca.client_context()) as engine:
+            assert engine.eval("6 * 7") == 42
+        other = ClusterCA()  # another cluster's CA does not vouch for this one's engines
+        with pytest.raises(srpy.SRPyServerNotFound):
+            srpy.PythonEngine(remote.uris[0], secret="s" * 32, ssl_context=other.client_context())
+        tree = psutil.Process(remote.process.pid).children(recursive=True)
+        key = (folders[0] / "key.pem").read_text().splitlines()[1]
+        assert not [p for p in tree if any(key in word for word in p.cmdline())]
+    finally:
+        assert remote.stop() == 0
+    assert not list(temporary.glob("srpy-tls-*"))  # removed once the launcher ended
+
+
+@pytest.mark.slow
+def test_a_host_that_hears_no_heartbeat_stops_its_engines_by_itself(tmp_path):
+    import time
+    dist, digest = build_dist()
+    remote = RemoteHost("local", [sys.executable, "-I", "-S", "-c", LOADER])
+    header = {"hash": digest, "size": len(dist), "secret": "s" * 32, "engines": 1, "args": [],
+              "cache": str(tmp_path / "cache"), "heartbeat": 3}
+    remote.start(header, dist, _bootstrap_script(), timeout=60)
+    try:
+        with srpy.PythonEngine(remote.uris[0], secret="s" * 32) as engine:
+            pid = engine.eval("__import__('os').getpid()")
+            # heartbeats for twice the host's patience: it answers each, and its engine serves on
+            until = time.monotonic() + 6
+            while time.monotonic() < until:
+                remote.beat()
+                time.sleep(0.5)
+            assert engine.ping() == "pong" and remote.silent_for() < 3
+        # no more heartbeats (stdin still open: a cut link): the host stops its engines and ends
+        assert remote.process.wait(60) == 0
+        assert wait_gone([pid], timeout=30)
+        assert any("no word from the client for 3 s" in line for line in remote._stderr), list(remote._stderr)
+    finally:
+        remote.stop()
+
+
+def test_tunnel_tls_and_heartbeat_options_are_checked_before_any_ssh_runs():
+    with pytest.raises(ValueError, match="tunnel names hosts not in the cluster: h9"):
+        srpy.SSHCluster(["h1"], tunnel=["h9"], ssh="/nonexistent/ssh")
+    with pytest.raises(ValueError, match="tunnel and bind both name h1"):
+        srpy.SSHCluster(["h1"], tunnel=True, bind={"h1": "10.0.0.1"}, ssh="/nonexistent/ssh")
+    with pytest.raises(ValueError, match="heartbeat"):
+        srpy.SSHCluster(["h1"], heartbeat=0, ssh="/nonexistent/ssh")
+    done = subprocess.run([sys.executable, "-m", "srpy", "ssh", "h1", "--ca-file", "ca.pem"], capture_output=True,
+                          text=True, timeout=60, env=dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(
+                              srpy.__file__))))
+    assert done.returncode == 2 and "--ca-file needs --tls" in done.stderr, done.stderr
