@@ -30,8 +30,9 @@ refused at once, allocating nothing.
 
 Copies. The payload's data is a flat C{uint8} view of the array's own memory (no C{tobytes}; a
 view with gaps costs one compacting copy). Data of at least 64 KiB travels beside the message
-(L{srpy.codec.dumps_with_buffers}): from that view to the socket, and from the socket into a
-bytearray the received array is a view of: no copy either side. Smaller data travels inside the
+(L{srpy.codec.dumps_with_buffers}): from that view to the socket, and from the socket into new
+memory (L{srpy.wire.new_memory}: an anonymous mapping, not zeroed first) the received array is a
+view of: no copy either side. Smaller data travels inside the
 message: marshal copies it in, and on receipt C{numpy.frombuffer} wraps the bytes and one copy
 makes them writable. A list of arrays alike is stacked into one block (L{encode_many}): one copy
 to send, none to receive (each array a view of the block).
@@ -48,6 +49,7 @@ Traceback (most recent call last):
 ValueError: bad srpy data (a numpy array of shape (1000000000,) and dtype <f8 declares 8000000000 bytes but holds 0)
 """
 
+import mmap
 import re
 from typing import Any, Callable, Dict, List, Tuple
 
@@ -151,7 +153,7 @@ def decode_many(payload: Any) -> List[Any]:
     if type(payload) is not tuple or len(payload) != 4:
         raise _bad("a tagged list of numpy arrays that is not (dtype, shape, count, data)")
     description, shape, count, data = payload
-    if type(count) is not int or count < 1 or type(data) not in (bytes, bytearray):
+    if type(count) is not int or count < 1 or type(data) not in _DATA_TYPES:
         raise _bad("a tagged list of numpy arrays whose count is not a positive int or whose data is not bytes")
     _check_shape(shape, "a list of numpy arrays")
     dtype = parse_dtype(description)
@@ -170,6 +172,11 @@ def decode_many(payload: Any) -> List[Any]:
         return list(raw.view(dtype).reshape((count,) + shape))
     except (TypeError, ValueError) as exc:
         raise _bad("a list of numpy arrays numpy cannot build: %s" % exc) from None
+
+
+#: what an array's data may arrive as: inside the message (bytes), or beside it, read into memory of
+#: the receiver's own (L{srpy.wire.new_memory}: an anonymous mapping, or a bytearray)
+_DATA_TYPES = (bytes, bytearray, mmap.mmap)
 
 
 class _Refused(Exception):
@@ -249,7 +256,7 @@ def decode_array(payload: Any) -> Any:
     if type(payload) is not tuple or len(payload) != 4:
         raise _bad("a tagged numpy array that is not (dtype, shape, order, data)")
     description, shape, order, data = payload
-    if type(order) is not str or order not in ("C", "F") or type(data) not in (bytes, bytearray):
+    if type(order) is not str or order not in ("C", "F") or type(data) not in _DATA_TYPES:
         raise _bad("a tagged numpy array whose order is not 'C' or 'F' or whose data is not bytes")
     _check_shape(shape, "a numpy array")
     dtype = parse_dtype(description)
@@ -266,7 +273,7 @@ def decode_array(payload: Any) -> Any:
             if count > MAX_EMPTY_ITEMS:
                 raise _bad("a numpy array of %d items of no bytes each" % count)
             return numpy.zeros(shape, dtype, order=order)
-        if type(data) is bytearray:  # data that came beside the message, read into this: the array's memory
+        if type(data) is not bytes:  # data that came beside the message, read into this: the array's memory
             raw = numpy.frombuffer(data, numpy.uint8)
         else:
             # a read-only view of the received bytes (no copy), then the one copy into memory numpy

@@ -53,6 +53,7 @@ import decimal
 import enum
 import itertools
 import marshal
+import mmap
 import struct
 import sys
 import threading
@@ -102,14 +103,15 @@ def dumps_with_buffers(value: Any) -> Tuple[bytes, List[Tuple[memoryview, bool]]
     """
     L{dumps}, but each large buffer in C{value} (at least L{BUFFER_MIN} bytes: a bytes,
     bytearray, memoryview or array.array, a numpy array's data) is left out of the message, which
-    names it by its place in the list returned beside it: C{(message, [(buffer, writable), ...])}.
-    Each buffer is a flat byte view of the value's own memory (no copy); C{writable} says the
-    receiver must build it as a bytearray (numpy data, a bytearray, an array), not as bytes. The
+    names it by its place in the list returned beside it: C{(message, [(buffer, kind), ...])}.
+    Each buffer is a flat byte view of the value's own memory (no copy); C{kind} says what the
+    receiver reads it into: C{"b"} bytes, C{"w"} a bytearray (a bytearray value), C{"m"} new
+    writable memory (numpy data, an array.array: L{srpy.wire.new_memory}). The
     wire sends them raw after the message (L{srpy.wire}'s C{SRAW}), L{loads} takes them back.
 
     >>> message, buffers = dumps_with_buffers({"big": b"x" * BUFFER_MIN, "small": b"y"})
-    >>> [(len(view), writable) for view, writable in buffers]
-    [(65536, False)]
+    >>> [(len(view), kind) for view, kind in buffers]
+    [(65536, 'b')]
     >>> loads(message, [b"x" * BUFFER_MIN]) == {"big": b"x" * BUFFER_MIN, "small": b"y"}
     True
     """
@@ -191,16 +193,16 @@ _collecting = threading.local()
 _collecting.buffers = None
 
 
-def _beside(view: Any, writable: bool, inband: Callable[[], Any]) -> Any:
+def _beside(view: Any, kind: str, inband: Callable[[], Any]) -> Any:
     """
     The place of buffer C{view} (a flat byte view) in the message: a tagged reference to it in the
-    buffer list of the L{dumps_with_buffers} that runs (C{writable}: built as a bytearray there),
+    buffer list of the L{dumps_with_buffers} that runs (C{kind}: what is built of it there),
     or C{inband()}, the value that carries it inside the message.
     """
     buffers = getattr(_collecting, "buffers", None)
     if buffers is None:
         return inband()
-    buffers.append((view, writable))
+    buffers.append((view, kind))
     return (_TAG, "buffer", len(buffers) - 1)
 
 
@@ -213,7 +215,7 @@ def _data_beside(tagged: Tuple[str, Any]) -> Tuple[str, Any]:
     tag, payload = tagged
     if tag != "npscalar" and len(payload[3]) >= BUFFER_MIN:  # its data: a flat uint8 view of the array's memory
         data = payload[3]
-        payload = payload[:3] + (_beside(memoryview(data), True, lambda: data),)
+        payload = payload[:3] + (_beside(memoryview(data), "m", lambda: data),)
     return tag, payload
 
 
@@ -691,12 +693,12 @@ _ENCODERS: List[Tuple[type, Callable[[Any], tuple]]] = [
     (datetime.timedelta, lambda v: _tagged("timedelta", (v.days, v.seconds, v.microseconds))),
     (decimal.Decimal, lambda v: _tagged("decimal", str(v))),
     (uuid.UUID, lambda v: _tagged("uuid", v.hex)),
-    (array.array, lambda v: _tagged("array", (v.typecode, _beside(memoryview(v).cast("B"), True, v.tobytes)
+    (array.array, lambda v: _tagged("array", (v.typecode, _beside(memoryview(v).cast("B"), "m", v.tobytes)
                                               if len(v) * v.itemsize >= BUFFER_MIN else v.tobytes()))),
-    (bytearray, lambda v: _beside(memoryview(v), True, lambda: _tagged("bytearray", bytes(v)))
+    (bytearray, lambda v: _beside(memoryview(v), "w", lambda: _tagged("bytearray", bytes(v)))
      if len(v) >= BUFFER_MIN else _tagged("bytearray", bytes(v))),
     # a memoryview travels as the bytes it shows (nothing on the other side could share its memory)
-    (memoryview, lambda v: _beside(_flat(v), False, v.tobytes) if v.nbytes >= BUFFER_MIN else v.tobytes()),
+    (memoryview, lambda v: _beside(_flat(v), "b", v.tobytes) if v.nbytes >= BUFFER_MIN else v.tobytes()),
     (BaseException, lambda v: _tagged("exception", _encoded_exception(v))),
 ]
 
@@ -725,9 +727,11 @@ def _timedelta(payload: Any) -> datetime.timedelta:
 
 def _array(payload: Any) -> array.array:
     parts = _expect(payload, tuple, "array")
-    if len(parts) != 2 or parts[0] not in _ARRAY_CODES or type(parts[1]) not in (bytes, bytearray):
+    if len(parts) != 2 or parts[0] not in _ARRAY_CODES or type(parts[1]) not in (bytes, bytearray, mmap.mmap):
         raise ValueError("bad srpy data (a tagged array that is not a type code and bytes)")
-    return array.array(parts[0], parts[1])
+    value = array.array(parts[0])
+    value.frombytes(parts[1])  # ValueError for a length that is no multiple of the item size
+    return value
 
 
 _ARRAY_CODES = frozenset(array.typecodes)
@@ -807,7 +811,7 @@ def _encode(value: Any, where: Any) -> Any:
     kind = type(value)
     if kind in _SCALARS:
         if kind is bytes and len(value) >= BUFFER_MIN:
-            return _beside(memoryview(value), False, lambda: value)
+            return _beside(memoryview(value), "b", lambda: value)
         return value
     if kind is list:
         if len(value) >= _MANY_ARRAYS and type(value[0]).__module__ == "numpy":
@@ -914,8 +918,9 @@ def _decode(value: Any, done: Dict[Any, Any]) -> Any:
 
 def _decode_item(kind: Any, payload: Any, done: Dict[Any, Any]) -> Any:
     """One tagged item: a container of encoded values, or a value rebuilt from its plain payload."""
-    if kind == "buffer":
-        return _buffer(payload, done)
+    if kind == "buffer":  # a value of its own: bytes or a bytearray, never raw memory (only arrays are built on it)
+        found = _buffer(payload, done)
+        return found if type(found) in (bytes, bytearray) else bytes(found)
     slot = _BUFFER_SLOTS.get(kind) if type(kind) is str else None
     if slot is not None and type(payload) is tuple and len(payload) > slot and type(payload[slot]) is tuple:
         # the data of an array came beside the message

@@ -179,18 +179,18 @@ def _read(conn: Any, size: int) -> bytes:
 def _read_buffers(conn: Any, annotations: Dict[str, Any]) -> List[Any]:
     """
     The raw buffers that follow a call's message, each read straight into what it becomes:
-    bytes, or a bytearray for those marked writable (a numpy array is then a view of it).
+    bytes, or a bytearray or new memory, as SRBK says (a numpy array is then a view of it).
     """
     try:
         layout = wire.parse_buffers(annotations)
     except errors.ProtocolError as exc:
         raise pyro_errors.ProtocolError(str(exc)) from None
-    return [_read_into(conn, size) if writable else _read(conn, size) for size, writable in layout]
+    return [_read(conn, size) if kind == "b" else _read_into(conn, size, kind == "m") for size, kind in layout]
 
 
-def _read_into(conn: Any, size: int) -> bytearray:
-    """Exactly C{size} bytes from C{conn}, read into a new bytearray."""
-    buf = bytearray(size)
+def _read_into(conn: Any, size: int, memory: bool) -> Any:
+    """Exactly C{size} bytes from C{conn}, read into a new bytearray or (C{memory}) new memory (L{wire.new_memory})."""
+    buf = wire.new_memory(size) if memory else bytearray(size)
     view, got, sock = memoryview(buf), 0, conn.sock
     flags = _WAITALL if _plain(conn) else 0  # a plain socket fills it in one system call
     while got < size:

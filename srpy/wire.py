@@ -40,8 +40,9 @@ srpy's extensions, all within Pyro5's framing (a plain Pyro5 peer ignores the an
                   serializer's message names them by their place (srpy's: large bytes,
                   bytearray, memoryview, array.array and numpy data, L{srpy.codec}); at most
                   L{MAX_BUFFERS}, together held to the same size limit as a message
-    SRBK  both    N ASCII letters, one per SRAW buffer: "b" read it as bytes, "w" as a
-                  bytearray (writable: what a numpy array is built on, no copy); none: all "b"
+    SRBK  both    N ASCII letters, one per SRAW buffer, what to read it into: "b" bytes, "w" a
+                  bytearray, "m" new memory of the reader's own (an anonymous mapping, not
+                  zeroed first: what a numpy array is built on, no copy); none: all "b"
                   (L{BUFFER_KINDS})
     STMO  call    the call's time limit in seconds, a big-endian double (8 bytes) (L{CALL_TIMEOUT})
     SCID  call    the call's id, 8 bytes of the client's choice, for abort (L{CALL_ID})
@@ -91,7 +92,7 @@ __all__ = ["PROTOCOL_VERSION", "MAGIC", "HEADER", "CHUNK", "MSG_CONNECT", "MSG_C
            "BLOB_MIN", "MAX_BUFFERS", "ENGINE_OBJECT", "STALE_AFTER",
            "pack_header", "parse_header", "HeaderError", "sniff", "pack_chunk", "pack_annotations", "parse_chunk_head",
            "parse_annotations", "pack_message", "pack_trailing", "parse_trailing", "buffer_annotations",
-           "parse_buffers", "pack_call_limit",
+           "parse_buffers", "new_memory", "pack_call_limit",
            "parse_call_limit", "inflate", "clock", "proof", "new_nonce", "same_text", "parse_uri",
            "OUTPUT", "output_ahead", "parse_output",
            "JsonSerializer", "exception_from_dict", "SocketTransport", "JavaSocketTransport", "default_transport",
@@ -110,7 +111,7 @@ MSG_CONNECT, MSG_CONNECTOK, MSG_CONNECTFAIL, MSG_INVOKE, MSG_RESULT, MSG_PING = 
 FLAGS_EXCEPTION, FLAGS_COMPRESSED, FLAGS_ONEWAY, FLAGS_BATCH = 1, 2, 4, 8
 FLAGS_KEEPSERIALIZED, FLAGS_CORR_ID = 0x20, 0x40
 TRAILING = "SRAW"  # annotation listing the sizes of the raw buffers sent right after a message
-BUFFER_KINDS = "SRBK"  # annotation saying how to read each of those buffers: "b" bytes, "w" bytearray
+BUFFER_KINDS = "SRBK"  # annotation saying what to read each of those buffers into: "b" bytes, "w" bytearray, "m" memory
 CALL_TIMEOUT = "STMO"  # annotation carrying a call's time limit in seconds (big-endian double)
 CALL_ID = "SCID"  # annotation naming a call (8 bytes, the client's choice) so that abort() can stop it
 ENDING = "SRND"  # annotation on a reply sent by an engine that ends its process right after it (to stop a call)
@@ -318,19 +319,19 @@ def parse_trailing(value):
 
 def buffer_annotations(buffers):
     """
-    The annotations (SRAW, SRBK) announcing C{buffers}, a list of C{(buffer, writable)}: each
-    buffer a flat byte view or bytes, C{writable} to be read as a bytearray.
+    The annotations (SRAW, SRBK) announcing C{buffers}, a list of C{(buffer, kind)}: each buffer
+    a flat byte view or bytes, C{kind} what the reader builds (SRBK's letters).
     """
     annotations = {TRAILING: pack_trailing([view for view, _ in buffers])}
-    kinds = "".join("w" if writable else "b" for _, writable in buffers)
-    if "w" in kinds:
+    kinds = "".join(kind for _, kind in buffers)
+    if kinds.strip("b"):
         annotations[BUFFER_KINDS] = kinds.encode("ascii")
     return annotations
 
 
 def parse_buffers(annotations):
     """
-    C{[(size, writable), ...]}, the raw buffers a message's annotations announce (none: []).
+    C{[(size, kind), ...]}, the raw buffers a message's annotations announce (none: []).
 
     @raise ProtocolError: a malformed SRAW or SRBK, more than L{MAX_BUFFERS} buffers.
     """
@@ -340,12 +341,25 @@ def parse_buffers(annotations):
     sizes = parse_trailing(sizes)
     kinds = annotations.get(BUFFER_KINDS)
     if kinds is None:
-        return [(size, False) for size in sizes]
+        return [(size, "b") for size in sizes]
     kinds = _raw(kinds)
-    if len(kinds) != len(sizes) or kinds.strip(b"bw"):
-        raise ProtocolError("malformed %s annotation (%d letters for %d buffers, each b or w)"
+    if len(kinds) != len(sizes) or kinds.strip(b"bwm"):
+        raise ProtocolError("malformed %s annotation (%d letters for %d buffers, each b, w or m)"
                             % (BUFFER_KINDS, len(kinds), len(sizes)))
-    return [(size, kinds[i:i + 1] == b"w") for i, size in enumerate(sizes)]
+    return [(size, kinds[i:i + 1].decode("ascii")) for i, size in enumerate(sizes)]
+
+
+def new_memory(size):
+    """
+    C{size} writable bytes of this process's own, not zeroed first: an anonymous mapping (the
+    system hands out its pages as they are first written); a bytearray where there is no mmap
+    (Jython) or for no bytes at all.
+    """
+    try:
+        import mmap
+    except ImportError:
+        return bytearray(size)
+    return mmap.mmap(-1, size) if size else bytearray()
 
 
 def pack_call_limit(seconds):
@@ -620,9 +634,13 @@ class SocketTransport(object):
             got += len(chunk)
         return b"".join(chunks)
 
-    def recv_buffer(self, size):
-        """Exactly C{size} bytes, read straight into a new bytearray (its memory is the final value's)."""
-        buf = bytearray(size)
+    def recv_buffer(self, size, memory=False):
+        """
+        Exactly C{size} bytes, read straight into a new bytearray, or (C{memory}) into new memory
+        of this process's own: an anonymous mapping, which is not zeroed first as a bytearray is
+        (200 MB: 87 ms saved). Either way its memory is the final value's.
+        """
+        buf = new_memory(size) if memory else bytearray(size)
         view, got = memoryview(buf), 0
         flags = self._waitall if self.plain else 0  # a plain socket fills it in one system call
         while got < size:
@@ -710,7 +728,7 @@ class JavaSocketTransport(object):
             return buf.tostring()
         return _JPy.newString(_JStringUtil.fromBytes(buf))  # much faster than tostring() for big data
 
-    def recv_buffer(self, size):
+    def recv_buffer(self, size, memory=False):
         """Exactly C{size} bytes, as a bytearray."""
         return bytearray(self.recv(size))
 
@@ -813,7 +831,7 @@ class Connection(object):
     def _receive(self):
         """
         One message: C{(type, serializer id, flags, seq, data, annotations, buffers)}, C{buffers}
-        the raw ones that followed it (SRAW: bytes, or bytearray for those SRBK marks "w").
+        the raw ones that followed it (SRAW: bytes, or what SRBK says: a bytearray, new memory).
         Nothing the peer sends makes this hold more than L{limit} bytes (announced, or once
         inflated, and the buffers apart): a peer that has not yet proved itself in the handshake
         gets L{HANDSHAKE_REPLY_MAX}, an engine afterwards L{max_message_size}, as engines limit
@@ -853,7 +871,8 @@ class Connection(object):
             raise ProtocolError("%s sent %s" % (self.uri, exc))
         self._check_size(sum(size for size, _ in layout))
         transport = self.transport
-        return [transport.recv_buffer(size) if writable else transport.recv(size) for size, writable in layout]
+        return [transport.recv(size) if kind == "b" else transport.recv_buffer(size, kind == "m")
+                for size, kind in layout]
 
     def _header_problem(self, exc):
         if exc.field == "tag":
@@ -943,7 +962,7 @@ class Connection(object):
             else:
                 data, buffers = serializer.dumps_call(self.object_id, method, args, kwargs), []
             if trailing:
-                buffers = [(blob, False) for blob in trailing] + buffers
+                buffers = [(blob, "b") for blob in trailing] + buffers
             transport = self.transport
             sink = self.output_sink
             wanted = sink is not None and bool(sink.on)

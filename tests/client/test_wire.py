@@ -61,17 +61,20 @@ def test_srpy_s_extensions_pack_and_parse_back():
     assert wire.parse_call_limit(wire.pack_call_limit(2.5)) == 2.5
     for no_limit in (None, b"short", struct.pack("!d", 0.0), struct.pack("!d", -1.0), struct.pack("!d", float("nan"))):
         assert wire.parse_call_limit(no_limit) is None
-    announced = wire.buffer_annotations([(b"ab", False), (memoryview(bytearray(5)), True), (b"", False)])
-    assert announced == {"SRAW": wire.pack_trailing([b"ab", b"12345", b""]), "SRBK": b"bwb"}
-    assert wire.parse_buffers(announced) == [(2, False), (5, True), (0, False)]
-    assert wire.buffer_annotations([(b"ab", False)]) == {"SRAW": wire.pack_trailing([b"ab"])}, "all bytes: no SRBK"
-    assert wire.parse_buffers({"SRAW": wire.pack_trailing([b"ab"])}) == [(2, False)]
+    announced = wire.buffer_annotations([(b"ab", "b"), (memoryview(bytearray(5)), "w"), (b"", "b"), (b"xyz", "m")])
+    assert announced == {"SRAW": wire.pack_trailing([b"ab", b"12345", b"", b"xyz"]), "SRBK": b"bwbm"}
+    assert wire.parse_buffers(announced) == [(2, "b"), (5, "w"), (0, "b"), (3, "m")]
+    assert wire.buffer_annotations([(b"ab", "b")]) == {"SRAW": wire.pack_trailing([b"ab"])}, "all bytes: no SRBK"
+    assert wire.parse_buffers({"SRAW": wire.pack_trailing([b"ab"])}) == [(2, "b")]
+    memory = wire.new_memory(3)
+    memoryview(memory)[:] = b"abc"
+    assert bytes(memory) == b"abc" and len(wire.new_memory(0)) == 0
     assert wire.parse_buffers({}) == []
 
 
 @pytest.mark.parametrize("annotations, match", [
     ({"SRAW": b"\0" * 16, "SRBK": b"b"}, "1 letters for 2 buffers"),
-    ({"SRAW": b"\0" * 8, "SRBK": b"x"}, "each b or w"),
+    ({"SRAW": b"\0" * 8, "SRBK": b"x"}, "each b, w or m"),
     ({"SRAW": b"\0" * 8 * (wire.MAX_BUFFERS + 1)}, "at most 65536"),
 ])
 def test_malformed_buffer_announcements_are_refused(annotations, match):

@@ -22,8 +22,16 @@ BIG = codec.BUFFER_MIN
 
 
 def _arrived(buffers):
-    """The buffers as a receiver reads them: bytes, or a bytearray for a writable one."""
-    return [bytearray(view) if writable else bytes(view) for view, writable in buffers]
+    """The buffers as a receiver reads them: bytes, a bytearray, or new memory (SRBK's b, w, m)."""
+    arrived = []
+    for view, kind in buffers:
+        if kind == "m":
+            memory = wire.new_memory(len(view))
+            memoryview(memory)[:] = view
+            arrived.append(memory)
+        else:
+            arrived.append(bytes(view) if kind == "b" else bytearray(view))
+    return arrived
 
 
 def same(a, b):
@@ -74,12 +82,12 @@ def test_buffers_are_views_of_the_value_s_own_memory_and_received_arrays_of_what
     a = numpy.arange(100_000.0)
     data = bytearray(BIG)
     message, buffers = codec.dumps_with_buffers([a, data, b"b" * BIG])
-    assert [writable for _, writable in buffers] == [True, True, False]
+    assert [kind for _, kind in buffers] == ["m", "w", "b"]
     assert numpy.shares_memory(numpy.asarray(buffers[0][0]), a), "sent from the array's memory, not a copy"
     assert buffers[1][0].obj is data
     arrived = _arrived(buffers)
     back = codec.loads(message, arrived)
-    assert back[0].base.base.obj is arrived[0], "the array is a view of the bytearray it was read into"
+    assert back[0].base.base.obj is arrived[0], "the array is a view of the memory it was read into"
     assert back[0].flags.writeable
     back[0][0] = 7.0
     assert arrived[0][:8] == numpy.float64(7.0).tobytes()
@@ -191,10 +199,10 @@ def test_set_get_eval_exe_vexe_ns_and_functions_carry_large_buffers(engine):
     back = engine.get(list(names))
     assert all(same(values[name], back[key]) for key, name in names.items())
     a = values["float64"]
-    assert engine.eval("type(a.base.base.obj).__name__, a.flags.writeable", a=a) == ("bytearray", True), \
-        "the engine's array is a view of the bytearray its data was read into"
+    assert engine.eval("type(a.base.base.obj).__name__, a.flags.writeable", a=a) == ("mmap", True), \
+        "the engine's array is a view of the memory its data was read into"
     got = engine.eval("a * 2", a=a)
-    assert same(a * 2, got) and type(got.base.base.obj) is bytearray, "and so is the client's"
+    assert same(a * 2, got) and type(got.base.base.obj).__name__ == "mmap", "and so is the client's"
     engine.exe("b = bytes(reversed(data))", data=values["bytes"])
     assert engine.get("b") == bytes(reversed(values["bytes"]))
     out = engine.vexe("m = a[::-1].copy()", get=["m"], a=a)
@@ -242,7 +250,7 @@ def test_engines_pass_large_buffers_to_each_other(start_launcher):
         second.exe("import srpy\nme = srpy.this_engine()")
         grid = numpy.arange(300 * 500, dtype=">i4").reshape(300, 500).T
         assert same(grid, second.eval("me.read('grid', timeout=30)"))
-        assert second.eval("type(me.read('grid', timeout=30).base.base.obj).__name__") == "bytearray"
+        assert second.eval("type(me.read('grid', timeout=30).base.base.obj).__name__") == "mmap"
         data, arrays = second.eval("me.receive('x', timeout=30)[1]")
         assert data == bytes(range(256)) * 1024 and all(same(numpy.ones(100) * i, b) for i, b in enumerate(arrays))
     finally:

@@ -463,7 +463,7 @@ def test_crafted_references_to_raw_buffers_are_refused(engine_uri, value, traili
     try:
         call = ("srpy.engine", "set", ({"stolen": value},), {})
         data = marshal.dumps((codec._MARK, call), 2)
-        annotations = wire.buffer_annotations([(blob, True) for blob in trailing]) if trailing else None
+        annotations = wire.buffer_annotations([(blob, "m") for blob in trailing]) if trailing else None
         conn._send(lite.MSG_INVOKE, codec.SERIALIZER_ID, data, 1, annotations, buffers=trailing)
         msgtype, _, flags, seq, answer, _, _ = conn._receive()
         assert flags & lite.FLAGS_EXCEPTION
