@@ -158,7 +158,7 @@ def _plain(value: Any, buffer_min: int = 0) -> Optional[bytes]:
     # a user tuple shaped like srpy's own message mark would be read back as that mark: it goes tagged;
     # so does a value with a numpy array near its top (a call's variables): marshal would copy the
     # whole buffer into plain bytes first, only for the exactness check to throw them away
-    if (kind is tuple and len(value) == 2 and _is_text(value[0], _MARK)) or ("numpy" in sys.modules and _numpy_near_top(value)):
+    if (kind is tuple and len(value) == 2 and _is_text(value[0], _MARK)) or _bulk_near_top(value, buffer_min):
         return None
     try:
         data = marshal.dumps(value, _VERSION)
@@ -225,26 +225,38 @@ def _flat(buffer: Any) -> memoryview:
     return view.cast("B") if view.c_contiguous else memoryview(view.tobytes())
 
 
-#: how many items of a value L{_numpy_near_top} looks at, breadth first (a call's variables are a few levels down)
+#: how many items of a value L{_bulk_near_top} looks at, breadth first (a call's variables are a few levels down)
 _LOOK_AHEAD = 64
 
 
-def _numpy_near_top(value: Any) -> bool:
-    """True if one of the first L{_LOOK_AHEAD} items of C{value}, breadth first, is a numpy value."""
+def _bulk_near_top(value: Any, buffer_min: int) -> bool:
+    """
+    True if one of the first L{_LOOK_AHEAD} items of C{value}, breadth first, is a numpy value,
+    a buffer marshal would flatten (bytearray, memoryview, array.array), or (given C{buffer_min})
+    bytes of that size: values that go tagged anyway, so marshal's copy of their data would be
+    thrown away.
+    """
     queue = [value]
+    numpy_loaded = "numpy" in sys.modules
     for item in queue:  # items appended while it runs: breadth first
         kind = type(item)
         if kind in _SCALARS:
+            if buffer_min and kind is bytes and len(item) >= buffer_min:
+                return True
             continue
         if kind is tuple or kind is list:
             queue += item[:_LOOK_AHEAD]
         elif kind is dict:
             queue += itertools.islice(item.values(), _LOOK_AHEAD)
-        elif kind.__module__ == "numpy":
+        elif kind in _FLATTENED or (numpy_loaded and kind.__module__ == "numpy"):
             return True
         if len(queue) > _LOOK_AHEAD:
             return False
     return False
+
+
+#: buffers marshal writes as plain bytes (never exact: they travel tagged)
+_FLATTENED = frozenset((bytearray, memoryview, array.array))
 
 
 def loads(data: bytes, buffers: Optional[List[Any]] = None) -> Any:
