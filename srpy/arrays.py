@@ -69,6 +69,9 @@ MAX_NAME = 1024
 #: elements of a received array whose items take no bytes (a structured dtype with no fields):
 #: their count cannot be held to the data's size
 MAX_EMPTY_ITEMS = 2 ** 20
+#: the fewest bytes an array of a block (L{encode_many}) holds: smaller ones travel one by one, so
+#: that a block never builds more than a few bytes of objects per byte received
+MANY_ITEM_MIN = 64
 #: a simple dtype as C{dtype.str} writes it: byte order, kind (no 'O'), item size, datetime unit
 _SIMPLE = re.compile(r"[<>|][biufcmMSUV][0-9]{1,10}(?:\[[0-9]{0,10}[A-Za-z]{1,2}\])?\Z")
 _KINDS = frozenset("biufcmMSUV")  # numpy's kinds that travel (not O, nor T: StringDType holds objects)
@@ -123,8 +126,7 @@ def encode_many(values: List[Any]) -> Any:
     import numpy
     first = values[0]
     ndarray = numpy.ndarray
-    if type(first) is not ndarray or not first.ndim or not first.size or first.dtype.hasobject \
-            or not first.dtype.itemsize:
+    if type(first) is not ndarray or not first.ndim or first.nbytes < MANY_ITEM_MIN or first.dtype.hasobject:
         return None
     dtype, shape = first.dtype, first.shape
     for value in values:
@@ -160,8 +162,10 @@ def decode_many(payload: Any) -> List[Any]:
     size = 1
     for step in shape:
         size *= step
-    if dtype.subdtype is not None or not dtype.itemsize or not size or not shape:
-        raise _bad("a list of numpy arrays of dtype %s and shape %r" % (_show(dtype), shape))
+    if dtype.subdtype is not None or size * dtype.itemsize < MANY_ITEM_MIN or not shape:
+        # a block of arrays of a few bytes each would build far more objects than it holds bytes
+        raise _bad("a list of numpy arrays of dtype %s and shape %r (of %d bytes each, at least %d in a block)"
+                   % (_show(dtype), shape, size * dtype.itemsize, MANY_ITEM_MIN))
     if count * size * dtype.itemsize != len(data):
         raise _bad("a list of %d numpy arrays of shape %r and dtype %s declares %d bytes but holds %d"
                    % (count, shape, _show(dtype), count * size * dtype.itemsize, len(data)))
@@ -247,7 +251,8 @@ def _bad(text: str) -> ValueError:
 
 def decode_array(payload: Any) -> Any:
     """
-    The array an L{ARRAY_TAG} payload stands for: writable, owning its memory, with the sent
+    The array an L{ARRAY_TAG} payload stands for: writable, its memory its own (a copy of data from
+    the message, or the memory data beside the message was read into), with the sent
     dtype (byte order included), shape and order.
 
     @raise ValueError: "bad srpy data ...", for a payload L{encode} did not write.

@@ -83,7 +83,7 @@ class _RecordShippingFormat(codec.WireFormat):
         self.ship: Optional[Callable[[List[type]], None]] = None
 
     def dumps_call_with_buffers(self, obj: str, method: str, args: Any,  # type: ignore[override]
-                                kwargs: Any) -> Tuple[bytes, List[Tuple[memoryview, bool]]]:
+                                kwargs: Any) -> Tuple[bytes, List[Tuple[memoryview, str]]]:
         message = codec.dumps_with_buffers((obj, method, tuple(args), kwargs or {}))
         records = sys.modules.get("srpy.records")  # loaded by codec on the first record it meets
         if records is not None and self.ship is not None:

@@ -93,13 +93,20 @@ def dumps(value: Any) -> bytes:
     kind = type(value)
     if kind in _SCALARS:  # a plain scalar: marshal writes it as it is
         return marshal.dumps(value, _VERSION)
+    collecting = _collecting.buffers
+    if collecting is not None:  # called inside a dumps_with_buffers (an exception's repr check): all in here
+        _collecting.buffers = None
+        try:
+            return dumps(value)
+        finally:
+            _collecting.buffers = collecting
     if kind is Encoded:
         return dumps(value.value)
     data = _plain(value)
     return data if data is not None else _tagged_message(value)
 
 
-def dumps_with_buffers(value: Any) -> Tuple[bytes, List[Tuple[memoryview, bool]]]:
+def dumps_with_buffers(value: Any) -> Tuple[bytes, List[Tuple[memoryview, str]]]:
     """
     L{dumps}, but each large buffer in C{value} (at least L{BUFFER_MIN} bytes: a bytes,
     bytearray, memoryview or array.array, a numpy array's data) is left out of the message, which
@@ -124,7 +131,7 @@ def dumps_with_buffers(value: Any) -> Tuple[bytes, List[Tuple[memoryview, bool]]
         data = _plain(value, BUFFER_MIN)
         if data is not None:
             return data, []
-    buffers: List[Tuple[memoryview, bool]] = []
+    buffers: List[Tuple[memoryview, str]] = []
     _collecting.buffers = buffers
     try:
         return _tagged_message(value), buffers
@@ -189,8 +196,11 @@ def _tagged_message(value: Any) -> bytes:
 #: one costs less to copy into the message than a read and a write of its own on the socket)
 BUFFER_MIN = 64 * 1024
 #: the buffer list of the L{dumps_with_buffers} running in this thread (None: buffers go in the message)
-_collecting = threading.local()
-_collecting.buffers = None
+class _Collecting(threading.local):
+    buffers: Optional[List[Tuple[memoryview, str]]] = None  # the default of every thread
+
+
+_collecting = _Collecting()
 
 
 def _beside(view: Any, kind: str, inband: Callable[[], Any]) -> Any:
@@ -199,7 +209,7 @@ def _beside(view: Any, kind: str, inband: Callable[[], Any]) -> Any:
     buffer list of the L{dumps_with_buffers} that runs (C{kind}: what is built of it there),
     or C{inband()}, the value that carries it inside the message.
     """
-    buffers = getattr(_collecting, "buffers", None)
+    buffers = _collecting.buffers
     if buffers is None:
         return inband()
     buffers.append((view, kind))
@@ -1033,7 +1043,7 @@ class WireFormat:
         return dumps((obj, method, tuple(args), kwargs or {}))
 
     @staticmethod
-    def dumps_call_with_buffers(obj: str, method: str, args: Any, kwargs: Any) -> Tuple[bytes, List[Tuple[memoryview, bool]]]:
+    def dumps_call_with_buffers(obj: str, method: str, args: Any, kwargs: Any) -> Tuple[bytes, List[Tuple[memoryview, str]]]:
         """The call, its large buffers beside it (L{dumps_with_buffers}): the connection sends them raw after it."""
         return dumps_with_buffers((obj, method, tuple(args), kwargs or {}))
 

@@ -189,8 +189,15 @@ def _read_buffers(conn: Any, annotations: Dict[str, Any]) -> List[Any]:
 
 
 def _read_into(conn: Any, size: int, memory: bool) -> Any:
-    """Exactly C{size} bytes from C{conn}, read into a new bytearray or (C{memory}) new memory (L{wire.new_memory})."""
-    buf = wire.new_memory(size) if memory else bytearray(size)
+    """
+    Exactly C{size} bytes from C{conn}, read into new memory (L{wire.new_memory}), committed as the
+    data comes (a bytearray(size) would be committed, zeroed, at once, for a client that may send
+    nothing), then for a bytearray value (not C{memory}) made a bytearray.
+    """
+    try:
+        buf = wire.new_memory(size)
+    except (OSError, ValueError) as exc:  # no address space or mapping left: not the client going away
+        raise pyro_errors.ProtocolError("cannot take a buffer of %d bytes: %s" % (size, exc)) from None
     view, got, sock = memoryview(buf), 0, conn.sock
     flags = _WAITALL if _plain(conn) else 0  # a plain socket fills it in one system call
     while got < size:
@@ -201,7 +208,13 @@ def _read_into(conn: Any, size: int, memory: bool) -> Any:
         if not count:
             raise pyro_errors.ConnectionClosedError("receiving: connection lost")
         got += count
-    return buf
+    view.release()  # the mapping can be closed once no view of it is left
+    if memory or type(buf) is bytearray:
+        return buf
+    try:
+        return bytearray(buf)
+    finally:
+        buf.close()
 
 
 def _plain(conn: Any) -> bool:

@@ -143,7 +143,7 @@ class PeerRecordFormat(codec.WireFormat):
         self._traffic = traffic
 
     def dumps_call_with_buffers(self, obj: str, method: str, args: Any,  # type: ignore[override]
-                                kwargs: Any) -> Tuple[bytes, List[Tuple[memoryview, bool]]]:
+                                kwargs: Any) -> Tuple[bytes, List[Tuple[memoryview, str]]]:
         records = sys.modules.get("srpy.records")
         if records is not None:
             records.take_met()  # classes this thread encoded before (a reply to its client) are not this call's

@@ -41,9 +41,9 @@ srpy's extensions, all within Pyro5's framing (a plain Pyro5 peer ignores the an
                   bytearray, memoryview, array.array and numpy data, L{srpy.codec}); at most
                   L{MAX_BUFFERS}, together held to the same size limit as a message
     SRBK  both    N ASCII letters, one per SRAW buffer, what to read it into: "b" bytes, "w" a
-                  bytearray, "m" new memory of the reader's own (an anonymous mapping, not
-                  zeroed first: what a numpy array is built on, no copy); none: all "b"
-                  (L{BUFFER_KINDS})
+                  bytearray, "m" new memory of the reader's own (a private anonymous mapping,
+                  not zeroed first: what a numpy array is built on, no copy); "w" and "m"
+                  buffers are of L{BLOB_MIN} bytes or more; none: all "b" (L{BUFFER_KINDS})
     STMO  call    the call's time limit in seconds, a big-endian double (8 bytes) (L{CALL_TIMEOUT})
     SCID  call    the call's id, 8 bytes of the client's choice, for abort (L{CALL_ID})
     SRND  reply   empty: the engine ends its process right after this reply (a runaway call
@@ -346,20 +346,38 @@ def parse_buffers(annotations):
     if len(kinds) != len(sizes) or kinds.strip(b"bwm"):
         raise ProtocolError("malformed %s annotation (%d letters for %d buffers, each b, w or m)"
                             % (BUFFER_KINDS, len(kinds), len(sizes)))
-    return [(size, kinds[i:i + 1].decode("ascii")) for i, size in enumerate(sizes)]
+    layout = [(size, kinds[i:i + 1].decode("ascii")) for i, size in enumerate(sizes)]
+    for size, kind in layout:
+        # srpy sends only large buffers beside a message; a small one read into memory of its own
+        # would cost a page (and a mapping) for every byte sent
+        if kind != "b" and size < BLOB_MIN:
+            raise ProtocolError("a %s buffer of %d bytes beside a message (they are of %d bytes or more)"
+                                % (kind, size, BLOB_MIN))
+    return layout
 
 
 def new_memory(size):
     """
-    C{size} writable bytes of this process's own, not zeroed first: an anonymous mapping (the
-    system hands out its pages as they are first written); a bytearray where there is no mmap
-    (Jython) or for no bytes at all.
+    C{size} writable bytes of this process's own, not zeroed first: a private anonymous mapping
+    (the system hands out its pages as they are first written, and a child forked later gets its
+    own copy, never a share); a bytearray where there is no mmap that numpy can wrap (Jython,
+    Python 2) or for less than L{BLOB_MIN} bytes.
     """
+    if size < BLOB_MIN or _PY2:
+        return bytearray(size)
     try:
         import mmap
     except ImportError:
         return bytearray(size)
-    return mmap.mmap(-1, size) if size else bytearray()
+    return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+
+
+def _as_bytearray(memory):
+    """A bytearray of C{memory}'s bytes (a copy); the mapping is released."""
+    try:
+        return bytearray(memory)
+    finally:
+        memory.close()
 
 
 def pack_call_limit(seconds):
@@ -640,7 +658,7 @@ class SocketTransport(object):
         of this process's own: an anonymous mapping, which is not zeroed first as a bytearray is
         (200 MB: 87 ms saved). Either way its memory is the final value's.
         """
-        buf = new_memory(size) if memory else bytearray(size)
+        buf = new_memory(size)  # a bytearray too is read here first: bytearray(size) would commit it all at once
         view, got = memoryview(buf), 0
         flags = self._waitall if self.plain else 0  # a plain socket fills it in one system call
         while got < size:
@@ -648,7 +666,8 @@ class SocketTransport(object):
             if not count:
                 raise ConnectionLost("the engine closed the connection")
             got += count
-        return buf
+        view.release()  # the mapping can be closed once no view of it is left
+        return buf if memory or type(buf) is bytearray else _as_bytearray(buf)
 
     def close(self):
         """Close the connection (idempotent)."""
@@ -962,7 +981,7 @@ class Connection(object):
             else:
                 data, buffers = serializer.dumps_call(self.object_id, method, args, kwargs), []
             if trailing:
-                buffers = [(blob, "b") for blob in trailing] + buffers
+                buffers = buffers + [(blob, "b") for blob in trailing]  # after: the message names its own by place
             transport = self.transport
             sink = self.output_sink
             wanted = sink is not None and bool(sink.on)
@@ -991,6 +1010,9 @@ class Connection(object):
                 self._break()
                 raise ConnectionLost("lost the connection to %s during %s(): %s" % (self.uri, method, exc))
             except ProtocolError:
+                self._break()
+                raise
+            except BaseException:  # MemoryError, KeyboardInterrupt...: the message is half read
                 self._break()
                 raise
             try:

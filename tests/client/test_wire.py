@@ -4,6 +4,7 @@ pool against a real engine and a server that starts late.
 """
 
 import socket
+import os
 import struct
 import threading
 import time
@@ -61,14 +62,27 @@ def test_srpy_s_extensions_pack_and_parse_back():
     assert wire.parse_call_limit(wire.pack_call_limit(2.5)) == 2.5
     for no_limit in (None, b"short", struct.pack("!d", 0.0), struct.pack("!d", -1.0), struct.pack("!d", float("nan"))):
         assert wire.parse_call_limit(no_limit) is None
-    announced = wire.buffer_annotations([(b"ab", "b"), (memoryview(bytearray(5)), "w"), (b"", "b"), (b"xyz", "m")])
-    assert announced == {"SRAW": wire.pack_trailing([b"ab", b"12345", b"", b"xyz"]), "SRBK": b"bwbm"}
-    assert wire.parse_buffers(announced) == [(2, "b"), (5, "w"), (0, "b"), (3, "m")]
+    big = wire.BLOB_MIN
+    announced = wire.buffer_annotations([(b"ab", "b"), (memoryview(bytearray(big)), "w"), (b"", "b"), (b"x" * big, "m")])
+    assert announced == {"SRAW": wire.pack_trailing([b"ab", b"x" * big, b"", b"x" * big]), "SRBK": b"bwbm"}
+    assert wire.parse_buffers(announced) == [(2, "b"), (big, "w"), (0, "b"), (big, "m")]
     assert wire.buffer_annotations([(b"ab", "b")]) == {"SRAW": wire.pack_trailing([b"ab"])}, "all bytes: no SRBK"
     assert wire.parse_buffers({"SRAW": wire.pack_trailing([b"ab"])}) == [(2, "b")]
     memory = wire.new_memory(3)
     memoryview(memory)[:] = b"abc"
     assert bytes(memory) == b"abc" and len(wire.new_memory(0)) == 0
+
+
+def test_new_memory_is_the_process_s_own_even_after_a_fork():
+    """A received array must not be shared with a child forked later (multiprocessing's fork)."""
+    memory = wire.new_memory(wire.BLOB_MIN)
+    assert type(memory).__name__ == "mmap"
+    pid = os.fork()
+    if pid == 0:  # the child writes its copy, and ends at once
+        memory[0] = 7
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and memory[0] == 0, "the child's write reached the parent"
     assert wire.parse_buffers({}) == []
 
 
@@ -76,6 +90,8 @@ def test_srpy_s_extensions_pack_and_parse_back():
     ({"SRAW": b"\0" * 16, "SRBK": b"b"}, "1 letters for 2 buffers"),
     ({"SRAW": b"\0" * 8, "SRBK": b"x"}, "each b, w or m"),
     ({"SRAW": b"\0" * 8 * (wire.MAX_BUFFERS + 1)}, "at most 65536"),
+    ({"SRAW": wire.pack_trailing([b"x" * 10]), "SRBK": b"m"}, "m buffer of 10 bytes"),
+    ({"SRAW": wire.pack_trailing([b"x" * 10]), "SRBK": b"w"}, "w buffer of 10 bytes"),
 ])
 def test_malformed_buffer_announcements_are_refused(annotations, match):
     with pytest.raises(errors.ProtocolError, match=match):

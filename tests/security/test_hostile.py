@@ -12,6 +12,7 @@ import marshal
 import os
 import socket
 import struct
+import time
 import zlib
 
 import psutil
@@ -463,7 +464,7 @@ def test_crafted_references_to_raw_buffers_are_refused(engine_uri, value, traili
     try:
         call = ("srpy.engine", "set", ({"stolen": value},), {})
         data = marshal.dumps((codec._MARK, call), 2)
-        annotations = wire.buffer_annotations([(blob, "m") for blob in trailing]) if trailing else None
+        annotations = wire.buffer_annotations([(blob, "b") for blob in trailing]) if trailing else None
         conn._send(lite.MSG_INVOKE, codec.SERIALIZER_ID, data, 1, annotations, buffers=trailing)
         msgtype, _, flags, seq, answer, _, _ = conn._receive()
         assert flags & lite.FLAGS_EXCEPTION
@@ -472,3 +473,23 @@ def test_crafted_references_to_raw_buffers_are_refused(engine_uri, value, traili
         conn.close()
     with srpy.PythonEngine(engine_uri) as eng:
         assert "stolen" not in eng.get() and eng.eval("6 * 7") == 42
+
+
+def test_a_large_buffer_announced_and_not_sent_commits_no_memory(engine_uri):
+    """A client announcing a 512 MB bytearray buffer and sending 1 MB of it costs the engine about 1 MB."""
+    with srpy.PythonEngine(engine_uri) as eng:
+        before = engine_rss(eng)
+        conn = lite.Connection(engine_uri, serializer=srpy.client.WIRE_FORMAT)
+        try:
+            call = ("srpy.engine", "set", ({"held": (codec._TAG, "buffer", 0)},), {})
+            size = 512 * 2 ** 20
+            conn._send(lite.MSG_INVOKE, codec.SERIALIZER_ID, marshal.dumps((codec._MARK, call), 2), 1,
+                       {"SRAW": struct.pack("!Q", size), "SRBK": b"w"}, buffers=[b"x" * 2 ** 20])
+            peak = before
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline:  # the engine sits in its read; its memory must not grow
+                peak = max(peak, engine_rss(eng))
+            assert peak - before < 64 * 2 ** 20, "the engine committed %d MB" % ((peak - before) >> 20)
+        finally:
+            conn.close()
+        assert "held" not in eng.get() and eng.eval("6 * 7") == 42
