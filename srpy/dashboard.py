@@ -50,7 +50,7 @@ import time
 import urllib.parse
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from . import discovery, monitor, security
+from . import discovery, monitor, security, status
 from .errors import SRPyError
 from .fanout import start_thread
 
@@ -344,16 +344,6 @@ def _port(text: str) -> int:
     return value
 
 
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError("must be a positive number of seconds, not %r" % (text,))
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The command line of C{srpyapp dashboard}."""
     parser = argparse.ArgumentParser(prog="srpyapp dashboard",
@@ -372,8 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tls-ca", metavar="FILE", help="CA bundle to trust, for engines that serve TLS")
     parser.add_argument("--tls-cert", metavar="FILE", help="client certificate, for engines that require one")
     parser.add_argument("--tls-key", metavar="FILE", help="the client certificate's private key")
-    parser.add_argument("--interval", type=_positive, default=monitor.INTERVAL, help="seconds between two looks")
-    parser.add_argument("--timeout", type=_positive, default=3.0, help="seconds an engine has to answer")
+    parser.add_argument("--interval", type=status.positive_seconds, default=monitor.INTERVAL, help="seconds between two looks")
+    parser.add_argument("--timeout", type=status.positive_seconds, default=3.0, help="seconds an engine has to answer")
     return parser
 
 

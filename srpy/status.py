@@ -102,7 +102,8 @@ def why_down(status: Dict[str, Any], secret: Optional[str]) -> str:
     return "%s is down: %s" % (status["uri"], status["down"])
 
 
-def _positive(text: str) -> float:
+def positive_seconds(text: str) -> float:
+    """An argparse type: a positive number of seconds (also C{srpyapp dashboard}'s)."""
     try:
         value = float(text)
     except ValueError:
@@ -136,7 +137,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--secret", default=None, help="the engines' secret (default: $SRPY_SECRET)")
     parser.add_argument("--stack", action="store_true", help="show the stack of each busy engine's call")
     parser.add_argument("--json", action="store_true", help="print the raw figures as JSON")
-    parser.add_argument("--timeout", type=_positive, default=3.0, help="seconds an engine has to answer")
+    parser.add_argument("--timeout", type=positive_seconds, default=3.0, help="seconds an engine has to answer")
     options = parser.parse_args(argv)
     try:
         uris = find_uris(options)
