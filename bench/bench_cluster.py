@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any, Callable, Dict, List, Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -64,6 +65,39 @@ def worker(config: str, rounds: int, caches: list) -> None:
                           "cache": sorted({r.cache for r in cluster.hosts}), **phases}), flush=True)
 
 
+def rows_on_ssh_hosts(script: str, tag: str, rounds: int, more_args: Callable[[Any], List[str]] = lambda net: [],
+                      timeout: float = 600) -> Optional[List[Dict[str, Any]]]:
+    """
+    Build tests/hosts/test_ssh.py's sshd hosts, run C{script --rounds ROUNDS --worker SSH_CONFIG
+    *more_args(net)} in their client's namespace, tear them down, and return the JSON rows it
+    printed (one object per line); None, after saying why on stderr, where that cannot run or fails.
+    Also bench_tunnel's.
+    """
+    sys.path[:0] = [os.path.join(ROOT, "tests"), os.path.join(ROOT, "tests", "hosts")]
+    import pathlib
+
+    from test_ssh import SSHHosts, sshd_unavailable
+    reason = sshd_unavailable()
+    if reason:
+        print("bench_%s: cannot run here: %s" % (tag, reason), file=sys.stderr)
+        return None
+    with tempfile.TemporaryDirectory(prefix="srpy-bench-%s-" % tag) as tmp:
+        net = SSHHosts("%s%d" % (tag[0], os.getpid()), pathlib.Path(tmp))
+        try:
+            net.build()
+            env = dict(os.environ, PYTHONPATH=ROOT)
+            env.pop("SRPY_SECRET", None)
+            done = subprocess.run(["ip", "netns", "exec", net.client, sys.executable, os.path.abspath(script),
+                                   "--rounds", str(rounds), "--worker", str(net.ssh_config)] + more_args(net),
+                                  capture_output=True, text=True, env=env, timeout=timeout)
+            if done.returncode != 0:
+                print(done.stdout, done.stderr, file=sys.stderr)
+                return None
+        finally:
+            net.teardown()
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -74,30 +108,11 @@ def main() -> int:
         config, caches = options.worker
         worker(config, options.rounds, json.loads(caches))
         return 0
-    sys.path[:0] = [os.path.join(ROOT, "tests"), os.path.join(ROOT, "tests", "hosts")]
-    import pathlib
-
-    from test_ssh import SSHHosts, sshd_unavailable
-    reason = sshd_unavailable()
-    if reason:
-        print("bench_cluster: cannot run here: %s" % reason, file=sys.stderr)
+    rows = rows_on_ssh_hosts(__file__, "cluster", options.rounds,
+                             lambda net: [json.dumps([str(net.folder(name, "cache") / "srpy") for name in net.names])],
+                             timeout=600)
+    if rows is None:
         return 1
-    with tempfile.TemporaryDirectory(prefix="srpy-bench-cluster-") as tmp:
-        net = SSHHosts("b%d" % os.getpid(), pathlib.Path(tmp))
-        try:
-            net.build()
-            caches = [str(net.folder(name, "cache") / "srpy") for name in net.names]
-            env = dict(os.environ, PYTHONPATH=ROOT)
-            env.pop("SRPY_SECRET", None)
-            done = subprocess.run(["ip", "netns", "exec", net.client, sys.executable, os.path.abspath(__file__),
-                                   "--rounds", str(options.rounds), "--worker", str(net.ssh_config),
-                                   json.dumps(caches)], capture_output=True, text=True, env=env, timeout=600)
-            if done.returncode != 0:
-                print(done.stdout, done.stderr, file=sys.stderr)
-                return 1
-        finally:
-            net.teardown()
-    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     timed = [row for row in rows if row["kind"] != "warm-up"]
     assert all(row["cache"] == (["stored"] if row["kind"] == "cold" else ["have"]) for row in timed), timed
     print("3-host SSHCluster, 1 engine per host, %d rounds each (seconds: median / best)" % options.rounds)

@@ -21,9 +21,7 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -73,29 +71,11 @@ def main() -> int:
     if options.worker:
         worker(options.worker, options.rounds)
         return 0
-    sys.path[:0] = [os.path.join(ROOT, "tests"), os.path.join(ROOT, "tests", "hosts")]
-    import pathlib
+    from bench_cluster import rows_on_ssh_hosts  # bench/, beside this file
 
-    from test_ssh import SSHHosts, sshd_unavailable
-    reason = sshd_unavailable()
-    if reason:
-        print("bench_tunnel: cannot run here: %s" % reason, file=sys.stderr)
+    rows = rows_on_ssh_hosts(__file__, "tunnel", options.rounds, timeout=900)
+    if rows is None:
         return 1
-    with tempfile.TemporaryDirectory(prefix="srpy-bench-tunnel-") as tmp:
-        net = SSHHosts("t%d" % os.getpid(), pathlib.Path(tmp))
-        try:
-            net.build()
-            env = dict(os.environ, PYTHONPATH=ROOT)
-            env.pop("SRPY_SECRET", None)
-            done = subprocess.run(["ip", "netns", "exec", net.client, sys.executable, os.path.abspath(__file__),
-                                   "--rounds", str(options.rounds), "--worker", str(net.ssh_config)],
-                                  capture_output=True, text=True, env=env, timeout=900)
-            if done.returncode != 0:
-                print(done.stdout, done.stderr, file=sys.stderr)
-                return 1
-        finally:
-            net.teardown()
-    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     print("3-host SSHCluster, 1 engine per host, %d rounds (medians)" % options.rounds)
     print("%-11s %10s %10s %14s %12s %14s" % ("mode", "warm start", "close", "call (ms)", "bulk (MB/s)",
                                               "map (items/s)"))
