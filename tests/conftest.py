@@ -230,6 +230,15 @@ def pair():
 
 # -- raw connections and threads -------------------------------------------------------------
 
+def importable(module):
+    """Whether C{module} can be imported here (a dotted name whose parent package is missing cannot)."""
+    import importlib.util
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:  # the parent package (dask of dask.distributed) is missing
+        return False
+
+
 def address(uri):
     """(host, port) of a direct URI."""
     _, host, port = lite.parse_uri(uri)

@@ -4,7 +4,6 @@ target's verdict, and a row or a note for every optional peer. No timing is asse
 depend on the machine.
 """
 
-import importlib.util
 import json
 import os
 import re
@@ -13,7 +12,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, importable
 
 pytestmark = pytest.mark.slow
 
@@ -33,13 +32,6 @@ PEER_ROWS = {"rpyc": "rpyc, 2 threads", "dask": "dask Client.submit", "ray": "ra
 PEER_MODULES = {"rpyc": "rpyc", "dask": "dask.distributed", "ray": "ray", "ipyparallel": "ipyparallel"}
 
 
-def _importable(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ImportError:  # the parent package (dask) is missing
-        return False
-
-
 @pytest.mark.timeout(300)
 def test_bench_box_quick_run(tmp_path):
     figures_file = tmp_path / "figures.json"
@@ -52,7 +44,7 @@ def test_bench_box_quick_run(tmp_path):
     for name in VERDICTS:
         assert re.search(re.escape(name) + r".*\b(PASS|FAIL)\b", out), name
     for peer, row in PEER_ROWS.items():
-        if _importable(PEER_MODULES[peer]):
+        if importable(PEER_MODULES[peer]):
             assert row in out or ("note: %s failed" % peer) in out, peer
         else:
             assert "note: %s not installed" % peer in out, peer

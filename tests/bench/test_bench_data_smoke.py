@@ -5,7 +5,6 @@ its figures as JSON. No timing is asserted: the figures depend on the machine. I
 pandas, Dask and Ray are missing (each is then a note).
 """
 
-import importlib.util
 import json
 import os
 import re
@@ -14,7 +13,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, importable
 
 pytestmark = pytest.mark.slow  # a few seconds: two engines, three pools and an echo server
 
@@ -35,13 +34,6 @@ TARGETS = {"set_get_vs_echo", "submit_vs_echo", "submit_vs_pool_spawn", "submit_
            "dataframe_vs_arrays"}
 
 
-def _importable(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ImportError:  # the parent package (dask) is missing
-        return False
-
-
 @pytest.mark.timeout(300)
 def test_bench_data_quick_run(tmp_path):
     figures_file = tmp_path / "figures.json"
@@ -56,10 +48,10 @@ def test_bench_data_quick_run(tmp_path):
     # the DataFrame: measured and judged, or a note saying why not
     assert re.search(r"DataFrame set\+get / its arrays .*\b(PASS|FAIL|NOT MEASURED)$", out, re.MULTILINE)
     assert "set+get of a 20000-row mixed DataFrame" in out or "DataFrame: not measured: " in out
-    if not _importable("pandas"):
+    if not importable("pandas"):
         assert "DataFrame: not measured: pandas is not installed" in out
     for peer, (module, row) in PEERS.items():
-        if _importable(module):
+        if importable(module):
             assert row in out or ("note: %s failed" % peer) in out, peer
         else:
             assert "note: %s not installed" % peer in out, peer
