@@ -62,7 +62,7 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from Pyro5 import serializers as _pyro_serializers
 
-from . import errors
+from . import errors, wire
 
 #: the serializer id srpy's format uses in Pyro5 message headers (Pyro5's own use 1-4)
 SERIALIZER_ID = 83
@@ -193,8 +193,9 @@ def _tagged_message(value: Any) -> bytes:
 
 
 #: buffers of at least this many bytes go beside the message in L{dumps_with_buffers} (a smaller
-#: one costs less to copy into the message than a read and a write of its own on the socket)
-BUFFER_MIN = 64 * 1024
+#: one costs less to copy into the message than a read and a write of its own on the socket): the
+#: wire's own threshold, which its readers hold bytearray and memory buffers to
+BUFFER_MIN = wire.BLOB_MIN
 #: the buffer list of the L{dumps_with_buffers} running in this thread (None: buffers go in the message)
 class _Collecting(threading.local):
     buffers: Optional[List[Tuple[memoryview, str]]] = None  # the default of every thread
