@@ -454,6 +454,7 @@ def browser(tmp_path):
                     reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver; "
                            ".ci/run installs them)")
 def test_the_page_in_a_browser_shows_engines_working(start_launcher, tmp_path, monkeypatch):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -467,13 +468,15 @@ def test_the_page_in_a_browser_shows_engines_working(start_launcher, tmp_path, m
         box.connectPeers()
         running = RunningMap(box, tmp_path)
         driver.get(served.url)
-        wait = WebDriverWait(driver, 60, poll_frequency=0.2)
+        # the page builds its rows anew at every refresh: an element found just before one is stale,
+        # and the condition is asked again on the new rows
+        wait = WebDriverWait(driver, 60, poll_frequency=0.2, ignored_exceptions=(StaleElementReferenceException,))
 
         def rows():
             return driver.find_elements(By.CSS_SELECTOR, "#engines tbody tr")
 
         wait.until(lambda _: len(rows()) == 3)
-        shown = sorted(row.get_attribute("data-uri") for row in rows())
+        shown = wait.until(lambda _: sorted(row.get_attribute("data-uri") for row in rows()))
         assert shown == sorted(launcher.uris)
         busy = wait.until(lambda _: [row for row in rows() if row.get_attribute("data-state") == "busy"
                                      and "nap()" in row.find_element(By.CSS_SELECTOR, "td.task").text])
@@ -489,8 +492,13 @@ def test_the_page_in_a_browser_shows_engines_working(start_launcher, tmp_path, m
         assert len(driver.find_elements(By.CSS_SELECTOR, "#mesh line")) == 3
         assert driver.find_elements(By.CSS_SELECTOR, "#chart canvas"), "uPlot drew no chart"
         # a click on a busy engine shows the stack of the task it runs
-        busy = wait.until(lambda _: [row for row in rows() if row.get_attribute("data-state") == "busy"])
-        busy[0].click()
+        def click_busy():
+            busy = [row for row in rows() if row.get_attribute("data-state") == "busy"]
+            if busy:
+                busy[0].click()
+            return bool(busy)
+
+        wait.until(lambda _: click_busy())
         wait.until(lambda _: "in nap" in driver.find_element(By.ID, "stack-text").text)
         assert "nap()" in driver.find_element(By.ID, "stack-title").text
         keep = os.environ.get("SRPY_DASHBOARD_SCREENSHOT") == "1"
@@ -519,6 +527,7 @@ def test_the_page_in_a_browser_shows_engines_working(start_launcher, tmp_path, m
                     reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver; "
                            ".ci/run installs them)")
 def test_the_page_asks_a_browser_for_the_secret(start_launcher, tmp_path):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -528,7 +537,7 @@ def test_the_page_asks_a_browser_for_the_secret(start_launcher, tmp_path):
                                  secret=secret, login=True).start()
     driver = browser(tmp_path)
     try:
-        wait = WebDriverWait(driver, 60, poll_frequency=0.2)
+        wait = WebDriverWait(driver, 60, poll_frequency=0.2, ignored_exceptions=(StaleElementReferenceException,))
         driver.get(served.url)
         wait.until(lambda _: driver.current_url.endswith("/login"))
         driver.find_element(By.ID, "secret").send_keys("not the secret")
